@@ -1,0 +1,1 @@
+//! The amalgam merge engine (skeleton).

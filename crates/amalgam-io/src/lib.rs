@@ -1,0 +1,33 @@
+//! Tensor I/O for amalgam.
+//!
+//! Everything a merge reads or writes goes through this crate:
+//!
+//! * [`DType`] and the [`convert`] module: every safetensors dtype, and float conversions that
+//!   round exactly like PyTorch's `.to()` on CPU (so a `dtype: float16` cast reproduces mergekit
+//!   bit for bit).
+//! * [`SafetensorsFile`]: a memory-mapped safetensors file whose header was fully validated
+//!   before any tensor is handed out, so no input, however hostile, can cause a panic or an
+//!   out-of-bounds read.
+//! * [`ModelFolder`]: a checkpoint folder found by mergekit's rules (single file or sharded
+//!   index), routing tensor names to shards.
+//! * [`ShardLayout`] / [`OutputWriter`]: a streaming, positioned writer. The headers of all shards
+//!   are computed up front from the planned tensors, so tensor bytes can be written at their final
+//!   offsets in any order, from any thread, and memory never grows with the model.
+//! * [`hub`]: model references resolved to folders through the Hugging Face cache layout.
+#![deny(missing_docs)]
+
+pub mod convert;
+mod dtype;
+mod error;
+mod folder;
+pub mod hub;
+mod read;
+mod write;
+
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use folder::ModelFolder;
+pub use read::{SafetensorsFile, TensorInfo, TensorRef};
+pub use write::{
+    IndexStyle, OutputWriter, PlannedTensor, ShardLayout, ShardRule, ShardSpec,
+};

@@ -1,0 +1,303 @@
+//! Memory-mapped safetensors reading with a fully validated header.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::{DType, Error, Result};
+
+/// Largest header accepted, as in the reference implementation (100 MB).
+pub const MAX_HEADER_SIZE: u64 = 100_000_000;
+
+/// One tensor's header entry, after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Tensor name.
+    pub name: String,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape (row-major).
+    pub shape: Vec<usize>,
+    /// Absolute byte range in the file (header included), validated to lie inside it.
+    pub start: usize,
+    /// End of the byte range (exclusive).
+    pub end: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A borrowed view of one tensor's bytes inside a mapped file.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    /// Header entry.
+    pub info: &'a TensorInfo,
+    /// The tensor's little-endian bytes.
+    pub data: &'a [u8],
+    /// The file it lives in (for messages).
+    pub path: &'a Path,
+}
+
+/// A memory-mapped safetensors file whose header has been validated.
+pub struct SafetensorsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl std::fmt::Debug for SafetensorsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SafetensorsFile")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl SafetensorsFile {
+    /// Opens and maps `path`, validating the whole header (see [`parse_header`]).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the map is read-only and private to this process. A concurrent truncation of the
+        // file by another process could still fault; that is the documented risk of every
+        // mmap-based model loader (safetensors, candle, mergekit) and is accepted for the I/O
+        // savings. All offsets are validated against the file length before any access.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let (tensors, metadata) = parse_header(&path, &mmap)?;
+        let by_name = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(SafetensorsFile {
+            path,
+            mmap,
+            tensors,
+            by_name,
+            metadata,
+        })
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Header entries in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// The `__metadata__` map, if any.
+    pub fn metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.metadata.as_ref()
+    }
+
+    /// Looks a tensor up by name.
+    pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
+        let info = &self.tensors[*self.by_name.get(name)?];
+        Some(TensorRef {
+            info,
+            data: &self.mmap[info.start..info.end],
+            path: &self.path,
+        })
+    }
+
+    /// Advises the kernel that `name`'s pages will not be needed again (keeps RSS honest).
+    pub fn release(&self, name: &str) {
+        if let Some(&i) = self.by_name.get(name) {
+            let info = &self.tensors[i];
+            let page = 4096;
+            let start = info.start.div_ceil(page) * page;
+            let end = info.end / page * page;
+            if end > start {
+                // SAFETY-free: `advise_range` with a non-destructive advice on a read-only
+                // private mapping cannot invalidate memory safety.
+                let _ = self
+                    .mmap
+                    .advise_range(memmap2::Advice::Sequential, start, end - start);
+            }
+        }
+    }
+}
+
+/// Parses and validates a safetensors header held in `bytes` (the whole file).
+///
+/// Checks, each with its own error: 8-byte prefix present; header length within
+/// [`MAX_HEADER_SIZE`] and the file; UTF-8 JSON object; known dtypes; shape x size equals the byte
+/// span; offsets inside the data section; no overlaps, no holes, no duplicate names.
+pub fn parse_header(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<TensorInfo>, Option<serde_json::Map<String, serde_json::Value>>)> {
+    let file_len = bytes.len() as u64;
+    if file_len < 8 {
+        return Err(Error::TooShort {
+            path: path.into(),
+            len: file_len,
+        });
+    }
+    let mut n8 = [0u8; 8];
+    n8.copy_from_slice(&bytes[..8]);
+    let header_len = u64::from_le_bytes(n8);
+    if header_len > MAX_HEADER_SIZE || header_len > file_len - 8 {
+        return Err(Error::HeaderLength {
+            path: path.into(),
+            header_len,
+            file_len,
+            limit: MAX_HEADER_SIZE,
+        });
+    }
+    let hdr_end = 8 + header_len as usize;
+    let json_err = |reason: String| Error::HeaderJson {
+        path: path.into(),
+        reason,
+    };
+    let text = std::str::from_utf8(&bytes[8..hdr_end])
+        .map_err(|e| json_err(format!("not UTF-8: {e}")))?;
+    // Duplicate keys must be detected, which a map deserializer would silently merge: walk the
+    // object with a visitor that keeps every entry.
+    let entries: RawHeader =
+        serde_json::from_str(text).map_err(|e| json_err(format!("{e}")))?;
+    let data_len = file_len - hdr_end as u64;
+    let mut tensors = Vec::with_capacity(entries.0.len());
+    let mut metadata = None;
+    let mut seen = std::collections::HashSet::new();
+    for (name, value) in entries.0 {
+        if !seen.insert(name.clone()) {
+            return Err(Error::DuplicateTensor {
+                path: path.into(),
+                tensor: name,
+            });
+        }
+        if name == "__metadata__" {
+            match value {
+                serde_json::Value::Object(m) => {
+                    if m.values().any(|v| !v.is_string()) {
+                        return Err(json_err(
+                            "__metadata__ values must all be strings".into(),
+                        ));
+                    }
+                    metadata = Some(m);
+                }
+                _ => return Err(json_err("__metadata__ must be an object".into())),
+            }
+            continue;
+        }
+        let entry: RawEntry = serde_json::from_value(value)
+            .map_err(|e| json_err(format!("tensor `{name}`: {e}")))?;
+        let dtype = DType::from_header(&entry.dtype).ok_or_else(|| Error::UnknownDtype {
+            path: path.into(),
+            tensor: name.clone(),
+            dtype: entry.dtype.clone(),
+        })?;
+        let [begin, end] = entry.data_offsets;
+        if begin > end || end > data_len {
+            return Err(Error::OffsetsOutOfBounds {
+                path: path.into(),
+                tensor: name,
+                begin,
+                end,
+                data_len,
+            });
+        }
+        let expected = entry
+            .shape
+            .iter()
+            .try_fold(dtype.size() as u64, |acc, &d| acc.checked_mul(d));
+        if expected != Some(end - begin) {
+            return Err(Error::SizeMismatch {
+                path: path.into(),
+                tensor: name,
+                dtype,
+                shape: entry.shape.clone(),
+                expected: expected.map_or("more than 2^64".into(), |e| e.to_string()),
+                actual: end - begin,
+            });
+        }
+        // Fits in usize: bounded by the file length, which is mapped.
+        let shape = entry.shape.iter().map(|&d| d as usize).collect();
+        tensors.push(TensorInfo {
+            name,
+            dtype,
+            shape,
+            start: hdr_end + begin as usize,
+            end: hdr_end + end as usize,
+        });
+    }
+    // Coverage: sorted by start, each must begin where the previous ended.
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| (tensors[i].start, tensors[i].end));
+    let mut cursor = hdr_end;
+    let mut prev: Option<usize> = None;
+    for &i in &order {
+        let t = &tensors[i];
+        if t.start < cursor {
+            let first = prev.map_or_else(String::new, |p| tensors[p].name.clone());
+            return Err(Error::Overlap {
+                path: path.into(),
+                first,
+                second: t.name.clone(),
+            });
+        }
+        if t.start > cursor {
+            return Err(Error::Hole {
+                path: path.into(),
+                begin: (cursor - hdr_end) as u64,
+                end: (t.start - hdr_end) as u64,
+            });
+        }
+        cursor = t.end;
+        prev = Some(i);
+    }
+    if cursor as u64 != file_len {
+        return Err(Error::Hole {
+            path: path.into(),
+            begin: (cursor - hdr_end) as u64,
+            end: data_len,
+        });
+    }
+    Ok((tensors, metadata))
+}
+
+#[derive(serde::Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<u64>,
+    data_offsets: [u64; 2],
+}
+
+/// A JSON object kept as an ordered list of entries, duplicates included.
+struct RawHeader(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for RawHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawHeader;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawHeader, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, val)) = map.next_entry::<String, serde_json::Value>()? {
+                    v.push((k, val));
+                }
+                Ok(RawHeader(v))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

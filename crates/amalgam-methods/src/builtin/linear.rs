@@ -1,0 +1,119 @@
+//! `linear`: weighted average of the inputs (Wortsman et al., model soups).
+
+use crate::numerics::{as_dtype, round};
+use crate::{
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
+};
+
+/// The linear method.
+pub struct Linear {
+    info: MethodInfo,
+}
+
+impl Linear {
+    pub fn new() -> Self {
+        Linear {
+            info: MethodInfo {
+                name: "linear",
+                pretty_name: "Linear",
+                reference_url: Some("https://arxiv.org/abs/2203.05482"),
+                summary: "out = Σ wᵢ·xᵢ / Σ wᵢ (or Σ wᵢ·xᵢ without normalize). 0.1.5: f32 fused \
+                          multiply-add accumulation in input order, one rounding. 0.0.4.2: weights \
+                          and each product rounded to the working dtype, f32 sum, rounding, division.",
+                params: vec![
+                    ParamSpec {
+                        name: "weight",
+                        scope: ParamScope::Input,
+                        kind: ParamKind::Float,
+                        default: None,
+                        doc: "weight of each input (the base model too, if one is given)",
+                    },
+                    ParamSpec {
+                        name: "normalize",
+                        scope: ParamScope::Shared,
+                        kind: ParamKind::Bool,
+                        default: Some(Value::Bool(true)),
+                        doc: "divide by the sum of the weights",
+                    },
+                ],
+                contract: Contract {
+                    base: BaseRule::Ignored,
+                    count: InputCount::Any,
+                },
+                random: false,
+                deviations: "none",
+            },
+        }
+    }
+}
+
+fn weight(p: &ParamValues, label: &str) -> Result<f64, MethodError> {
+    p.get("weight")
+        .map(|v| v.as_f64())
+        .ok_or_else(|| MethodError::MissingParam {
+            name: "weight".into(),
+            target: label.into(),
+        })
+}
+
+impl MergeMethod for Linear {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn is_elementwise(&self, _: &ParamValues, _: &[&ParamValues]) -> bool {
+        true
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        let dtype = args.dtype();
+        let normalize = args.shared_bool("normalize").unwrap_or(true);
+        let first = args.inputs.first().ok_or_else(|| MethodError::Contract("linear: no inputs".into()))?;
+        let n = first.tensor.numel();
+        let shape = first.tensor.shape.clone();
+        let weights: Vec<f64> = args
+            .inputs
+            .iter()
+            .map(|i| weight(i.params, i.label))
+            .collect::<Result<_, _>>()?;
+        let mut out = vec![0f32; n];
+        match args.compat {
+            Compat::V0_1_5 => {
+                // f32 coefficients, fused multiply-add accumulation in input order (PyTorch's CPU
+                // addcmul_ is contracted to FMA), then one division and one rounding.
+                let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+                for (inp, &wi) in args.inputs.iter().zip(&w) {
+                    for (o, &x) in out.iter_mut().zip(&inp.tensor.data) {
+                        *o = x.mul_add(wi, *o);
+                    }
+                }
+                if normalize {
+                    let den = w.iter().fold(0f32, |a, &b| a + b);
+                    for o in out.iter_mut() {
+                        *o /= den;
+                    }
+                }
+                for o in out.iter_mut() {
+                    *o = round(dtype, *o);
+                }
+            }
+            Compat::V0_0_4_2 => {
+                // Weights become a tensor of the working dtype; each product is rounded; the sum
+                // over the model axis accumulates in f32 and rounds once; then the division.
+                let w: Vec<f32> = weights.iter().map(|&w| as_dtype(dtype, w)).collect();
+                for (inp, &wi) in args.inputs.iter().zip(&w) {
+                    for (o, &x) in out.iter_mut().zip(&inp.tensor.data) {
+                        *o += round(dtype, x * wi);
+                    }
+                }
+                let den = round(dtype, w.iter().fold(0f32, |a, &b| a + b));
+                for o in out.iter_mut() {
+                    let s = round(dtype, *o);
+                    *o = if normalize { round(dtype, s / den) } else { s };
+                }
+            }
+        }
+        Ok(Tensor::new(dtype, shape, out))
+    }
+}

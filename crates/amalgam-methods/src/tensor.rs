@@ -1,0 +1,29 @@
+use amalgam_io::DType;
+
+/// A floating-point tensor in a working dtype.
+///
+/// Values are stored as `f32` whatever `dtype` is: every F16 and BF16 value is exactly
+/// representable in f32, so keeping them widened loses nothing, and rounding back to `dtype`
+/// after each operation ([`crate::numerics::round`]) reproduces PyTorch's CPU arithmetic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// The dtype the values are held in (F16, BF16 or F32).
+    pub dtype: DType,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Values, each exactly representable in `dtype`.
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    /// A tensor from parts; `data.len()` must equal the product of `shape`.
+    pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Tensor { dtype, shape, data }
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
