@@ -223,6 +223,13 @@ pub trait MergeMethod: Send + Sync {
         false
     }
 
+    /// The dtype of the merged tensor for inputs of working dtype `work` (before `out_dtype`).
+    /// Almost always `work`; arcee_fusion returns float32 (a mergekit quirk amalgam reproduces).
+    /// The engine needs it at planning time to lay out shard headers before computing anything.
+    fn output_dtype(&self, work: DType) -> DType {
+        work
+    }
+
     /// Merges one tensor.
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError>;
 }
