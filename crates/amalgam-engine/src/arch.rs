@@ -1,0 +1,98 @@
+//! Architecture knowledge, inferred from tensor names like mergekit's fallback inference, so that
+//! Llama, Mistral, Qwen2/3, Gemma and Phi-3 shaped checkpoints work without per-architecture code.
+//!
+//! A tensor whose name contains `.layers.N.` (or `.h.N.`, `.blocks.N.`) belongs to layer N; every
+//! other tensor is a pre-weight (embeddings) or a post-weight (final norm, LM head).
+
+use serde_json::Value;
+
+/// A layer tensor name split around its index: `model.layers.3.mlp.up_proj.weight` ->
+/// (`model.layers.`, 3, `.mlp.up_proj.weight`).
+pub fn split_layer(name: &str) -> Option<(&str, usize, &str)> {
+    for marker in [".layers.", ".h.", ".blocks."] {
+        let mut search = 0;
+        while let Some(pos) = name[search..].find(marker) {
+            let start = search + pos + marker.len();
+            let rest = &name[start..];
+            let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+            if digits > 0 && rest.as_bytes().get(digits) == Some(&b'.') {
+                if let Ok(idx) = rest[..digits].parse() {
+                    return Some((&name[..start], idx, &rest[digits..]));
+                }
+            }
+            search = start;
+        }
+    }
+    None
+}
+
+/// Builds the name of layer `idx` from a split template.
+pub fn layer_name(prefix: &str, idx: usize, suffix: &str) -> String {
+    format!("{prefix}{idx}{suffix}")
+}
+
+/// Whether a non-layer tensor comes after the layers (final norm, LM head) rather than before.
+pub fn is_post_weight(name: &str) -> bool {
+    name.starts_with("lm_head")
+        || name.starts_with("output.")
+        || name.contains("norm")
+        || name.contains("ln_f")
+        || name.starts_with("score.")
+}
+
+/// The config.json keys that hold the layer count, in lookup order.
+pub const NUM_LAYERS_KEYS: [&str; 4] = ["num_hidden_layers", "n_layer", "num_layers", "n_layers"];
+
+/// The layer count from config.json, if present.
+pub fn num_layers_from_config(cfg: &Value) -> Option<(&'static str, usize)> {
+    NUM_LAYERS_KEYS.iter().find_map(|k| {
+        cfg.get(*k)
+            .and_then(|v| v.as_u64())
+            .map(|n| (*k, n as usize))
+    })
+}
+
+/// The tied-name fallback mergekit's architecture files declare for LM heads.
+pub fn tied_name(name: &str) -> Option<&'static str> {
+    match name {
+        "lm_head.weight" => Some("model.embed_tokens.weight"),
+        _ => None,
+    }
+}
+
+/// Canonical order of Llama/Mistral layer tensors in mergekit's architecture template; other
+/// names keep their checkpoint order after these. Only the 0.0.4.2 save order depends on it.
+pub const TEMPLATE_ORDER: [&str; 9] = [
+    ".input_layernorm.weight",
+    ".self_attn.q_proj.weight",
+    ".self_attn.k_proj.weight",
+    ".self_attn.v_proj.weight",
+    ".self_attn.o_proj.weight",
+    ".post_attention_layernorm.weight",
+    ".mlp.up_proj.weight",
+    ".mlp.gate_proj.weight",
+    ".mlp.down_proj.weight",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_layer_names() {
+        assert_eq!(
+            split_layer("model.layers.12.mlp.up_proj.weight"),
+            Some(("model.layers.", 12, ".mlp.up_proj.weight"))
+        );
+        assert_eq!(split_layer("transformer.h.0.attn.c_attn.weight"), Some(("transformer.h.", 0, ".attn.c_attn.weight")));
+        assert_eq!(split_layer("model.embed_tokens.weight"), None);
+        assert_eq!(split_layer("model.layers.x.weight"), None);
+    }
+
+    #[test]
+    fn post_weights() {
+        assert!(is_post_weight("model.norm.weight"));
+        assert!(is_post_weight("lm_head.weight"));
+        assert!(!is_post_weight("model.embed_tokens.weight"));
+    }
+}

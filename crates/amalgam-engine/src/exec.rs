@@ -1,0 +1,205 @@
+//! The streaming executor: tensors flow from the mapped inputs through the method into their
+//! precomputed places in the output shards.
+//!
+//! Work is split into items: an elementwise method's tensor is cut into chunks of
+//! [`CHUNK_ELEMS`] elements, any other tensor is one item. Items run on the rayon pool in any
+//! order and write at fixed offsets, so the output bytes never depend on the thread count, and
+//! memory is bounded by (threads x item size) whatever the model size. Methods that draw random
+//! numbers run their tensors one after another in save order, because the random stream is
+//! consumed in that order (mergekit's order), and only then can a seed reproduce a run.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use amalgam_io::{convert, DType, OutputWriter};
+use amalgam_methods::{rng::Mt19937, MergeArgs, MergeInput, Tensor};
+use rayon::prelude::*;
+
+use crate::plan::{Op, Plan};
+use crate::{EngineError, Result};
+
+/// Elements per chunk of an elementwise merge.
+pub const CHUNK_ELEMS: usize = 1 << 18;
+
+/// Progress callback: (output bytes done, tensors done).
+pub type ProgressFn = Arc<dyn Fn(u64, usize) + Send + Sync>;
+
+/// Executor settings.
+#[derive(Clone, Default)]
+pub struct ExecOptions {
+    /// Seed for random methods.
+    pub seed: Option<u64>,
+    /// Called as work completes.
+    pub progress: Option<ProgressFn>,
+}
+
+/// Something that receives merged tensor bytes: the output writer, or a hasher for `verify`.
+pub trait Sink: Sync {
+    /// Receives `bytes` at `offset` into output tensor `op`.
+    fn put(&self, op: &Op, offset: u64, bytes: &[u8]) -> Result<()>;
+}
+
+impl Sink for OutputWriter {
+    fn put(&self, op: &Op, offset: u64, bytes: &[u8]) -> Result<()> {
+        Ok(self.write_tensor_part(&op.out_name, offset, bytes)?)
+    }
+}
+
+/// Loads input `j` of `op`, elements `range`, converted to the working dtype.
+fn load(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Tensor> {
+    let inp = &op.inputs[j];
+    let model = &plan.models[inp.model];
+    let raw = model.source.require(&inp.name, &model.label)?;
+    let es = raw.dtype.size();
+    let bytes = raw
+        .data
+        .get(range.start * es..range.end * es)
+        .ok_or_else(|| EngineError::Plan(format!("{}: `{}` is shorter than its shape", raw.file.display(), inp.name)))?;
+    let n = range.len();
+    let mut data = vec![0f32; n];
+    let work = op.work_dtype;
+    if raw.dtype == DType::F64 && work != DType::F64 {
+        // One rounding straight from f64, never through f32 (double rounding).
+        let mut tmp = vec![0u8; n * work.size()];
+        convert::convert_bytes(DType::F64, bytes, work, &mut tmp)?;
+        convert::decode_f32(work, &tmp, &mut data)?;
+    } else {
+        convert::decode_f32(raw.dtype, bytes, &mut data)?;
+        if raw.dtype != work {
+            for v in &mut data {
+                *v = convert::round_f32(work, *v);
+            }
+        }
+    }
+    let shape = if range.len() == op.shape.iter().product::<usize>() {
+        op.shape.clone()
+    } else {
+        vec![n]
+    };
+    Ok(Tensor::new(work, shape, data))
+}
+
+fn merge_range(
+    plan: &Plan,
+    op: &Op,
+    range: std::ops::Range<usize>,
+    rng: Option<&mut Mt19937>,
+    sink: &dyn Sink,
+) -> Result<()> {
+    let tensors: Vec<Tensor> = (0..op.inputs.len())
+        .map(|j| load(plan, op, j, range.clone()))
+        .collect::<Result<_>>()?;
+    let labels: Vec<String> = op
+        .inputs
+        .iter()
+        .map(|i| format!("{}.{}", plan.models[i.model].label, i.name))
+        .collect();
+    let inputs = tensors
+        .iter()
+        .zip(&op.per_input)
+        .zip(&labels)
+        .map(|((tensor, params), label)| MergeInput { tensor, params, label })
+        .collect();
+    let args = MergeArgs {
+        tensor_name: &op.out_name,
+        inputs,
+        base: op.base,
+        shared: &op.shared,
+        rng,
+        compat: plan.compat,
+    };
+    let out = plan.method.merge(args).map_err(|source| EngineError::Method {
+        tensor: op.out_name.clone(),
+        source,
+    })?;
+    if out.data.len() != range.len() {
+        return Err(EngineError::Plan(format!(
+            "{}: method `{}` returned {} elements, expected {}",
+            op.out_name,
+            plan.method.info().name,
+            out.data.len(),
+            range.len()
+        )));
+    }
+    let mut bytes = vec![0u8; out.data.len() * op.out_dtype.size()];
+    convert::encode_f32(op.out_dtype, &out.data, &mut bytes)?;
+    sink.put(op, (range.start * op.out_dtype.size()) as u64, &bytes)
+}
+
+/// Copies an integer/bool buffer, which must be identical across inputs.
+fn copy_buffer(plan: &Plan, op: &Op, sink: &dyn Sink) -> Result<()> {
+    let mut first: Option<&[u8]> = None;
+    for inp in &op.inputs {
+        let m = &plan.models[inp.model];
+        let raw = m.source.require(&inp.name, &m.label)?;
+        match first {
+            None => first = Some(raw.data),
+            Some(f) if f != raw.data => {
+                return Err(EngineError::Plan(format!(
+                    "Non-floating buffer '{}' differs between inputs; amalgam cannot merge integer tensors",
+                    op.out_name
+                )))
+            }
+            _ => {}
+        }
+    }
+    sink.put(op, 0, first.unwrap_or(&[]))
+}
+
+/// Runs every op of `plan` into `sink`.
+pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
+    let bytes_done = AtomicU64::new(0);
+    let tensors_done = AtomicUsize::new(0);
+    let report = |op: &Op, n: u64, finished: bool| {
+        let b = bytes_done.fetch_add(n, Ordering::Relaxed) + n;
+        let t = tensors_done.fetch_add(finished as usize, Ordering::Relaxed) + finished as usize;
+        if let Some(p) = &opts.progress {
+            p(b, t);
+        }
+        let _ = op;
+    };
+    let info = plan.method.info();
+    if info.random {
+        let mut rng = Mt19937::new(opts.seed.unwrap_or(0));
+        for op in &plan.ops {
+            if op.float {
+                let n = op.shape.iter().product();
+                merge_range(plan, op, 0..n, Some(&mut rng), sink)?;
+            } else {
+                copy_buffer(plan, op, sink)?;
+            }
+            report(op, nbytes(op), true);
+        }
+        return Ok(());
+    }
+    // Work items: (op index, element range, last chunk of its op?).
+    let mut items: Vec<(usize, std::ops::Range<usize>, bool)> = Vec::new();
+    for (i, op) in plan.ops.iter().enumerate() {
+        let n: usize = op.shape.iter().product();
+        let per: Vec<&amalgam_methods::ParamValues> = op.per_input.iter().collect();
+        if op.float && n > CHUNK_ELEMS && plan.method.is_elementwise(&op.shared, &per) {
+            let mut s = 0;
+            while s < n {
+                let e = (s + CHUNK_ELEMS).min(n);
+                items.push((i, s..e, e == n));
+                s = e;
+            }
+        } else {
+            items.push((i, 0..n, true));
+        }
+    }
+    items.par_iter().try_for_each(|(i, range, last)| {
+        let op = &plan.ops[*i];
+        if op.float {
+            merge_range(plan, op, range.clone(), None, sink)?;
+        } else {
+            copy_buffer(plan, op, sink)?;
+        }
+        report(op, (range.len() * op.out_dtype.size()) as u64, *last);
+        Ok(())
+    })
+}
+
+fn nbytes(op: &Op) -> u64 {
+    op.shape.iter().product::<usize>() as u64 * op.out_dtype.size() as u64
+}

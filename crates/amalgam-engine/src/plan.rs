@@ -1,0 +1,687 @@
+//! Planning: a config lowered to output tensors, each with its inputs, resolved parameters,
+//! method and dtypes. Everything that can be checked without reading tensor data is checked here,
+//! before any byte is written.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use amalgam_config::{LoadedConfig, ModelRef, Parameters, Scalar};
+use amalgam_io::{DType, ModelFolder};
+use amalgam_methods::{
+    BaseRule, Compat, InputCount, MergeMethod, ParamKind, ParamScope, ParamValues, Registry, Value,
+};
+use serde_json::Value as Json;
+
+use crate::arch;
+use crate::source::Source;
+use crate::{EngineError, Result};
+
+/// Options that change the plan.
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// Which mergekit release to reproduce.
+    pub compat: Compat,
+    /// Turn amalgam's lenient fallbacks (linear without weights) back into mergekit's errors.
+    pub strict: bool,
+    /// Folder relative model paths are taken from (mergekit uses the working directory).
+    pub base_dir: PathBuf,
+    /// Hugging Face cache folder; default from the environment.
+    pub hf_cache: Option<PathBuf>,
+}
+
+/// One input model of the merge.
+#[derive(Debug)]
+pub struct Model {
+    /// The reference as written in the config.
+    pub reference: ModelRef,
+    /// Its string form (mergekit's `str(ModelReference)`), used in messages and the model card.
+    pub label: String,
+    /// The tensors.
+    pub source: Source,
+    /// Its config.json, if any.
+    pub config: Option<Json>,
+}
+
+/// One input of an output tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpInput {
+    /// Index into [`Plan::models`].
+    pub model: usize,
+    /// Tensor name in that model (tied names already resolved).
+    pub name: String,
+}
+
+/// One output tensor.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// Output tensor name.
+    pub out_name: String,
+    /// Inputs in mergekit's order.
+    pub inputs: Vec<OpInput>,
+    /// Index of the base model in `inputs`.
+    pub base: Option<usize>,
+    /// Shared parameters, resolved for this tensor.
+    pub shared: ParamValues,
+    /// Per-input parameters, resolved.
+    pub per_input: Vec<ParamValues>,
+    /// Shape (all inputs agree).
+    pub shape: Vec<usize>,
+    /// dtype the inputs are converted to before merging.
+    pub work_dtype: DType,
+    /// dtype written.
+    pub out_dtype: DType,
+    /// False for integer/bool buffers: copied when identical across inputs.
+    pub float: bool,
+    /// mergekit's scheduling label (the largest resolved input name), which sets the save order.
+    pub label: String,
+}
+
+/// A validated merge plan.
+pub struct Plan {
+    /// Input models, in order of first appearance in the config.
+    pub models: Vec<Model>,
+    /// Output tensors in mergekit's save order.
+    pub ops: Vec<Op>,
+    /// The method.
+    pub method: Arc<dyn MergeMethod>,
+    /// The model whose config.json and tokenizer are copied.
+    pub donor: usize,
+    /// The base model, if any (global).
+    pub base_model: Option<usize>,
+    /// New layer count for config.json (slices syntax only).
+    pub num_layers: Option<usize>,
+    /// The config's `dtype` / `out_dtype`, resolved.
+    pub config_dtype: Option<DType>,
+    /// See above.
+    pub config_out_dtype: Option<DType>,
+    /// Which mergekit release is reproduced.
+    pub compat: Compat,
+    /// Warnings raised while planning.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("models", &self.models.len())
+            .field("ops", &self.ops.len())
+            .field("method", &self.method.info().name)
+            .finish()
+    }
+}
+
+impl Plan {
+    /// Total bytes of output tensors.
+    pub fn output_bytes(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|o| o.shape.iter().product::<usize>() as u64 * o.out_dtype.size() as u64)
+            .sum()
+    }
+}
+
+/// A normalized output slice: what mergekit turns both `models:` and `slices:` into.
+struct NSlice {
+    sources: Vec<(usize, (usize, usize), Parameters)>,
+    base: Option<usize>,
+    params: Parameters,
+    /// linear without any weight: the 1/N fallback, if enabled.
+    fallback_weight: Option<f64>,
+}
+
+fn parse_dtype(key: &str, s: &Option<String>) -> Result<Option<DType>> {
+    let Some(s) = s else { return Ok(None) };
+    match DType::from_mergekit(s) {
+        Some(d) => Ok(Some(d)),
+        None => Err(EngineError::Plan(format!(
+            "{key}: unknown dtype `{s}`; mergekit accepts bfloat16, float16, float32, float64, int64"
+        ))),
+    }
+}
+
+/// Coerces a YAML scalar to a declared parameter type the way pydantic's lax mode does.
+pub(crate) fn coerce(s: &Scalar, kind: ParamKind, name: &str) -> Result<Value> {
+    let bad = || {
+        EngineError::Plan(format!(
+            "parameter `{name}`: {s:?} is not a valid {}",
+            match kind {
+                ParamKind::Float => "float",
+                ParamKind::Bool => "boolean",
+                ParamKind::Int => "integer",
+            }
+        ))
+    };
+    Ok(match kind {
+        ParamKind::Float => Value::Float(match s {
+            Scalar::Float(f) => *f,
+            Scalar::Int(i) => *i as f64,
+            Scalar::Bool(b) => *b as u8 as f64,
+            Scalar::Str(t) => t.trim().parse::<f64>().map_err(|_| bad())?,
+        }),
+        ParamKind::Bool => Value::Bool(match s {
+            Scalar::Bool(b) => *b,
+            Scalar::Int(0) => false,
+            Scalar::Int(1) => true,
+            Scalar::Float(f) if *f == 0.0 => false,
+            Scalar::Float(f) if *f == 1.0 => true,
+            Scalar::Str(t) => match t.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" | "t" | "y" => true,
+                "false" | "no" | "off" | "0" | "f" | "n" => false,
+                _ => return Err(bad()),
+            },
+            _ => return Err(bad()),
+        }),
+        ParamKind::Int => Value::Int(match s {
+            Scalar::Int(i) => *i,
+            Scalar::Float(f) if f.fract() == 0.0 && f.is_finite() => *f as i64,
+            Scalar::Bool(b) => *b as i64,
+            Scalar::Str(t) => t.trim().parse::<i64>().map_err(|_| bad())?,
+            _ => return Err(bad()),
+        }),
+    })
+}
+
+/// First scope (highest precedence first) that has `key` and evaluates to a value.
+fn resolve_in(scopes: &[&Parameters], key: &str, tensor: &str, t: f64) -> Option<Scalar> {
+    scopes.iter().find_map(|p| {
+        p.get(key)
+            .and_then(|v| amalgam_config::evaluate(v, tensor, t))
+    })
+}
+
+fn has_key_anywhere(cfg: &amalgam_config::MergeConfig, key: &str) -> bool {
+    cfg.parameters.contains_key(key)
+        || cfg
+            .models
+            .iter()
+            .flatten()
+            .any(|m| m.parameters.contains_key(key))
+        || cfg.slices.iter().flatten().any(|s| {
+            s.parameters.contains_key(key) || s.sources.iter().any(|x| x.parameters.contains_key(key))
+        })
+}
+
+struct Planner<'a> {
+    loaded: &'a LoadedConfig,
+    opts: &'a PlanOptions,
+    method: Arc<dyn MergeMethod>,
+    models: Vec<Model>,
+    by_ref: HashMap<ModelRef, usize>,
+    warnings: Vec<String>,
+    ops: Vec<Op>,
+    config_dtype: Option<DType>,
+    config_out_dtype: Option<DType>,
+    layer_index: Vec<HashMap<usize, Vec<(String, String)>>>,
+}
+
+impl<'a> Planner<'a> {
+    fn model(&mut self, r: &ModelRef) -> Result<usize> {
+        if let Some(&i) = self.by_ref.get(r) {
+            return Ok(i);
+        }
+        let cache = self
+            .opts
+            .hf_cache
+            .clone()
+            .unwrap_or_else(amalgam_io::hub::cache_dir);
+        let dir = amalgam_io::hub::resolve_in(&r.path, r.revision.as_deref(), &self.opts.base_dir, &cache)?;
+        let folder = ModelFolder::open(&dir)?;
+        let config = match folder.aux_file("config.json") {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|e| EngineError::SideFile {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                Some(serde_json::from_str::<Json>(&text).map_err(|e| EngineError::SideFile {
+                    path: p.clone(),
+                    reason: format!("invalid JSON: {e}"),
+                })?)
+            }
+            None => None,
+        };
+        let source = match r.expert {
+            Some(k) => Source::expert(folder, k)?,
+            None => Source::folder(folder),
+        };
+        let mut index: HashMap<usize, Vec<(String, String)>> = HashMap::new();
+        for n in source.names() {
+            if let Some((p, i, s)) = arch::split_layer(n) {
+                index.entry(i).or_default().push((p.to_string(), s.to_string()));
+            }
+        }
+        for v in index.values_mut() {
+            // mergekit's template order first (it matters for the 0.0.4.2 save order only).
+            v.sort_by_key(|(_, s)| {
+                arch::TEMPLATE_ORDER
+                    .iter()
+                    .position(|t| t == s)
+                    .unwrap_or(arch::TEMPLATE_ORDER.len())
+            });
+        }
+        self.layer_index.push(index);
+        let i = self.models.len();
+        self.models.push(Model {
+            reference: r.clone(),
+            label: r.to_string(),
+            source,
+            config,
+        });
+        self.by_ref.insert(r.clone(), i);
+        Ok(i)
+    }
+
+    fn num_layers(&self, m: usize) -> usize {
+        let model = &self.models[m];
+        if let Some((_, n)) = model.config.as_ref().and_then(arch::num_layers_from_config) {
+            // An expert view keeps the Mixtral's layer count.
+            return n;
+        }
+        self.layer_index[m].keys().max().map_or(0, |&k| k + 1)
+    }
+
+    fn normalize(&mut self) -> Result<Vec<NSlice>> {
+        let cfg = &self.loaded.config;
+        let global_base = match &cfg.base_model {
+            Some(b) => Some(self.model(b)?),
+            None => None,
+        };
+        let linear_fallback = self.method.info().name == "linear"
+            && !self.opts.strict
+            && !has_key_anywhere(cfg, "weight");
+        let mut out = Vec::new();
+        match (&cfg.models, &cfg.slices) {
+            (Some(models), None) => {
+                let mut sources = Vec::new();
+                for m in models {
+                    let i = self.model(&m.model)?;
+                    let n = self.num_layers(i);
+                    sources.push((i, (0, n), m.parameters.clone()));
+                }
+                if let Some(b) = global_base {
+                    if !sources.iter().any(|s| s.0 == b) {
+                        let n = self.num_layers(b);
+                        sources.push((b, (0, n), Parameters::new()));
+                    }
+                }
+                out.push(NSlice {
+                    fallback_weight: None,
+                    sources,
+                    base: global_base,
+                    params: Parameters::new(),
+                });
+            }
+            (None, Some(slices)) => {
+                for s in slices {
+                    let mut sources = Vec::new();
+                    for src in &s.sources {
+                        let i = self.model(&src.model)?;
+                        sources.push((i, src.layer_range, src.parameters.clone()));
+                    }
+                    let base = match &s.base_model {
+                        Some(b) => Some(self.model(b)?),
+                        None => global_base,
+                    };
+                    out.push(NSlice {
+                        fallback_weight: None,
+                        sources,
+                        base,
+                        params: s.parameters.clone(),
+                    });
+                }
+            }
+            _ => {
+                return Err(EngineError::Plan(
+                    "Exactly one of 'models', 'slices', or 'modules' must be present".into(),
+                ))
+            }
+        }
+        if linear_fallback {
+            for s in &mut out {
+                s.fallback_weight = Some(1.0 / s.sources.len() as f64);
+            }
+            let n = out.first().map_or(0, |s| s.sources.len());
+            self.warnings.push(format!(
+                "linear: no `weight` given for any model; using 1/{n} for each (mergekit refuses this \
+                 config with \"Missing required parameter weight\"; add `parameters: {{weight: ...}}` to \
+                 silence this, or pass --strict to get mergekit's error)"
+            ));
+        }
+        Ok(out)
+    }
+
+    fn check_contract(&self, idx: usize, s: &NSlice) -> Result<()> {
+        let info = self.method.info();
+        let label = format!(" for default.slices[{idx}]");
+        let ids: Vec<usize> = s.sources.iter().map(|x| x.0).collect();
+        let mut seen = std::collections::HashSet::new();
+        if !ids.iter().all(|i| seen.insert(*i)) {
+            return Err(EngineError::Plan(format!("Duplicate merge inputs{label}")));
+        }
+        let base = if info.contract.base == BaseRule::Ignored { None } else { s.base };
+        let has_base = base.is_some_and(|b| ids.contains(&b));
+        if base.is_some() && !has_base {
+            return Err(EngineError::Plan(format!("Base input is not present in merge inputs{label}")));
+        }
+        if info.contract.base == BaseRule::Required && !has_base {
+            return Err(EngineError::Plan(format!("Merge method requires a base input{label}")));
+        }
+        if info.contract.base == BaseRule::Forbidden && has_base {
+            return Err(EngineError::Plan(format!("Merge method does not accept a base input{label}")));
+        }
+        let count = ids.len();
+        let non_base = count - has_base as usize;
+        let check = |what: &str, n: usize, min: usize, max: Option<usize>| -> Result<()> {
+            if n < min {
+                return Err(EngineError::Plan(format!(
+                    "Merge method requires at least {min} {what}{label}; got {n}"
+                )));
+            }
+            if let Some(max) = max {
+                if n > max {
+                    let e = if min == max { format!("exactly {min}") } else { format!("at most {max}") };
+                    return Err(EngineError::Plan(format!("Merge method requires {e} {what}{label}; got {n}")));
+                }
+            }
+            Ok(())
+        };
+        match info.contract.count {
+            InputCount::Any => check("inputs", count, 1, None),
+            InputCount::Exactly(n) => check("inputs", count, n, Some(n)),
+            InputCount::AtLeast(n) => check("inputs", count, n, None),
+            InputCount::ExactlyNonBase(n) => {
+                check("inputs", count, 1, None)?;
+                check("non-base inputs", non_base, n, Some(n))
+            }
+            InputCount::AtLeastNonBase(n) => {
+                check("inputs", count, 1, None)?;
+                check("non-base inputs", non_base, n, None)
+            }
+        }
+    }
+
+    /// Plans one output tensor from `inputs` (model, input name) of slice `s` at position `t`.
+    fn plan_tensor(&mut self, out_name: String, inputs: Vec<(usize, String)>, s: &NSlice, t: f64) -> Result<()> {
+        let info = self.method.info().clone();
+        // Resolve tied names (lm_head <- embed_tokens) and check presence.
+        let mut resolved = Vec::with_capacity(inputs.len());
+        for (m, name) in inputs {
+            let src = &self.models[m].source;
+            let name = if src.has(&name) {
+                name
+            } else if let Some(tied) = arch::tied_name(&name).filter(|t| src.has(t)) {
+                tied.to_string()
+            } else {
+                return Err(EngineError::Plan(format!(
+                    "Tensor {name} required but not present in model {} ({})",
+                    self.models[m].label,
+                    src.path().display()
+                )));
+            };
+            resolved.push((m, name));
+        }
+        // Shapes and dtypes.
+        let mut shapes = Vec::new();
+        let mut dtypes = Vec::new();
+        for (m, name) in &resolved {
+            let raw = self.models[*m].source.require(name, &self.models[*m].label)?;
+            shapes.push(raw.shape.to_vec());
+            dtypes.push(raw.dtype);
+        }
+        if shapes.iter().any(|s| s != &shapes[0]) {
+            let list: Vec<String> = shapes
+                .iter()
+                .zip(&resolved)
+                .map(|(s, (m, _))| format!("{} {:?}", self.models[*m].label, s))
+                .collect();
+            let hint = if out_name.contains("embed") || out_name.starts_with("lm_head") {
+                " (vocabulary sizes differ: aligning vocabularies with `tokenizer:` is not supported yet)"
+            } else {
+                ""
+            };
+            return Err(EngineError::Plan(format!(
+                "Tensor size mismatch for {out_name}: {}{hint}",
+                list.join(", ")
+            )));
+        }
+        let float = dtypes.iter().all(|d| d.is_float());
+        let work_dtype = if !float {
+            dtypes[0]
+        } else if let Some(d) = self.config_dtype {
+            d
+        } else {
+            dtypes.iter().copied().fold(dtypes[0], promote)
+        };
+        if float && work_dtype == DType::F64 {
+            return Err(EngineError::Plan(format!(
+                "{out_name}: float64 merge arithmetic is not supported yet (use dtype: float32)"
+            )));
+        }
+        if float && !matches!(work_dtype, DType::F16 | DType::BF16 | DType::F32) {
+            return Err(EngineError::Plan(format!(
+                "{out_name}: merging in {work_dtype} is not supported; use dtype: bfloat16, float16 or float32"
+            )));
+        }
+        let out_dtype = if float {
+            self.config_out_dtype
+                .unwrap_or_else(|| self.method.output_dtype(work_dtype))
+        } else {
+            work_dtype
+        };
+        // Parameters.
+        let mut shared = ParamValues::new();
+        let global = &self.loaded.config.parameters;
+        for p in info.params.iter().filter(|p| p.scope == ParamScope::Shared) {
+            let v = resolve_in(&[&s.params, global], p.name, &out_name, t);
+            match v {
+                Some(v) => {
+                    shared.insert(p.name.to_string(), coerce(&v, p.kind, p.name)?);
+                }
+                None => match p.default {
+                    Some(d) => {
+                        shared.insert(p.name.to_string(), d);
+                    }
+                    None => {
+                        return Err(EngineError::Plan(format!(
+                            "Missing required parameter {} for {out_name}",
+                            p.name
+                        )))
+                    }
+                },
+            }
+        }
+        let base_in_inputs = s.base.and_then(|b| resolved.iter().position(|(m, _)| *m == b));
+        let method_base = if info.contract.base == BaseRule::Ignored { None } else { base_in_inputs };
+        let mut per_input = Vec::new();
+        for (j, (m, name)) in resolved.iter().enumerate() {
+            let mut values = ParamValues::new();
+            let src_params = s.sources.iter().find(|x| x.0 == *m).map(|x| &x.2);
+            let empty = Parameters::new();
+            let scopes = [src_params.unwrap_or(&empty), &s.params, global];
+            let is_base = base_in_inputs == Some(j);
+            for p in info.params.iter().filter(|p| p.scope != ParamScope::Shared) {
+                // 0.1.5 resolves only INPUT-scope parameters for the base; 0.0.4.2 exempts the
+                // base from every per-model parameter.
+                if is_base
+                    && (p.scope == ParamScope::NonBase || self.opts.compat == Compat::V0_0_4_2)
+                {
+                    continue;
+                }
+                match resolve_in(&scopes, p.name, name, t) {
+                    Some(v) => {
+                        values.insert(p.name.to_string(), coerce(&v, p.kind, p.name)?);
+                    }
+                    None => match (p.default, s.fallback_weight) {
+                        (Some(d), _) => {
+                            values.insert(p.name.to_string(), d);
+                        }
+                        (None, Some(w)) if p.name == "weight" => {
+                            values.insert(p.name.to_string(), Value::Float(w));
+                        }
+                        (None, _) => {
+                            return Err(EngineError::Plan(format!(
+                                "Missing required parameter {} for {}.{name}",
+                                p.name, self.models[*m].label
+                            )))
+                        }
+                    },
+                }
+            }
+            per_input.push(values);
+        }
+        let label = resolved.iter().map(|(_, n)| n.as_str()).max().unwrap_or("").to_string();
+        self.ops.push(Op {
+            out_name,
+            inputs: resolved.into_iter().map(|(model, name)| OpInput { model, name }).collect(),
+            base: method_base,
+            shared,
+            per_input,
+            shape: shapes.swap_remove(0),
+            work_dtype,
+            out_dtype,
+            float,
+            label,
+        });
+        Ok(())
+    }
+
+    /// Non-layer tensor names of the given models, in first-seen order.
+    fn non_layer_names(&self, models: &[usize], post: bool) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for &m in models {
+            for n in self.models[m].source.names() {
+                if arch::split_layer(n).is_none()
+                    && arch::is_post_weight(n) == post
+                    && seen.insert(n.clone())
+                {
+                    out.push(n.clone());
+                }
+            }
+        }
+        // A model with an LM head next to tied ones still yields one lm_head output; a tied
+        // embedding never becomes a separate output.
+        out
+    }
+}
+
+/// PyTorch's type promotion for the float dtypes mergekit meets (bf16 + f16 -> f32).
+fn promote(a: DType, b: DType) -> DType {
+    use DType::*;
+    match (a, b) {
+        (x, y) if x == y => x,
+        (F64, _) | (_, F64) => F64,
+        (F32, _) | (_, F32) => F32,
+        (BF16, F16) | (F16, BF16) => F32,
+        (x, _) => x,
+    }
+}
+
+/// Builds and validates the plan for a config.
+pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> Result<Plan> {
+    let cfg = &loaded.config;
+    let method = registry.get(&cfg.merge_method).cloned().ok_or_else(|| {
+        EngineError::Plan(format!(
+            "Unimplemented merge method {}; known methods: {}",
+            cfg.merge_method,
+            registry.names().join(", ")
+        ))
+    })?;
+    for (path, key) in amalgam_config::unsupported_features(cfg) {
+        return Err(EngineError::Unsupported { path, key });
+    }
+    let config_dtype = parse_dtype("dtype", &cfg.dtype)?;
+    let config_out_dtype = parse_dtype("out_dtype", &cfg.out_dtype)?;
+    let mut p = Planner {
+        loaded,
+        opts,
+        method,
+        models: Vec::new(),
+        by_ref: HashMap::new(),
+        warnings: Vec::new(),
+        ops: Vec::new(),
+        config_dtype,
+        config_out_dtype,
+        layer_index: Vec::new(),
+    };
+    let slices = p.normalize()?;
+    for (i, s) in slices.iter().enumerate() {
+        p.check_contract(i, s)?;
+        let lens: Vec<usize> = s.sources.iter().map(|x| x.1 .1.saturating_sub(x.1 .0)).collect();
+        if lens.iter().any(|&l| l != lens[0]) {
+            return Err(EngineError::Plan(format!(
+                "slices[{i}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
+            )));
+        }
+        for (m, (a, b), _) in &s.sources {
+            let n = p.num_layers(*m);
+            if a > b || *b > n {
+                return Err(EngineError::Plan(format!(
+                    "slices[{i}]: layer_range [{a}, {b}] is outside model {} which has {n} layers",
+                    p.models[*m].label
+                )));
+            }
+        }
+    }
+    let first = &slices[0];
+    let last = &slices[slices.len() - 1];
+    let first_models: Vec<usize> = first.sources.iter().map(|x| x.0).collect();
+    let last_models: Vec<usize> = last.sources.iter().map(|x| x.0).collect();
+    for name in p.non_layer_names(&first_models, false) {
+        let inputs = first_models.iter().map(|&m| (m, name.clone())).collect();
+        p.plan_tensor(name, inputs, first, 0.0)?;
+    }
+    let mut out_layer = 0usize;
+    for s in &slices {
+        let len = s.sources[0].1 .1 - s.sources[0].1 .0;
+        for i in 0..len {
+            let t = if len > 1 { i as f64 / (len - 1) as f64 } else { 1.0 };
+            let (m0, (a0, _), _) = s.sources[0];
+            let templates = p.layer_index[m0].get(&(a0 + i)).cloned().unwrap_or_default();
+            if templates.is_empty() {
+                return Err(EngineError::Plan(format!(
+                    "model {} has no tensors for layer {}",
+                    p.models[m0].label,
+                    a0 + i
+                )));
+            }
+            for (prefix, suffix) in templates {
+                let inputs = s
+                    .sources
+                    .iter()
+                    .map(|(m, (a, _), _)| (*m, arch::layer_name(&prefix, a + i, &suffix)))
+                    .collect();
+                p.plan_tensor(arch::layer_name(&prefix, out_layer, &suffix), inputs, s, t)?;
+            }
+            out_layer += 1;
+        }
+    }
+    for name in p.non_layer_names(&last_models, true) {
+        let inputs = last_models.iter().map(|&m| (m, name.clone())).collect();
+        p.plan_tensor(name, inputs, last, 0.0)?;
+    }
+    let num_layers = cfg.slices.as_ref().map(|_| out_layer);
+    let base_model = match &cfg.base_model {
+        Some(b) => p.by_ref.get(b).copied(),
+        None => None,
+    };
+    let donor = base_model.unwrap_or(first_models[0]);
+    let mut ops = std::mem::take(&mut p.ops);
+    match opts.compat {
+        // Stable: outputs sharing an input label keep plan order (earlier output first).
+        Compat::V0_1_5 => ops.sort_by(|a, b| a.label.cmp(&b.label)),
+        Compat::V0_0_4_2 => crate::legacy_order::sort(&mut ops, &p.models),
+    }
+    Ok(Plan {
+        models: p.models,
+        ops,
+        method: p.method,
+        donor,
+        base_model,
+        num_layers,
+        config_dtype,
+        config_out_dtype,
+        compat: opts.compat,
+        warnings: p.warnings,
+    })
+}

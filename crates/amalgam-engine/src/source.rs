@@ -1,0 +1,264 @@
+//! Where input tensors come from: a model folder, or one expert of a Mixtral folder seen as a
+//! dense Mistral (the `#expert=K` model-reference extension and `amalgam unmix`).
+
+use std::path::Path;
+
+use amalgam_io::{DType, ModelFolder, TensorRef};
+
+use crate::{EngineError, Result};
+
+/// A tensor's bytes and description, borrowed from a mapped file.
+#[derive(Debug, Clone, Copy)]
+pub struct RawTensor<'a> {
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: &'a [usize],
+    /// Little-endian bytes (a contiguous slice of the mapped file).
+    pub data: &'a [u8],
+    /// File it lives in.
+    pub file: &'a Path,
+}
+
+/// How dense MLP names map to one expert of a Mixtral checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MoeLayout {
+    /// `block_sparse_moe.experts.E.w{1,2,3}.weight` (the Hub's on-disk layout).
+    PerExpert,
+    /// `mlp.experts.gate_up_proj` [E, 2I, H] and `mlp.experts.down_proj` [E, H, I]
+    /// (the transformers-5 fused layout).
+    Fused,
+}
+
+/// An input model: a whole folder, or expert `k` of a Mixtral folder presented as a dense Mistral.
+#[derive(Debug)]
+pub struct Source {
+    folder: ModelFolder,
+    expert: Option<(usize, MoeLayout)>,
+    shapes: std::collections::HashMap<String, Vec<usize>>,
+    names: Vec<String>,
+}
+
+fn layer_split(name: &str) -> Option<(&str, &str)> {
+    // `model.layers.N.<rest>` -> ("model.layers.N.", "<rest>")
+    let idx = name.find(".layers.")?;
+    let after = &name[idx + 8..];
+    let dot = after.find('.')?;
+    if !after[..dot].bytes().all(|b| b.is_ascii_digit()) || dot == 0 {
+        return None;
+    }
+    Some(name.split_at(idx + 8 + dot + 1))
+}
+
+impl Source {
+    /// A whole folder.
+    pub fn folder(folder: ModelFolder) -> Self {
+        let names = folder.names().into_iter().map(String::from).collect();
+        Source {
+            folder,
+            expert: None,
+            shapes: Default::default(),
+            names,
+        }
+    }
+
+    /// Expert `k` of a Mixtral folder, in either on-disk layout.
+    pub fn expert(folder: ModelFolder, k: usize) -> Result<Self> {
+        let all: Vec<String> = folder.names().into_iter().map(String::from).collect();
+        let per_expert = all.iter().any(|n| n.contains(".block_sparse_moe.experts."));
+        let fused = all.iter().any(|n| n.ends_with(".mlp.experts.gate_up_proj"));
+        let layout = match (per_expert, fused) {
+            (true, false) => MoeLayout::PerExpert,
+            (false, true) => MoeLayout::Fused,
+            _ => {
+                return Err(EngineError::Plan(format!(
+                    "{}: not a Mixtral checkpoint (expected `block_sparse_moe.experts.E.w1.weight` or \
+                     `mlp.experts.gate_up_proj` tensors) so `#expert={k}` cannot be applied",
+                    folder.path().display()
+                )))
+            }
+        };
+        let mut names = Vec::new();
+        let mut shapes = std::collections::HashMap::new();
+        let mut n_experts = None;
+        for n in &all {
+            let Some((prefix, rest)) = layer_split(n) else {
+                names.push(n.clone());
+                continue;
+            };
+            match layout {
+                MoeLayout::PerExpert => {
+                    if let Some(r) = rest.strip_prefix("block_sparse_moe.experts.") {
+                        let (e, w) = r.split_once('.').unwrap_or((r, ""));
+                        let e: usize = e.parse().unwrap_or(usize::MAX);
+                        n_experts = Some(n_experts.unwrap_or(0).max(e.saturating_add(1)));
+                        if e == k {
+                            let dense = match w {
+                                "w1.weight" => "mlp.gate_proj.weight",
+                                "w2.weight" => "mlp.down_proj.weight",
+                                "w3.weight" => "mlp.up_proj.weight",
+                                _ => continue,
+                            };
+                            names.push(format!("{prefix}{dense}"));
+                        }
+                    } else if rest != "block_sparse_moe.gate.weight" {
+                        names.push(n.clone());
+                    }
+                }
+                MoeLayout::Fused => match rest {
+                    "mlp.experts.gate_up_proj" => {
+                        let t = folder.require(n)?;
+                        let s = &t.info.shape;
+                        if s.len() != 3 || s[1] % 2 != 0 {
+                            return Err(EngineError::Plan(format!(
+                                "{}: `{n}` has shape {s:?}, expected [experts, 2*intermediate, hidden]",
+                                t.path.display()
+                            )));
+                        }
+                        n_experts = Some(s[0]);
+                        let g = format!("{prefix}mlp.gate_proj.weight");
+                        let u = format!("{prefix}mlp.up_proj.weight");
+                        shapes.insert(g.clone(), vec![s[1] / 2, s[2]]);
+                        shapes.insert(u.clone(), vec![s[1] / 2, s[2]]);
+                        names.push(g);
+                        names.push(u);
+                    }
+                    "mlp.experts.down_proj" => {
+                        let t = folder.require(n)?;
+                        let s = &t.info.shape;
+                        if s.len() != 3 {
+                            return Err(EngineError::Plan(format!(
+                                "{}: `{n}` has shape {s:?}, expected [experts, hidden, intermediate]",
+                                t.path.display()
+                            )));
+                        }
+                        let d = format!("{prefix}mlp.down_proj.weight");
+                        shapes.insert(d.clone(), vec![s[1], s[2]]);
+                        names.push(d);
+                    }
+                    "mlp.gate.weight" => {}
+                    _ => names.push(n.clone()),
+                },
+            }
+        }
+        let n_experts = n_experts.unwrap_or(0);
+        if k >= n_experts {
+            return Err(EngineError::Plan(format!(
+                "{}: expert {k} requested but the checkpoint has {n_experts} experts (0..{})",
+                folder.path().display(),
+                n_experts.saturating_sub(1)
+            )));
+        }
+        Ok(Source {
+            folder,
+            expert: Some((k, layout)),
+            shapes,
+            names,
+        })
+    }
+
+    /// The underlying folder.
+    pub fn folder_ref(&self) -> &ModelFolder {
+        &self.folder
+    }
+
+    /// Tensor names this source offers (dense names for an expert view).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the source offers `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The name of the underlying checkpoint tensor holding `name` (for shard lookup and the
+    /// 0.0.4.2 save order).
+    pub fn storage_name(&self, name: &str) -> Option<String> {
+        match self.expert {
+            None => Some(name.to_string()),
+            Some((k, layout)) => {
+                let Some((prefix, rest)) = layer_split(name) else {
+                    return Some(name.to_string());
+                };
+                let mapped = match (layout, rest) {
+                    (MoeLayout::PerExpert, "mlp.gate_proj.weight") => {
+                        format!("{prefix}block_sparse_moe.experts.{k}.w1.weight")
+                    }
+                    (MoeLayout::PerExpert, "mlp.down_proj.weight") => {
+                        format!("{prefix}block_sparse_moe.experts.{k}.w2.weight")
+                    }
+                    (MoeLayout::PerExpert, "mlp.up_proj.weight") => {
+                        format!("{prefix}block_sparse_moe.experts.{k}.w3.weight")
+                    }
+                    (MoeLayout::Fused, "mlp.gate_proj.weight" | "mlp.up_proj.weight") => {
+                        format!("{prefix}mlp.experts.gate_up_proj")
+                    }
+                    (MoeLayout::Fused, "mlp.down_proj.weight") => {
+                        format!("{prefix}mlp.experts.down_proj")
+                    }
+                    _ => name.to_string(),
+                };
+                Some(mapped)
+            }
+        }
+    }
+
+    /// Looks a tensor up by (dense) name.
+    pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
+        let storage = self.storage_name(name)?;
+        let t: TensorRef<'_> = self.folder.get(&storage)?;
+        match (self.expert, self.shapes.get(name)) {
+            (Some((k, MoeLayout::Fused)), Some(shape)) => {
+                // Expert k's block of a [E, a, b] tensor is contiguous; gate is the first half of
+                // gate_up's rows, up the second half.
+                let es = t.info.dtype.size();
+                let per_expert: usize = t.info.shape.iter().skip(1).product::<usize>() * es;
+                let part: usize = shape.iter().product::<usize>() * es;
+                let mut start = k.checked_mul(per_expert)?;
+                if name.ends_with("mlp.up_proj.weight") {
+                    start += part;
+                }
+                let data = t.data.get(start..start.checked_add(part)?)?;
+                Some(RawTensor {
+                    dtype: t.info.dtype,
+                    shape,
+                    data,
+                    file: t.path,
+                })
+            }
+            _ => Some(RawTensor {
+                dtype: t.info.dtype,
+                shape: &t.info.shape,
+                data: t.data,
+                file: t.path,
+            }),
+        }
+    }
+
+    /// Like [`Source::get`], erroring with the model named.
+    pub fn require(&self, name: &str, model: &str) -> Result<RawTensor<'_>> {
+        self.get(name).ok_or_else(|| {
+            EngineError::Plan(format!(
+                "tensor `{name}` required but not present in model `{model}` ({})",
+                self.folder.path().display()
+            ))
+        })
+    }
+
+    /// The file (relative shard name) holding `name`, for the 0.0.4.2 save order.
+    pub fn shard_of(&self, name: &str) -> Option<String> {
+        let storage = self.storage_name(name)?;
+        self.folder.shard_of(&storage).map(String::from)
+    }
+
+    /// The model folder path.
+    pub fn path(&self) -> &Path {
+        self.folder.path()
+    }
+
+    /// Whether this is an expert view.
+    pub fn is_expert_view(&self) -> bool {
+        self.expert.is_some()
+    }
+}

@@ -1,0 +1,158 @@
+//! `amalgam verify`: recompute a merge and compare it with an existing folder, tensor by tensor,
+//! without writing anything.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use amalgam_config::LoadedConfig;
+use amalgam_io::ModelFolder;
+use amalgam_methods::{Compat, Registry};
+
+use crate::exec::{self, ExecOptions, Sink};
+use crate::plan::{Op, PlanOptions};
+use crate::{EngineError, Result};
+
+/// How one tensor differs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TensorDiff {
+    /// Tensor name.
+    pub tensor: String,
+    /// Elements that differ (for shape/dtype/presence problems: all of them).
+    pub differing_elements: u64,
+    /// Total elements.
+    pub elements: u64,
+    /// What differs, when it is not just values.
+    pub problem: Option<String>,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    /// The mergekit version whose arithmetic was used.
+    pub mergekit_version: String,
+    /// Tensors compared.
+    pub tensors: usize,
+    /// Tensors that differ, sorted by name.
+    pub diffs: Vec<TensorDiff>,
+}
+
+impl VerifyReport {
+    /// True when every tensor matched.
+    pub fn ok(&self) -> bool {
+        self.diffs.is_empty()
+    }
+}
+
+struct Compare<'a> {
+    folder: &'a ModelFolder,
+    diffs: Mutex<BTreeMap<String, TensorDiff>>,
+}
+
+impl Sink for Compare<'_> {
+    fn put(&self, op: &Op, offset: u64, bytes: &[u8]) -> Result<()> {
+        let n: u64 = op.shape.iter().product::<usize>() as u64;
+        let es = op.out_dtype.size();
+        let problem = match self.folder.get(&op.out_name) {
+            None => Some("missing from the model".to_string()),
+            Some(t) if t.info.dtype != op.out_dtype => {
+                Some(format!("dtype {} but the config gives {}", t.info.dtype, op.out_dtype))
+            }
+            Some(t) if t.info.shape != op.shape => {
+                Some(format!("shape {:?} but the config gives {:?}", t.info.shape, op.shape))
+            }
+            Some(t) => {
+                let start = offset as usize;
+                let theirs = t.data.get(start..start + bytes.len()).unwrap_or(&[]);
+                let diff = bytes
+                    .chunks(es)
+                    .zip(theirs.chunks(es))
+                    .filter(|(a, b)| a != b)
+                    .count() as u64;
+                if diff > 0 {
+                    let mut d = self.diffs.lock().unwrap_or_else(|e| e.into_inner());
+                    d.entry(op.out_name.clone())
+                        .or_insert_with(|| TensorDiff {
+                            tensor: op.out_name.clone(),
+                            differing_elements: 0,
+                            elements: n,
+                            problem: None,
+                        })
+                        .differing_elements += diff;
+                }
+                None
+            }
+        };
+        if let Some(problem) = problem {
+            let mut d = self.diffs.lock().unwrap_or_else(|e| e.into_inner());
+            d.insert(
+                op.out_name.clone(),
+                TensorDiff {
+                    tensor: op.out_name.clone(),
+                    differing_elements: n,
+                    elements: n,
+                    problem: Some(problem),
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The mergekit version recorded in a folder's index metadata, if any.
+pub fn recorded_version(folder: &Path) -> Option<Compat> {
+    let text = std::fs::read_to_string(folder.join("model.safetensors.index.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Compat::parse(v.get("metadata")?.get("mergekit_version")?.as_str()?)
+}
+
+/// Recomputes the merge of `loaded` and compares it with the model in `model_dir`. The mergekit
+/// version is `compat` if given, else the one recorded in the folder's index, else 0.1.5.
+pub fn verify(
+    loaded: &LoadedConfig,
+    model_dir: &Path,
+    registry: &Registry,
+    opts: &PlanOptions,
+    compat: Option<Compat>,
+    seed: Option<u64>,
+) -> Result<VerifyReport> {
+    let folder = ModelFolder::open(model_dir)?;
+    let compat = compat.or_else(|| recorded_version(model_dir)).unwrap_or_default();
+    let opts = PlanOptions {
+        compat,
+        ..opts.clone()
+    };
+    let plan = crate::plan::plan(loaded, registry, &opts)?;
+    if plan.method.info().random && seed.is_none() {
+        return Err(EngineError::Plan(format!(
+            "`{}` draws random numbers: give the --random-seed the model was made with",
+            plan.method.info().name
+        )));
+    }
+    let cmp = Compare {
+        folder: &folder,
+        diffs: Mutex::new(BTreeMap::new()),
+    };
+    exec::execute(&plan, &cmp, &ExecOptions { seed, progress: None })?;
+    let mut diffs = cmp.diffs.into_inner().unwrap_or_else(|e| e.into_inner());
+    let planned: std::collections::HashSet<&str> = plan.ops.iter().map(|o| o.out_name.as_str()).collect();
+    for name in folder.names() {
+        if !planned.contains(name) {
+            let n = folder.get(name).map_or(0, |t| t.info.numel() as u64);
+            diffs.insert(
+                name.to_string(),
+                TensorDiff {
+                    tensor: name.to_string(),
+                    differing_elements: n,
+                    elements: n,
+                    problem: Some("in the model but not produced by the config".into()),
+                },
+            );
+        }
+    }
+    Ok(VerifyReport {
+        mergekit_version: compat.version_str().to_string(),
+        tensors: plan.ops.len(),
+        diffs: diffs.into_values().collect(),
+    })
+}
