@@ -1,0 +1,85 @@
+#![allow(dead_code)] // TEMP: helpers used by methods still being added
+//! Small helpers shared by the methods in this folder (argument access, shape checks, messages).
+
+use crate::{MergeArgs, MethodError, ParamValues, Tensor};
+
+/// The refusal for a method whose 2024 arithmetic is not implemented: computing 0.1.5 arithmetic
+/// under the 0.0.4.2 flag would silently produce different bytes than the old mergekit.
+pub(crate) fn compat_unsupported(method: &str) -> MethodError {
+    MethodError::Other(format!(
+        "{method} with --mergekit-version 0.0.4.2 is not supported yet"
+    ))
+}
+
+/// A required shared float parameter.
+pub(crate) fn shared_required(args: &MergeArgs<'_>, name: &str) -> Result<f64, MethodError> {
+    args.shared_f64(name)
+        .ok_or_else(|| MethodError::MissingParam {
+            name: name.into(),
+            target: args.tensor_name.into(),
+        })
+}
+
+/// A shared float parameter with its declared default (used when the engine did not fill it).
+pub(crate) fn shared_or(args: &MergeArgs<'_>, name: &str, default: f64) -> f64 {
+    args.shared_f64(name).unwrap_or(default)
+}
+
+/// A per-input float parameter.
+pub(crate) fn input_required(p: &ParamValues, name: &str, label: &str) -> Result<f64, MethodError> {
+    p.get(name)
+        .map(|v| v.as_f64())
+        .ok_or_else(|| MethodError::MissingParam {
+            name: name.into(),
+            target: label.into(),
+        })
+}
+
+/// Refuses inputs whose shapes differ, with mergekit's message shape list.
+pub(crate) fn check_same_shape(args: &MergeArgs<'_>) -> Result<(), MethodError> {
+    let first = match args.inputs.first() {
+        Some(f) => f,
+        None => {
+            return Err(MethodError::Contract(format!(
+                "{}: no inputs",
+                args.tensor_name
+            )))
+        }
+    };
+    let bad = args.inputs.iter().any(|i| {
+        i.tensor.shape != first.tensor.shape || i.tensor.data.len() != first.tensor.data.len()
+    });
+    if bad || first.tensor.data.len() != first.tensor.shape.iter().product::<usize>() {
+        let shapes: Vec<String> = args
+            .inputs
+            .iter()
+            .map(|i| {
+                let dims: Vec<String> = i.tensor.shape.iter().map(|d| d.to_string()).collect();
+                if dims.len() == 1 {
+                    format!("({},)", dims.join(", "))
+                } else {
+                    format!("({})", dims.join(", "))
+                }
+            })
+            .collect();
+        return Err(MethodError::Shape {
+            tensor: args.tensor_name.into(),
+            shapes: format!("[{}]", shapes.join(", ")),
+        });
+    }
+    Ok(())
+}
+
+/// The base tensor and the non-base tensors in input order (mergekit's `group.base` and
+/// `group.non_base`).
+pub(crate) fn split_base<'a>(args: &'a MergeArgs<'_>) -> (Option<&'a Tensor>, Vec<&'a Tensor>) {
+    let base = args.base.and_then(|b| args.inputs.get(b)).map(|i| i.tensor);
+    let others = args
+        .inputs
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| Some(*k) != args.base)
+        .map(|(_, i)| i.tensor)
+        .collect();
+    (base, others)
+}
