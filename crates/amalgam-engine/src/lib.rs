@@ -26,7 +26,7 @@ use amalgam_methods::{Compat, Registry};
 pub use error::{EngineError, Result};
 pub use exec::{ExecOptions, ProgressFn};
 pub use plan::{plan, Plan, PlanOptions};
-pub use unmix::{unmix, UnmixOptions};
+pub use unmix::{mistral_config, unmix, UnmixOptions};
 pub use verify::{verify, TensorDiff, VerifyReport};
 
 /// mergekit's default `--out-shard-size` (5B: bytes since 2024-05, elements before).

@@ -656,9 +656,15 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             out_layer += 1;
         }
     }
-    for name in p.non_layer_names(&last_models, true) {
+    // Post-weights see t = 0 in 0.1.5 and t = 1 in 0.0.4.2 (its planner built their config
+    // reader with t=1).
+    let post_t = if opts.compat == Compat::V0_0_4_2 { 1.0 } else { 0.0 };
+    let mut post = p.non_layer_names(&last_models, true);
+    // mergekit's templates list the final norm before the LM head.
+    post.sort_by_key(|n| n.starts_with("lm_head"));
+    for name in post {
         let inputs = last_models.iter().map(|&m| (m, name.clone())).collect();
-        p.plan_tensor(name, inputs, last, 0.0)?;
+        p.plan_tensor(name, inputs, last, post_t)?;
     }
     let num_layers = cfg.slices.as_ref().map(|_| out_layer);
     let base_model = match &cfg.base_model {

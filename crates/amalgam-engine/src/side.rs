@@ -35,7 +35,12 @@ pub fn set_dtype(cfg: &mut Json, dtype: DType) {
 /// newline). The donor's own keys are kept (no transformers-5 rewriting of `rope_theta`), so
 /// older loaders such as candle keep reading it.
 pub fn config_json(plan: &Plan) -> Option<Vec<u8>> {
-    let mut cfg = plan.models[plan.donor].config.clone()?;
+    let donor = &plan.models[plan.donor];
+    let mut cfg = donor.config.clone()?;
+    if donor.source.is_expert_view() {
+        // `#expert=K` of a Mixtral: the output is a dense Mistral.
+        cfg = crate::unmix::mistral_config(&cfg, None);
+    }
     if let Some(d) = plan.config_out_dtype.or(plan.config_dtype) {
         set_dtype(&mut cfg, d);
     }
