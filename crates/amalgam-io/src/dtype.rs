@@ -6,7 +6,7 @@ use std::fmt;
 /// by [`DType::alignment_rank`] (descending) and then by name, exactly like the Python library, so
 /// that shards are byte-identical to `safetensors.torch.save_file`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[allow(missing_docs)]
+#[allow(missing_docs, non_camel_case_types)]
 pub enum DType {
     BOOL,
     U8,

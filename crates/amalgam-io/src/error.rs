@@ -17,7 +17,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The file is shorter than the 8-byte header length prefix.
-    #[error("{path}: not a safetensors file: {len} bytes is too short for the 8-byte header length")]
+    #[error(
+        "{path}: not a safetensors file: {len} bytes is too short for the 8-byte header length"
+    )]
     TooShort {
         /// The file.
         path: PathBuf,
@@ -36,7 +38,15 @@ pub enum Error {
         /// The maximum header length accepted.
         limit: u64,
     },
-    /// The header is not valid UTF-8 JSON of the expected shape.
+    /// The header bytes are not UTF-8.
+    #[error("{path}: invalid safetensors header: not UTF-8 (first invalid byte at header offset {valid_up_to})")]
+    HeaderUtf8 {
+        /// The file.
+        path: PathBuf,
+        /// Length of the valid UTF-8 prefix.
+        valid_up_to: usize,
+    },
+    /// The header is not JSON of the expected shape.
     #[error("{path}: invalid safetensors header: {reason}")]
     HeaderJson {
         /// The file.
@@ -112,6 +122,12 @@ pub enum Error {
         /// The tensor.
         tensor: String,
     },
+    /// A model folder does not exist (or is not a folder).
+    #[error("{path}: model folder not found (or not a directory)")]
+    MissingFolder {
+        /// The path that was given.
+        path: PathBuf,
+    },
     /// A folder holds no loadable checkpoint.
     #[error("{path}: no model found: expected model.safetensors or model.safetensors.index.json")]
     NoModelFiles {
@@ -154,6 +170,18 @@ pub enum Error {
         /// The folder.
         path: PathBuf,
     },
+    /// [`crate::OutputWriter::finish`] was called before every byte of a tensor was written.
+    #[error("{path}: tensor `{tensor}` is incomplete: {written} of {expected} bytes written")]
+    IncompleteTensor {
+        /// The output folder.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// Bytes written so far (distinct bytes).
+        written: u64,
+        /// Bytes the tensor has.
+        expected: u64,
+    },
     /// A conversion or write was asked for that is not possible.
     #[error("{0}")]
     Invalid(String),
@@ -161,6 +189,9 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

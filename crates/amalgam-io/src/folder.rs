@@ -1,61 +1,164 @@
 //! Model folders, found by mergekit's rules.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::{Result, SafetensorsFile, TensorRef};
+use crate::{Error, Result, SafetensorsFile, TensorRef};
+
+const SINGLE: &str = "model.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
 
 /// A checkpoint folder: `model.safetensors`, or `model.safetensors.index.json` with its shards.
 /// Every shard is opened and validated up front so errors surface before a merge starts.
 #[derive(Debug)]
 pub struct ModelFolder {
-    _private: (),
+    path: PathBuf,
+    files: Vec<SafetensorsFile>,
+    /// File names as written in the index (or `model.safetensors`), parallel to `files`.
+    file_names: Vec<String>,
+    /// Tensor names in index order (file order for a single file).
+    names: Vec<String>,
+    /// Tensor name -> index into `files`.
+    by_name: HashMap<String, usize>,
 }
 
 impl ModelFolder {
     /// Opens a folder. A folder with only `pytorch_model*.bin` gets
     /// [`crate::Error::PickleNotSupported`]; an empty one [`crate::Error::NoModelFiles`].
+    ///
+    /// Discovery follows mergekit's `ShardedTensorIndex.from_disk`: when
+    /// `model.safetensors.index.json` exists it is used (even if `model.safetensors` exists
+    /// too), else `model.safetensors`. The index must be a JSON object with a `weight_map` object
+    /// of string file names; every shard must exist and hold each tensor the index puts there.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        let _ = path;
-        todo!("io: ModelFolder::open")
+        let path = path.as_ref().to_path_buf();
+        if !path.is_dir() {
+            return Err(Error::MissingFolder { path });
+        }
+        let index_path = path.join(INDEX);
+        if index_path.is_file() {
+            return Self::open_index(path, &index_path);
+        }
+        let single = path.join(SINGLE);
+        if single.is_file() {
+            let file = SafetensorsFile::open(&single)?;
+            let names: Vec<String> = file.tensors().iter().map(|t| t.name.clone()).collect();
+            let by_name = names.iter().map(|n| (n.clone(), 0)).collect();
+            return Ok(ModelFolder {
+                path,
+                files: vec![file],
+                file_names: vec![SINGLE.to_string()],
+                names,
+                by_name,
+            });
+        }
+        let entries = std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))?;
+        let pickle = entries.flatten().any(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n.starts_with("pytorch_model")
+                && (n.ends_with(".bin") || n.ends_with(".bin.index.json"))
+        });
+        if pickle {
+            Err(Error::PickleNotSupported { path })
+        } else {
+            Err(Error::NoModelFiles { path })
+        }
+    }
+
+    fn open_index(path: PathBuf, index_path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::Index {
+            path: index_path.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read(index_path).map_err(|e| Error::io(index_path, e))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .ok_or_else(|| bad("no `weight_map`".into()))?
+            .as_object()
+            .ok_or_else(|| bad("`weight_map` is not an object".into()))?;
+        let mut files = Vec::new();
+        let mut file_names: Vec<String> = Vec::new();
+        let mut file_idx: HashMap<String, usize> = HashMap::new();
+        let mut names = Vec::with_capacity(map.len());
+        let mut by_name = HashMap::with_capacity(map.len());
+        for (tensor, shard) in map {
+            let shard = shard
+                .as_str()
+                .ok_or_else(|| bad(format!("tensor `{tensor}`: shard name is not a string")))?;
+            let k = match file_idx.get(shard) {
+                Some(&k) => k,
+                None => {
+                    let shard_path = path.join(shard);
+                    if !shard_path.is_file() {
+                        return Err(bad(format!(
+                            "shard `{shard}` (of tensor `{tensor}`) does not exist"
+                        )));
+                    }
+                    files.push(SafetensorsFile::open(&shard_path)?);
+                    file_names.push(shard.to_string());
+                    file_idx.insert(shard.to_string(), files.len() - 1);
+                    files.len() - 1
+                }
+            };
+            let in_shard = files.get(k).is_some_and(|f| f.get(tensor).is_some());
+            if !in_shard {
+                return Err(bad(format!("tensor `{tensor}` is not in shard `{shard}`")));
+            }
+            names.push(tensor.clone());
+            by_name.insert(tensor.clone(), k);
+        }
+        Ok(ModelFolder {
+            path,
+            files,
+            file_names,
+            names,
+            by_name,
+        })
     }
 
     /// The folder path.
     pub fn path(&self) -> &Path {
-        todo!("io: path")
+        &self.path
     }
 
     /// All tensor names (index order for sharded folders, file order otherwise).
     pub fn names(&self) -> Vec<&str> {
-        todo!("io: names")
+        self.names.iter().map(String::as_str).collect()
     }
 
     /// Looks a tensor up.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
-        let _ = name;
-        todo!("io: get")
+        self.files.get(*self.by_name.get(name)?)?.get(name)
     }
 
     /// Like [`ModelFolder::get`], but a missing tensor is an error naming the model.
     pub fn require(&self, name: &str) -> Result<TensorRef<'_>> {
-        let _ = name;
-        todo!("io: require")
+        self.get(name).ok_or_else(|| Error::TensorNotFound {
+            model: self.path.clone(),
+            tensor: name.to_string(),
+        })
     }
 
-    /// The shard files, in index order.
+    /// The shard files, in index order (order of first appearance in the index's
+    /// `weight_map`).
     pub fn files(&self) -> &[SafetensorsFile] {
-        todo!("io: files")
+        &self.files
     }
 
     /// The shard file holding `name` (as named in the index), for mergekit 0.0.4.2's
     /// shard-grouped save order.
     pub fn shard_of(&self, name: &str) -> Option<&str> {
-        let _ = name;
-        todo!("io: shard_of")
+        self.file_names
+            .get(*self.by_name.get(name)?)
+            .map(String::as_str)
     }
 
     /// Path of an auxiliary file in the folder (config.json, tokenizer...), if present.
     pub fn aux_file(&self, name: &str) -> Option<PathBuf> {
-        let _ = name;
-        todo!("io: aux_file")
+        let p = self.path.join(name);
+        p.is_file().then_some(p)
     }
 }

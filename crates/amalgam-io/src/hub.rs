@@ -1,27 +1,112 @@
 //! Model references resolved to folders: local paths, or Hub ids found in the Hugging Face cache.
 //!
-//! SKELETON: filled in by the tensor I/O work.
+//! Resolution is offline: a model that is neither a local folder nor in the cache is an error
+//! that lists every place looked at, so the user knows what to download or fix.
+//!
+//! Cache layout (as `huggingface_hub` writes it):
+//! `<cache>/models--<org>--<name>/refs/<branch or tag>` holds a commit sha, and
+//! `<cache>/models--<org>--<name>/snapshots/<sha>/` holds the files (usually symlinks into
+//! `blobs/`, which the OS follows transparently).
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::Result;
+use crate::{Error, Result};
 
 /// The Hugging Face hub cache folder: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
 /// `~/.cache/huggingface/hub`.
 pub fn cache_dir() -> PathBuf {
-    todo!("io: cache_dir")
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(p) = var("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = var("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = var("HOME")
+        .or_else(|| var("USERPROFILE"))
+        .unwrap_or_default();
+    PathBuf::from(home).join(".cache/huggingface/hub")
 }
 
 /// Resolves `path` (a local folder, or a Hub id `org/name`) at optional `revision` (branch, tag or
 /// commit) to a folder. `base` is the folder relative paths are taken from. Offline: only the
 /// cache is consulted. The error lists every place looked at.
 pub fn resolve(path: &str, revision: Option<&str>, base: &Path) -> Result<PathBuf> {
-    let _ = (path, revision, base);
-    todo!("io: resolve")
+    resolve_in(path, revision, base, &cache_dir())
+}
+
+/// Whether `s` can be a Hub repository id (`name` or `org/name`): the cache is only consulted
+/// for those, so a mistyped local path is not reported as a missing Hub model.
+fn is_repo_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    let ok = |p: &&str| {
+        !p.is_empty()
+            && *p != "."
+            && *p != ".."
+            && !p.starts_with('-')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    (1..=2).contains(&parts.len()) && parts.iter().all(ok)
+}
+
+/// A revision must stay inside `refs/` and `snapshots/`.
+fn is_safe_revision(r: &str) -> bool {
+    !r.is_empty()
+        && !r.starts_with('/')
+        && r.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
 }
 
 /// Like [`resolve`] with an explicit cache folder (used by tests and `--hf-cache`).
-pub fn resolve_in(path: &str, revision: Option<&str>, base: &Path, cache: &Path) -> Result<PathBuf> {
-    let _ = (path, revision, base, cache);
-    todo!("io: resolve_in")
+pub fn resolve_in(
+    path: &str,
+    revision: Option<&str>,
+    base: &Path,
+    cache: &Path,
+) -> Result<PathBuf> {
+    let mut looked = String::new();
+    let local = base.join(path);
+    if local.is_dir() {
+        return Ok(local);
+    }
+    let _ = writeln!(looked, "  {} (local folder)", local.display());
+    if is_repo_id(path) {
+        let repo = cache.join(format!("models--{}", path.replace('/', "--")));
+        let rev = revision.unwrap_or("main");
+        if is_safe_revision(rev) {
+            let ref_file = repo.join("refs").join(rev);
+            match std::fs::read_to_string(&ref_file) {
+                Ok(sha) => {
+                    let sha = sha.trim();
+                    let snap = repo.join("snapshots").join(sha);
+                    if !sha.is_empty() && snap.is_dir() {
+                        return Ok(snap);
+                    }
+                    let _ = writeln!(
+                        looked,
+                        "  {} (revision `{rev}` -> commit `{sha}`, snapshot missing)",
+                        snap.display()
+                    );
+                }
+                Err(_) => {
+                    let _ = writeln!(looked, "  {} (revision `{rev}`)", ref_file.display());
+                }
+            }
+            let snap = repo.join("snapshots").join(rev);
+            if snap.is_dir() {
+                return Ok(snap);
+            }
+            let _ = writeln!(looked, "  {} (commit `{rev}`)", snap.display());
+        } else {
+            let _ = writeln!(looked, "  (revision `{rev}` is not a valid revision name)");
+        }
+    }
+    Err(Error::Unresolved {
+        reference: match revision {
+            Some(r) => format!("{path}@{r}"),
+            None => path.to_string(),
+        },
+        looked: looked.trim_end().to_string(),
+    })
 }

@@ -27,7 +27,5 @@ mod write;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use folder::ModelFolder;
-pub use read::{SafetensorsFile, TensorInfo, TensorRef};
-pub use write::{
-    IndexStyle, OutputWriter, PlannedTensor, ShardLayout, ShardRule, ShardSpec,
-};
+pub use read::{parse_header, Metadata, SafetensorsFile, TensorInfo, TensorRef, MAX_HEADER_SIZE};
+pub use write::{IndexStyle, OutputWriter, PlannedTensor, ShardLayout, ShardRule, ShardSpec};

@@ -11,6 +11,9 @@ use crate::{DType, Error, Result};
 /// Largest header accepted, as in the reference implementation (100 MB).
 pub const MAX_HEADER_SIZE: u64 = 100_000_000;
 
+/// The `__metadata__` map of a safetensors header (string values only, as the format requires).
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
 /// One tensor's header entry, after validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
@@ -50,7 +53,7 @@ pub struct SafetensorsFile {
     mmap: Mmap,
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    metadata: Option<Metadata>,
 }
 
 impl std::fmt::Debug for SafetensorsFile {
@@ -67,6 +70,12 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+        if len < 8 {
+            // Checked before mapping: an empty file cannot be mapped, and the error must say
+            // what is wrong with the file rather than with mmap.
+            return Err(Error::TooShort { path, len });
+        }
         // SAFETY: the map is read-only and private to this process. A concurrent truncation of the
         // file by another process could still fault; that is the documented risk of every
         // mmap-based model loader (safetensors, candle, mergekit) and is accepted for the I/O
@@ -98,34 +107,52 @@ impl SafetensorsFile {
     }
 
     /// The `__metadata__` map, if any.
-    pub fn metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+    pub fn metadata(&self) -> Option<&Metadata> {
         self.metadata.as_ref()
     }
 
     /// Looks a tensor up by name.
     pub fn get(&self, name: &str) -> Option<TensorRef<'_>> {
-        let info = &self.tensors[*self.by_name.get(name)?];
+        let info = self.tensors.get(*self.by_name.get(name)?)?;
         Some(TensorRef {
             info,
-            data: &self.mmap[info.start..info.end],
+            data: self.mmap.get(info.start..info.end)?,
             path: &self.path,
         })
     }
 
-    /// Advises the kernel that `name`'s pages will not be needed again (keeps RSS honest).
+    /// Page-aligned part of `name`'s bytes that lies entirely inside it (so advice on it never
+    /// touches a neighbour's pages), as (offset, length) in the mapping.
+    fn inner_pages(&self, name: &str) -> Option<(usize, usize)> {
+        let info = self.tensors.get(*self.by_name.get(name)?)?;
+        let page = 4096;
+        let start = info.start.div_ceil(page) * page;
+        let end = info.end / page * page;
+        (end > start).then(|| (start, end - start))
+    }
+
+    /// Advises the kernel that `name`'s pages will not be needed again, so the resident set
+    /// does not grow with the model: the pages are dropped and would be re-read from the file.
     pub fn release(&self, name: &str) {
-        if let Some(&i) = self.by_name.get(name) {
-            let info = &self.tensors[i];
-            let page = 4096;
-            let start = info.start.div_ceil(page) * page;
-            let end = info.end / page * page;
-            if end > start {
-                // SAFETY-free: `advise_range` with a non-destructive advice on a read-only
-                // private mapping cannot invalidate memory safety.
-                let _ = self
-                    .mmap
-                    .advise_range(memmap2::Advice::Sequential, start, end - start);
-            }
+        if let Some((start, len)) = self.inner_pages(name) {
+            // SAFETY: the mapping is read-only and file-backed and is never written, so it has no
+            // private (copy-on-write) pages; MADV_DONTNEED therefore only drops clean page-cache
+            // references and a later access re-reads the same bytes from the file. No data any
+            // live `&[u8]` points to can change.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+    }
+
+    /// Asks the kernel to start reading `name`'s pages now (read-ahead before the merge needs
+    /// them). Purely advisory.
+    pub fn prefetch(&self, name: &str) {
+        if let Some((start, len)) = self.inner_pages(name) {
+            let _ = self
+                .mmap
+                .advise_range(memmap2::Advice::WillNeed, start, len);
         }
     }
 }
@@ -135,10 +162,7 @@ impl SafetensorsFile {
 /// Checks, each with its own error: 8-byte prefix present; header length within
 /// [`MAX_HEADER_SIZE`] and the file; UTF-8 JSON object; known dtypes; shape x size equals the byte
 /// span; offsets inside the data section; no overlaps, no holes, no duplicate names.
-pub fn parse_header(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(Vec<TensorInfo>, Option<serde_json::Map<String, serde_json::Value>>)> {
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Vec<TensorInfo>, Option<Metadata>)> {
     let file_len = bytes.len() as u64;
     if file_len < 8 {
         return Err(Error::TooShort {
@@ -162,12 +186,11 @@ pub fn parse_header(
         path: path.into(),
         reason,
     };
-    let text = std::str::from_utf8(&bytes[8..hdr_end])
-        .map_err(|e| json_err(format!("not UTF-8: {e}")))?;
+    let text =
+        std::str::from_utf8(&bytes[8..hdr_end]).map_err(|e| json_err(format!("not UTF-8: {e}")))?;
     // Duplicate keys must be detected, which a map deserializer would silently merge: walk the
     // object with a visitor that keeps every entry.
-    let entries: RawHeader =
-        serde_json::from_str(text).map_err(|e| json_err(format!("{e}")))?;
+    let entries: RawHeader = serde_json::from_str(text).map_err(|e| json_err(format!("{e}")))?;
     let data_len = file_len - hdr_end as u64;
     let mut tensors = Vec::with_capacity(entries.0.len());
     let mut metadata = None;
@@ -183,9 +206,7 @@ pub fn parse_header(
             match value {
                 serde_json::Value::Object(m) => {
                     if m.values().any(|v| !v.is_string()) {
-                        return Err(json_err(
-                            "__metadata__ values must all be strings".into(),
-                        ));
+                        return Err(json_err("__metadata__ values must all be strings".into()));
                     }
                     metadata = Some(m);
                 }
@@ -193,8 +214,8 @@ pub fn parse_header(
             }
             continue;
         }
-        let entry: RawEntry = serde_json::from_value(value)
-            .map_err(|e| json_err(format!("tensor `{name}`: {e}")))?;
+        let entry: RawEntry =
+            serde_json::from_value(value).map_err(|e| json_err(format!("tensor `{name}`: {e}")))?;
         let dtype = DType::from_header(&entry.dtype).ok_or_else(|| Error::UnknownDtype {
             path: path.into(),
             tensor: name.clone(),
