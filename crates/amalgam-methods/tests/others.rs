@@ -329,3 +329,13 @@ fn slerp_large_matches_mergekit() {
     check_big("big_slerp_bf16", 0, true);
     check_big("big_slerp_f32", 0, true);
 }
+
+#[test]
+fn passthrough_matches_mergekit() {
+    check_method("passthrough", 0);
+}
+
+#[test]
+fn nearswap_matches_mergekit() {
+    check_method("nearswap", 0);
+}

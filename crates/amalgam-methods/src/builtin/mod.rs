@@ -15,5 +15,8 @@ pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
     vec![
         Arc::new(linear::Linear::new()),
         Arc::new(slerp::Slerp::new()),
+        Arc::new(slerp::Slerp::new()),
+        Arc::new(passthrough::Passthrough::new()),
+        Arc::new(nearswap::NearSwap::new()),
     ]
 }

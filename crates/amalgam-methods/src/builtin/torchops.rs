@@ -50,11 +50,10 @@ fn multi_row_sum(row: impl Fn(usize, usize, usize) -> f32, size: usize) -> [[f32
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..ILP {
-                for l in 0..LANES {
-                    acc[j][k][l] += acc[j - 1][k][l];
-                    acc[j - 1][k][l] = 0.0;
-                }
+            let (lower, upper) = acc.split_at_mut(j);
+            if let (Some(prev), Some(cur)) = (lower.last_mut(), upper.first_mut()) {
+                add_into(cur, prev);
+                *prev = [[0f32; LANES]; ILP];
             }
             let mask = level_mask << (j * level_power);
             if i & mask != 0 {
@@ -66,14 +65,21 @@ fn multi_row_sum(row: impl Fn(usize, usize, usize) -> f32, size: usize) -> [[f32
         add_row(&mut acc[0], i);
         i += 1;
     }
-    for j in 1..LEVELS {
-        for k in 0..ILP {
-            for l in 0..LANES {
-                acc[0][k][l] += acc[j][k][l];
-            }
+    let (first, rest) = acc.split_at_mut(1);
+    for level in rest.iter() {
+        if let Some(a0) = first.first_mut() {
+            add_into(a0, level);
         }
     }
-    acc[0]
+    first.first().copied().unwrap_or([[0f32; LANES]; ILP])
+}
+
+fn add_into(dst: &mut [[f32; LANES]; ILP], src: &[[f32; LANES]; ILP]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        for (a, b) in d.iter_mut().zip(s) {
+            *a += *b;
+        }
+    }
 }
 
 /// Sum of `n` values given by `get`, as PyTorch's CPU `sum` over one contiguous axis computes it
@@ -98,9 +104,12 @@ pub(crate) fn cascade_sum_with(get: impl Fn(usize) -> f32, n: usize, half: bool)
             *p += load(v, l);
         }
     }
-    for k in 1..ILP {
-        for l in 0..LANES {
-            partial[0][l] += partial[k][l];
+    let (p0, rest) = partial.split_at_mut(1);
+    if let Some(p0) = p0.first_mut() {
+        for pk in rest.iter() {
+            for (a, b) in p0.iter_mut().zip(pk) {
+                *a += *b;
+            }
         }
     }
     let mut acc = 0f32;

@@ -1,0 +1,84 @@
+//! `passthrough`: copies its single input, optionally scaled (frankenmerges, layer stacking).
+
+use super::common::check_same_shape;
+use crate::numerics::{round, scalar};
+use crate::{
+    BaseRule, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
+    ParamScope, ParamSpec, ParamValues, Tensor, Value,
+};
+
+/// The passthrough method.
+pub struct Passthrough {
+    info: MethodInfo,
+}
+
+impl Passthrough {
+    /// The method with its declared parameters.
+    pub fn new() -> Self {
+        Passthrough {
+            info: MethodInfo {
+                name: "passthrough",
+                pretty_name: "Passthrough",
+                reference_url: None,
+                summary:
+                    "Copies the one input tensor; with `scale`, out = x · f32(scale) rounded to \
+                          the input dtype (same arithmetic in 0.1.5 and 0.0.4.2).",
+                params: vec![ParamSpec {
+                    name: "scale",
+                    scope: ParamScope::Input,
+                    kind: ParamKind::Float,
+                    // mergekit's default is "no scaling" (null); multiplying by 1.0 and rounding
+                    // back is the identity on every value, so 1.0 is the same default.
+                    default: Some(Value::Float(1.0)),
+                    doc: "multiply the tensor by this factor (e.g. 0 to zero a projection)",
+                }],
+                contract: Contract {
+                    base: BaseRule::Ignored,
+                    count: InputCount::Exactly(1),
+                },
+                random: false,
+                deviations: "none",
+            },
+        }
+    }
+}
+
+impl Default for Passthrough {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MergeMethod for Passthrough {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn is_elementwise(&self, _: &ParamValues, _: &[&ParamValues]) -> bool {
+        true
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        // Identical arithmetic in 0.0.4.2 (`tensor * scale`), so both versions are served.
+        if args.inputs.len() != 1 {
+            return Err(MethodError::Contract(format!(
+                "Merge method requires exactly 1 inputs; got {}",
+                args.inputs.len()
+            )));
+        }
+        check_same_shape(&args)?;
+        let input = args
+            .inputs
+            .first()
+            .ok_or_else(|| MethodError::Contract("passthrough: no inputs".into()))?;
+        let x = input.tensor;
+        match input.params.get("scale").map(|v| v.as_f64()) {
+            None => Ok(x.clone()),
+            Some(s) => {
+                let s = scalar(s);
+                let data = x.data.iter().map(|&v| round(x.dtype, v * s)).collect();
+                Ok(Tensor::new(x.dtype, x.shape.clone(), data))
+            }
+        }
+    }
+}
