@@ -14,8 +14,11 @@
 mod error;
 mod method;
 pub mod numerics;
+pub mod reduce;
 mod registry;
 pub mod rng;
+pub mod sparsify;
+pub mod stdsort;
 mod tensor;
 
 mod builtin;

@@ -1,6 +1,9 @@
 //! MT19937, as PyTorch's CPU generator uses it (seeded like `torch.manual_seed`).
 //!
-//! SKELETON: filled in with the random methods.
+//! `--random-seed N` makes mergekit call `torch.manual_seed(N)`, after which every random draw on
+//! CPU comes from one MT19937 stream. Reproducing that stream (and the exact way each
+//! distribution turns a 32-bit word into a sample) is what makes DARE and DELLA outputs
+//! bit-identical to mergekit's.
 
 /// The Mersenne Twister state.
 #[derive(Debug, Clone)]
@@ -34,6 +37,22 @@ impl Mt19937 {
         y ^= (y << 15) & 0xefc6_0000;
         y ^= y >> 18;
         y
+    }
+
+    /// A float uniform in `[0, 1)` as PyTorch's `uniform_real_distribution<float>` draws it:
+    /// the low 24 bits of one 32-bit word, times 2⁻²⁴ (exact in f32).
+    #[inline]
+    pub fn next_f32_unit(&mut self) -> f32 {
+        let r = self.next_u32() & 0x00ff_ffff;
+        r as f32 * (1.0 / 16_777_216.0)
+    }
+
+    /// One Bernoulli draw as `torch.bernoulli` makes it on CPU for a tensor of probabilities:
+    /// one 32-bit word per element, success iff `u < p`, where `p` is the probability as stored
+    /// in the probability tensor's dtype (so a bf16 `0.66` is `0.66015625`) and widened to f32.
+    #[inline]
+    pub fn bernoulli(&mut self, p: f32) -> bool {
+        self.next_f32_unit() < p
     }
 
     fn twist(&mut self) {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::MergeMethod;
 
+mod gta;
 mod linear;
 
 mod common;
@@ -14,6 +15,14 @@ pub(crate) mod torchops;
 pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
     vec![
         Arc::new(linear::Linear::new()),
+        Arc::new(gta::GeneralizedTaskArithmetic::task_arithmetic()),
+        Arc::new(gta::GeneralizedTaskArithmetic::ties()),
+        Arc::new(gta::GeneralizedTaskArithmetic::dare_ties()),
+        Arc::new(gta::GeneralizedTaskArithmetic::dare_linear()),
+        Arc::new(gta::GeneralizedTaskArithmetic::breadcrumbs()),
+        Arc::new(gta::GeneralizedTaskArithmetic::breadcrumbs_ties()),
+        Arc::new(gta::GeneralizedTaskArithmetic::della()),
+        Arc::new(gta::GeneralizedTaskArithmetic::della_linear()),
         Arc::new(slerp::Slerp::new()),
         Arc::new(slerp::Slerp::new()),
         Arc::new(passthrough::Passthrough::new()),

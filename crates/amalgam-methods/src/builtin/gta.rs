@@ -1,0 +1,569 @@
+//! The generalized task-arithmetic family: `task_arithmetic`, `ties`, `dare_linear`, `dare_ties`,
+//! `breadcrumbs`, `breadcrumbs_ties`, `della`, `della_linear`.
+//!
+//! All eight are one algorithm with two switches (mergekit's `GeneralizedTaskArithmeticMerge`):
+//! an optional sparsifier applied to each task vector `δᵢ = xᵢ − base`, and an optional sign
+//! consensus (TIES "sum" election) before the weighted deltas are summed, normalised, scaled by
+//! `lambda` and added back to the base. Every step is done in the working dtype with PyTorch's
+//! rounding, and the sums over models follow PyTorch's association order ([`Dim0Sum`]), which is
+//! what makes the output bit-identical to mergekit's.
+
+use amalgam_io::DType;
+
+use crate::numerics::{as_dtype, round, scalar};
+use crate::reduce::{torch_float_lanes, Dim0Sum};
+use crate::sparsify;
+use crate::{
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeInput, MergeMethod, MethodError,
+    MethodInfo, ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
+};
+
+/// Which sparsifier a family member applies to each task vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sparsifier {
+    /// Keep the largest magnitudes (TIES).
+    Magnitude,
+    /// Random Bernoulli keep (DARE).
+    Random,
+    /// Drop the largest `gamma` and the smallest magnitudes (breadcrumbs).
+    MagnitudeOutliers,
+    /// Rank-dependent Bernoulli keep (DELLA).
+    DellaMagprune,
+}
+
+/// One member of the family.
+pub struct GeneralizedTaskArithmetic {
+    info: MethodInfo,
+    consensus: bool,
+    sparsifier: Option<Sparsifier>,
+    /// Whether mergekit 0.0.4.2 had this method at all.
+    in_0_0_4_2: bool,
+}
+
+fn p(
+    name: &'static str,
+    scope: ParamScope,
+    kind: ParamKind,
+    default: Option<Value>,
+    doc: &'static str,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        scope,
+        kind,
+        default,
+        doc,
+    }
+}
+
+impl GeneralizedTaskArithmetic {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &'static str,
+        pretty_name: &'static str,
+        url: &'static str,
+        summary: &'static str,
+        consensus: bool,
+        sparsifier: Option<Sparsifier>,
+        normalize: bool,
+        rescale: bool,
+        in_0_0_4_2: bool,
+    ) -> Self {
+        let mut params = vec![
+            p(
+                "int8_mask",
+                ParamScope::Shared,
+                ParamKind::Bool,
+                Some(Value::Bool(false)),
+                "store the sign mask as int8 (memory only; no numeric effect)",
+            ),
+            p(
+                "normalize",
+                ParamScope::Shared,
+                ParamKind::Bool,
+                Some(Value::Bool(normalize)),
+                "divide the summed deltas by the sum of the (elected) weights",
+            ),
+            p(
+                "rescale",
+                ParamScope::Shared,
+                ParamKind::Bool,
+                Some(Value::Bool(rescale)),
+                "rescale each sparsified delta to its original L1 norm",
+            ),
+            p(
+                "lambda",
+                ParamScope::Shared,
+                ParamKind::Float,
+                Some(Value::Float(1.0)),
+                "scale applied to the merged delta before adding it to the base",
+            ),
+            p(
+                "weight",
+                ParamScope::NonBase,
+                ParamKind::Float,
+                None,
+                "weight of each model's task vector (the base has none)",
+            ),
+            p(
+                "density",
+                ParamScope::NonBase,
+                ParamKind::Float,
+                Some(Value::Float(1.0)),
+                "fraction of each task vector to keep",
+            ),
+        ];
+        if sparsifier == Some(Sparsifier::MagnitudeOutliers) {
+            params.push(p(
+                "gamma",
+                ParamScope::NonBase,
+                ParamKind::Float,
+                Some(Value::Float(0.01)),
+                "fraction of the largest-magnitude entries removed as outliers",
+            ));
+        }
+        if sparsifier == Some(Sparsifier::DellaMagprune) {
+            params.push(p(
+                "epsilon",
+                ParamScope::NonBase,
+                ParamKind::Float,
+                Some(Value::Float(0.15)),
+                "half-width of the keep-probability range around density",
+            ));
+        }
+        GeneralizedTaskArithmetic {
+            info: MethodInfo {
+                name,
+                pretty_name,
+                reference_url: Some(url),
+                summary,
+                params,
+                contract: Contract {
+                    base: BaseRule::Required,
+                    count: InputCount::Any,
+                },
+                random: matches!(
+                    sparsifier,
+                    Some(Sparsifier::Random) | Some(Sparsifier::DellaMagprune)
+                ),
+                deviations: "Sums are replayed in PyTorch's single-threaded CPU order; mergekit \
+                             run with several threads can differ by 1 ulp in L1 rescale factors \
+                             of tensors above 32,768 elements and in model sums of five or more \
+                             models. --mergekit-version 0.0.4.2: ties is not supported yet.",
+            },
+            consensus,
+            sparsifier,
+            in_0_0_4_2,
+        }
+    }
+
+    /// `task_arithmetic`.
+    pub fn task_arithmetic() -> Self {
+        Self::new(
+            "task_arithmetic",
+            "Task Arithmetic",
+            "https://arxiv.org/abs/2212.04089",
+            "out = base + λ·Σ wᵢ·(xᵢ − base) (divided by Σ wᵢ with normalize), in the working dtype.",
+            false,
+            None,
+            false,
+            false,
+            true,
+        )
+    }
+
+    /// `ties`.
+    pub fn ties() -> Self {
+        Self::new(
+            "ties",
+            "TIES",
+            "https://arxiv.org/abs/2306.01708",
+            "Task vectors keep their top-density magnitudes, then a per-element sign election \
+             (sign of Σ wᵢδᵢ, ties positive) keeps only agreeing entries; normalised by the \
+             elected weights.",
+            true,
+            Some(Sparsifier::Magnitude),
+            true,
+            false,
+            false,
+        )
+    }
+
+    /// `dare_ties`.
+    pub fn dare_ties() -> Self {
+        Self::new(
+            "dare_ties",
+            "DARE TIES",
+            "https://arxiv.org/abs/2311.03099",
+            "Task vectors are randomly pruned (keep probability density, L1 rescale), then TIES \
+             sign election.",
+            true,
+            Some(Sparsifier::Random),
+            false,
+            true,
+            true,
+        )
+    }
+
+    /// `dare_linear`.
+    pub fn dare_linear() -> Self {
+        Self::new(
+            "dare_linear",
+            "Linear DARE",
+            "https://arxiv.org/abs/2311.03099",
+            "Task vectors are randomly pruned (keep probability density, L1 rescale), then \
+             summed with their weights.",
+            false,
+            Some(Sparsifier::Random),
+            false,
+            true,
+            true,
+        )
+    }
+
+    /// `breadcrumbs`.
+    pub fn breadcrumbs() -> Self {
+        Self::new(
+            "breadcrumbs",
+            "Model Breadcrumbs",
+            "https://arxiv.org/abs/2312.06795",
+            "Task vectors lose their largest gamma fraction (outliers) and their smallest \
+             magnitudes down to density, then are summed with their weights.",
+            false,
+            Some(Sparsifier::MagnitudeOutliers),
+            false,
+            false,
+            false,
+        )
+    }
+
+    /// `breadcrumbs_ties`.
+    pub fn breadcrumbs_ties() -> Self {
+        Self::new(
+            "breadcrumbs_ties",
+            "Model Breadcrumbs with TIES",
+            "https://arxiv.org/abs/2312.06795",
+            "Breadcrumbs sparsification followed by TIES sign election.",
+            true,
+            Some(Sparsifier::MagnitudeOutliers),
+            false,
+            false,
+            false,
+        )
+    }
+
+    /// `della`.
+    pub fn della() -> Self {
+        Self::new(
+            "della",
+            "DELLA",
+            "https://arxiv.org/abs/2406.11617",
+            "Per row, keep probabilities grow linearly with magnitude rank over \
+             [density − ε, density + ε]; Bernoulli pruning, L1 rescale, TIES sign election.",
+            true,
+            Some(Sparsifier::DellaMagprune),
+            true,
+            true,
+            false,
+        )
+    }
+
+    /// `della_linear`.
+    pub fn della_linear() -> Self {
+        Self::new(
+            "della_linear",
+            "Linear DELLA",
+            "https://arxiv.org/abs/2406.11617",
+            "DELLA pruning (rank-dependent Bernoulli, L1 rescale), then a weighted sum.",
+            false,
+            Some(Sparsifier::DellaMagprune),
+            false,
+            true,
+            false,
+        )
+    }
+
+    fn name(&self) -> &'static str {
+        self.info.name
+    }
+}
+
+fn per_input(input: &MergeInput<'_>, name: &str, default: Option<f64>) -> Result<f64, MethodError> {
+    match input.params.get(name) {
+        Some(v) => Ok(v.as_f64()),
+        None => default.ok_or_else(|| MethodError::MissingParam {
+            name: name.into(),
+            target: input.label.into(),
+        }),
+    }
+}
+
+fn shape_str(shape: &[usize]) -> String {
+    match shape {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// PyTorch's `sign(v) == majority` for the election mask: zero and NaN never match.
+#[inline]
+fn agrees(v: f32, majority_positive: bool) -> bool {
+    if majority_positive {
+        v > 0.0
+    } else {
+        v < 0.0
+    }
+}
+
+impl MergeMethod for GeneralizedTaskArithmetic {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn is_elementwise(&self, _shared: &ParamValues, per_input: &[&ParamValues]) -> bool {
+        // Without a sparsifier every output element depends only on its own position, as long as
+        // the model-axis sum has at most four entries: from five on, PyTorch's summation order
+        // depends on the column's position in the whole tensor.
+        self.sparsifier.is_none() && !self.consensus && per_input.len() <= 5
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        if args.compat == Compat::V0_0_4_2 {
+            if !self.in_0_0_4_2 {
+                return Err(MethodError::Other(format!(
+                    "Unimplemented merge method {}",
+                    self.name()
+                )));
+            }
+            if self.sparsifier == Some(Sparsifier::Magnitude) {
+                return Err(MethodError::Other(format!(
+                    "{} with --mergekit-version 0.0.4.2 is not supported yet",
+                    self.name()
+                )));
+            }
+        }
+        let dtype = args.dtype();
+        let base_idx = args.base.ok_or_else(|| {
+            MethodError::Contract(format!("{} requires a base model", self.name()))
+        })?;
+        let base_input = args.inputs.get(base_idx).ok_or_else(|| {
+            MethodError::Contract(format!("{}: base index out of range", self.name()))
+        })?;
+        let base = base_input.tensor;
+        let normalize = args.shared_bool("normalize").unwrap_or(false);
+        let rescale = args.shared_bool("rescale").unwrap_or(false);
+        let lambda = args.shared_f64("lambda").unwrap_or(1.0);
+
+        // Task vectors in input order.
+        let mut deltas: Vec<Vec<f32>> = Vec::new();
+        let mut weights: Vec<f64> = Vec::new();
+        let mut rng = args.rng;
+        for (i, input) in args.inputs.iter().enumerate() {
+            if i == base_idx {
+                continue;
+            }
+            let x = match aligned(input, base, args.tensor_name, &args.inputs, args.compat)? {
+                Some(x) => x,
+                None => continue,
+            };
+            let weight = per_input(input, "weight", None)?;
+            let density = per_input(input, "density", Some(1.0))?;
+            let raw: Vec<f32> = x
+                .iter()
+                .zip(&base.data)
+                .map(|(&a, &b)| round(dtype, a - b))
+                .collect();
+            let delta = Tensor::new(dtype, base.shape.clone(), raw);
+            let delta = match self.sparsifier {
+                None => delta,
+                Some(Sparsifier::Magnitude) => sparsify::magnitude(&delta, density, rescale)?,
+                Some(Sparsifier::MagnitudeOutliers) => {
+                    let gamma = per_input(input, "gamma", Some(0.01))?;
+                    sparsify::magnitude_outliers(&delta, density, gamma, rescale)?
+                }
+                Some(Sparsifier::Random) => {
+                    let rng = rng.as_deref_mut().ok_or_else(|| self.no_rng())?;
+                    match args.compat {
+                        Compat::V0_1_5 => sparsify::bernoulli(&delta, density, rescale, rng)?,
+                        Compat::V0_0_4_2 => bernoulli_0_0_4_2(&delta, density, rescale, rng)?,
+                    }
+                }
+                Some(Sparsifier::DellaMagprune) => {
+                    let epsilon = per_input(input, "epsilon", Some(0.15))?;
+                    let rng = rng.as_deref_mut().ok_or_else(|| self.no_rng())?;
+                    sparsify::della_magprune(&delta, density, epsilon, rescale, rng)?
+                }
+            };
+            deltas.push(delta.data);
+            weights.push(weight);
+        }
+        if deltas.is_empty() {
+            return Ok(base.clone());
+        }
+
+        // `torch.tensor(weights, dtype=deltas.dtype)`, then `deltas.mul_(weights)`.
+        let w: Vec<f32> = weights.iter().map(|&v| as_dtype(dtype, v)).collect();
+        for (d, &wi) in deltas.iter_mut().zip(&w) {
+            for v in d.iter_mut() {
+                *v = round(dtype, *v * wi);
+            }
+        }
+
+        let n = base.numel();
+        let m = deltas.len();
+        let lanes = torch_float_lanes();
+        let plan = Dim0Sum::new(n, dtype, lanes);
+        // Without consensus the divisor is `weights.sum(dim=0)`: one column of m entries.
+        let global_div = {
+            let d = round(dtype, Dim0Sum::new(1, dtype, lanes).sum(0, &w));
+            // `divisor[divisor.abs() < 1e-8] = 1`: the Python float is rounded to the dtype
+            // (so for f16 the threshold is 0 and a zero divisor stays zero).
+            if d.abs() < round(dtype, scalar(1e-8)) {
+                1.0
+            } else {
+                d
+            }
+        };
+        let apply_lambda = lambda != 1.0;
+        let lam = scalar(lambda);
+        let mut vals = vec![0f32; m];
+        let mut masked = vec![0f32; m];
+        let mut wmask = vec![0f32; m];
+        let mut out = Vec::with_capacity(n);
+        for (e, &b) in base.data.iter().enumerate() {
+            for (v, d) in vals.iter_mut().zip(&deltas) {
+                *v = d.get(e).copied().unwrap_or(0.0);
+            }
+            let (mut mixed, div) = if self.consensus {
+                let s = round(dtype, plan.sum(e, &vals));
+                // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative.
+                let positive = s >= 0.0;
+                for ((mv, wv), (&v, &wi)) in masked
+                    .iter_mut()
+                    .zip(wmask.iter_mut())
+                    .zip(vals.iter().zip(&w))
+                {
+                    // Multiplying by the 0/1 mask (not selecting) keeps PyTorch's signed zeros.
+                    let keep = if agrees(v, positive) { 1.0 } else { 0.0 };
+                    *mv = v * keep;
+                    *wv = wi * keep;
+                }
+                let mixed = round(dtype, plan.sum(e, &masked));
+                let div = round(dtype, plan.sum(e, &wmask));
+                (mixed, if div == 0.0 { 1.0 } else { div })
+            } else {
+                (round(dtype, plan.sum(e, &vals)), global_div)
+            };
+            if normalize {
+                mixed = round(dtype, mixed / div);
+            }
+            if apply_lambda && args.compat == Compat::V0_1_5 {
+                mixed = round(dtype, mixed * lam);
+            }
+            out.push(round(dtype, b + mixed));
+        }
+        Ok(Tensor::new(dtype, base.shape.clone(), out))
+    }
+}
+
+impl GeneralizedTaskArithmetic {
+    fn no_rng(&self) -> MethodError {
+        MethodError::Other(format!(
+            "{} draws random numbers but was given no random stream",
+            self.name()
+        ))
+    }
+}
+
+/// The input's values aligned with the base, or `None` to skip it.
+///
+/// 0.1.5 refuses mismatched shapes. 0.0.4.2 cropped `lm_head`/`embed_tokens` tensors to the
+/// base's size (`x[:rows, :cols]`) and skipped any other mismatched input with a warning.
+fn aligned<'t>(
+    input: &'t MergeInput<'_>,
+    base: &Tensor,
+    tensor_name: &str,
+    inputs: &[MergeInput<'_>],
+    compat: Compat,
+) -> Result<Option<std::borrow::Cow<'t, [f32]>>, MethodError> {
+    let x = input.tensor;
+    if x.shape == base.shape && x.numel() == base.numel() {
+        return Ok(Some(std::borrow::Cow::Borrowed(&x.data)));
+    }
+    let mismatch = || MethodError::Shape {
+        tensor: tensor_name.into(),
+        shapes: format!(
+            "[{}]",
+            inputs
+                .iter()
+                .map(|i| shape_str(&i.tensor.shape))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if compat == Compat::V0_1_5 {
+        return Err(mismatch());
+    }
+    if tensor_name.contains("lm_head") || tensor_name.contains("embed_tokens") {
+        if let ([xr, xc, xrest @ ..], [br, bc, brest @ ..]) =
+            (x.shape.as_slice(), base.shape.as_slice())
+        {
+            if xr >= br && xc >= bc && xrest == brest {
+                let inner: usize = brest.iter().product();
+                let mut data = Vec::with_capacity(base.numel());
+                for r in 0..*br {
+                    let start = r * xc * inner;
+                    let row = x.data.get(start..start + bc * inner).ok_or_else(mismatch)?;
+                    data.extend_from_slice(row);
+                }
+                tracing::warn!("Using submatrix of {}:{}", input.label, tensor_name);
+                return Ok(Some(std::borrow::Cow::Owned(data)));
+            }
+        }
+        return Err(mismatch());
+    }
+    tracing::warn!(
+        "skipping {}:{} due to size mismatch",
+        input.label,
+        tensor_name
+    );
+    Ok(None)
+}
+
+/// mergekit 0.0.4.2's DARE sparsifier: Bernoulli keep as in 0.1.5, but `rescale` divides by the
+/// density (`res /= density`, the Python float applied as f32) instead of matching the L1 norm.
+fn bernoulli_0_0_4_2(
+    delta: &Tensor,
+    density: f64,
+    rescale: bool,
+    rng: &mut crate::rng::Mt19937,
+) -> Result<Tensor, MethodError> {
+    if density >= 1.0 {
+        return Ok(delta.clone());
+    }
+    // Drawing with rescale off gives `x·mask` in the work dtype, already rounded back.
+    let masked = sparsify::bernoulli(delta, density, false, rng)?;
+    if !rescale {
+        return Ok(masked);
+    }
+    // The division happens in the work dtype (bf16, else f32) before the cast back.
+    let work = if delta.dtype == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let d = scalar(density);
+    let data = masked
+        .data
+        .iter()
+        .map(|&v| round(delta.dtype, round(work, v / d)))
+        .collect();
+    Ok(Tensor::new(delta.dtype, delta.shape.clone(), data))
+}

@@ -1,0 +1,310 @@
+//! Task-vector sparsifiers, bit-exact with mergekit 0.1.5's `mergekit/sparsify.py` on CPU.
+//!
+//! Each function takes a delta (`x − base`) and returns it with some elements zeroed (and, with
+//! `rescale`, scaled back to the original L1 norm). Which elements survive depends on details that
+//! are easy to get subtly wrong, so they are reproduced rather than approximated:
+//!
+//! * magnitude selection sorts `|δ|` with libstdc++'s introsort ([`crate::stdsort`]), so ties
+//!   at the cut-off are broken exactly as PyTorch breaks them;
+//! * random masks draw one MT19937 word per element in row-major order, comparing against the
+//!   probability as stored in the probability tensor's dtype ([`Mt19937::bernoulli`]);
+//! * the L1 norms are PyTorch's cascade sum ([`crate::reduce::torch_sum`]) so that the rescale
+//!   factor, rounded to the dtype, is the same.
+
+use amalgam_io::DType;
+
+use crate::numerics::{as_dtype, round, scalar};
+use crate::reduce::{torch_float_lanes, torch_sum};
+use crate::rng::Mt19937;
+use crate::stdsort::{less_asc, less_desc, std_sort, Keyed};
+use crate::{MethodError, Tensor};
+
+/// The message mergekit raises when della's `density ± epsilon` leaves (0, 1).
+pub const DELLA_EPSILON_ERROR: &str =
+    "Epsilon must be chosen such that density +/- epsilon is in (0, 1)";
+
+/// The message PyTorch raises when a Bernoulli probability is outside [0, 1] (or NaN).
+pub const BERNOULLI_P_ERROR: &str = "Expected p_in >= 0 && p_in <= 1 to be true, but got false.";
+
+/// `Σ|x|` rounded to `dtype`, as `tensor.abs().sum()`.
+pub fn l1(x: &[f32], dtype: DType) -> f32 {
+    let abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    round(dtype, torch_sum(&abs, dtype, torch_float_lanes()))
+}
+
+/// mergekit's `rescaled_masked_tensor` with `norm = l1` (or none): `x·mask`, then, if both norms
+/// are at least 1e-7, times `round(before/after)`. `mask` holds 0/1; multiplying (rather than
+/// selecting) keeps PyTorch's signed zeros and NaNs.
+pub fn rescaled_masked(x: &[f32], mask: &[f32], dtype: DType, rescale: bool) -> Vec<f32> {
+    let mut masked: Vec<f32> = x.iter().zip(mask).map(|(&a, &m)| a * m).collect();
+    if !rescale {
+        return masked;
+    }
+    let before = l1(x, dtype);
+    let after = l1(&masked, dtype);
+    // A tensor compared with a Python float: PyTorch rounds the float to the tensor dtype.
+    let eps = round(dtype, scalar(1e-7));
+    if before < eps || after < eps {
+        return masked;
+    }
+    let factor = round(dtype, before / after);
+    for v in masked.iter_mut() {
+        *v = round(dtype, *v * factor);
+    }
+    masked
+}
+
+/// `magnitude(δ, density)`: keep the `max(1, ⌊density·n⌋)` largest `|δ|` (0.1.5 rules).
+pub fn magnitude(delta: &Tensor, density: f64, rescale: bool) -> Result<Tensor, MethodError> {
+    if density >= 1.0 {
+        return Ok(delta.clone());
+    }
+    let n = delta.numel();
+    if density <= 0.0 || n == 0 {
+        return Ok(zeros_like(delta));
+    }
+    let k = (py_int(density * n as f64)?.max(1) as usize).min(n);
+    let order = sorted(&delta.data, true)?;
+    let mut mask = vec![0f32; n];
+    for &i in order.iter().take(k) {
+        if let Some(m) = mask.get_mut(i as usize) {
+            *m = 1.0;
+        }
+    }
+    Ok(with_data(
+        delta,
+        rescaled_masked(&delta.data, &mask, delta.dtype, rescale),
+    ))
+}
+
+/// `magnitude_outliers(δ, density, γ)` (breadcrumbs), 0.1.5 rule: sort `|δ|` ascending and keep
+/// sorted positions `[n_bot, n_bot + target)` with `target = ⌊d·n⌋`, `n_top = ⌊γ·n⌋`,
+/// `n_bot = max(0, n − target − n_top)` (a Python slice, so out-of-range bounds clip).
+pub fn magnitude_outliers(
+    delta: &Tensor,
+    density: f64,
+    gamma: f64,
+    rescale: bool,
+) -> Result<Tensor, MethodError> {
+    if density >= 1.0 {
+        return Ok(delta.clone());
+    }
+    let n = delta.numel();
+    let target = py_int(density * n as f64)?;
+    let n_top = py_int(gamma * n as f64)?;
+    let n_bot = (n as i64 - target - n_top).max(0);
+    let order = sorted(&delta.data, false)?;
+    let mut mask = vec![0f32; n];
+    for &i in py_slice(n, n_bot, n_bot.saturating_add(target))
+        .and_then(|r| order.get(r))
+        .unwrap_or(&[])
+    {
+        if let Some(m) = mask.get_mut(i as usize) {
+            *m = 1.0;
+        }
+    }
+    Ok(with_data(
+        delta,
+        rescaled_masked(&delta.data, &mask, delta.dtype, rescale),
+    ))
+}
+
+/// DARE's `bernoulli(δ, density)`: each element kept with probability `density` as stored in the
+/// work dtype (bf16 for bf16 deltas, else f32: PyTorch has no f16 Bernoulli on CPU).
+pub fn bernoulli(
+    delta: &Tensor,
+    density: f64,
+    rescale: bool,
+    rng: &mut Mt19937,
+) -> Result<Tensor, MethodError> {
+    if density >= 1.0 {
+        return Ok(delta.clone());
+    }
+    let work = work_dtype(delta.dtype);
+    let p = as_dtype(work, density);
+    if !(0.0..=1.0).contains(&p) {
+        return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
+    }
+    let mask: Vec<f32> = (0..delta.numel())
+        .map(|_| if rng.bernoulli(p) { 1.0 } else { 0.0 })
+        .collect();
+    let out = rescaled_masked(&delta.data, &mask, work, rescale);
+    Ok(with_data(
+        delta,
+        out.into_iter().map(|v| round(delta.dtype, v)).collect(),
+    ))
+}
+
+/// DELLA's `della_magprune(δ, density, ε)`: per row (dim 1; a 1-D tensor is one row), rank `|δ|`
+/// ascending, map ranks linearly onto `[d − ε, d + ε]` in the work dtype (bf16 ranks above 256
+/// round, so neighbours share a probability), and keep each element with that probability.
+pub fn della_magprune(
+    delta: &Tensor,
+    density: f64,
+    epsilon: f64,
+    rescale: bool,
+    rng: &mut Mt19937,
+) -> Result<Tensor, MethodError> {
+    if density >= 1.0 {
+        return Ok(delta.clone());
+    }
+    if density <= 0.0 {
+        return Ok(zeros_like(delta));
+    }
+    if density + epsilon >= 1.0 || density - epsilon <= 0.0 {
+        return Err(MethodError::Other(DELLA_EPSILON_ERROR.into()));
+    }
+    let work = work_dtype(delta.dtype);
+    let n = delta.numel();
+    // View as (rows, cols, inner): dim 1 is the ranked axis.
+    let (rows, cols, inner) = match delta.shape.as_slice() {
+        [] => (1, 1, 1),
+        [c] => (1, *c, 1),
+        [r, c, rest @ ..] => (*r, *c, rest.iter().product::<usize>()),
+    };
+    if rows * cols * inner != n {
+        return Err(MethodError::Other(format!(
+            "della: shape {:?} does not match {} elements",
+            delta.shape, n
+        )));
+    }
+    let mut probs = vec![0f32; n];
+    if cols > 0 {
+        // `(d − ε) + t`: PyTorch's add kernel casts a Python float to the tensor dtype first
+        // (bf16 here), unlike mul, which applies it as f32. Checked against torch 2.15.
+        let base = as_dtype(work, density - epsilon);
+        let eps = scalar(epsilon);
+        let mut keyed: Vec<Keyed> = Vec::with_capacity(cols);
+        let mut ranks = vec![0f32; cols];
+        for r in 0..rows {
+            for q in 0..inner {
+                let at = |j: usize| (r * cols + j) * inner + q;
+                keyed.clear();
+                for j in 0..cols {
+                    let key = delta.data.get(at(j)).copied().unwrap_or(0.0).abs();
+                    keyed.push(Keyed {
+                        key,
+                        index: index_u32(j)?,
+                    });
+                }
+                std_sort(&mut keyed, less_asc);
+                for (pos, k) in keyed.iter().enumerate() {
+                    if let Some(slot) = ranks.get_mut(k.index as usize) {
+                        *slot = round(work, round(work, pos as f32) + 1.0);
+                    }
+                }
+                let mn = ranks.iter().copied().fold(f32::INFINITY, f32::min);
+                let mx = ranks.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let span = round(work, mx - mn);
+                for (j, &rank) in ranks.iter().enumerate() {
+                    let rn = round(work, round(work, rank - mn) / span);
+                    // clamp(0, 1) keeps NaN (a one-element row), which Bernoulli then refuses.
+                    let rn = if rn.is_nan() { rn } else { rn.clamp(0.0, 1.0) };
+                    let p = round(work, base + round(work, round(work, rn * 2.0) * eps));
+                    if let Some(slot) = probs.get_mut(at(j)) {
+                        *slot = p;
+                    }
+                }
+            }
+        }
+    }
+    let mut mask = vec![0f32; n];
+    for (m, &p) in mask.iter_mut().zip(&probs) {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
+        }
+        *m = if rng.bernoulli(p) { 1.0 } else { 0.0 };
+    }
+    let out = rescaled_masked(&delta.data, &mask, work, rescale);
+    Ok(with_data(
+        delta,
+        out.into_iter().map(|v| round(delta.dtype, v)).collect(),
+    ))
+}
+
+/// The dtype PyTorch's CPU Bernoulli works in for a tensor of `dtype`.
+fn work_dtype(dtype: DType) -> DType {
+    if dtype == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+fn index_u32(i: usize) -> Result<u32, MethodError> {
+    u32::try_from(i)
+        .map_err(|_| MethodError::Other("tensor too large to sort (> 2^32 elements)".into()))
+}
+
+/// Flat argsort of `|x|` as `torch.argsort(|x|.float(), descending=...)`.
+fn sorted(x: &[f32], descending: bool) -> Result<Vec<u32>, MethodError> {
+    index_u32(x.len())?;
+    let mut v: Vec<Keyed> = x
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| Keyed {
+            key: k.abs(),
+            index: i as u32,
+        })
+        .collect();
+    if descending {
+        std_sort(&mut v, less_desc);
+    } else {
+        std_sort(&mut v, less_asc);
+    }
+    Ok(v.into_iter().map(|k| k.index).collect())
+}
+
+/// Python's `int(x)` for a float: truncation, refusing NaN/inf as Python does.
+fn py_int(x: f64) -> Result<i64, MethodError> {
+    if x.is_nan() {
+        return Err(MethodError::Other(
+            "ValueError: cannot convert float NaN to integer".into(),
+        ));
+    }
+    if x.is_infinite() {
+        return Err(MethodError::Other(
+            "OverflowError: cannot convert float infinity to integer".into(),
+        ));
+    }
+    Ok(x.trunc() as i64)
+}
+
+/// The index range a Python slice `[start:stop]` selects from a sequence of length `n`.
+fn py_slice(n: usize, start: i64, stop: i64) -> Option<std::ops::Range<usize>> {
+    let n = n as i64;
+    let fix = |i: i64| -> i64 {
+        if i < 0 {
+            (i + n).max(0)
+        } else {
+            i.min(n)
+        }
+    };
+    let (a, b) = (fix(start), fix(stop));
+    if b > a {
+        Some(a as usize..b as usize)
+    } else {
+        None
+    }
+}
+
+fn zeros_like(t: &Tensor) -> Tensor {
+    Tensor::new(t.dtype, t.shape.clone(), vec![0.0; t.numel()])
+}
+
+fn with_data(t: &Tensor, data: Vec<f32>) -> Tensor {
+    Tensor::new(t.dtype, t.shape.clone(), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_slices() {
+        assert_eq!(py_slice(10, 2, 5), Some(2..5));
+        assert_eq!(py_slice(10, 12, 15), None);
+        assert_eq!(py_slice(10, 3, -2), Some(3..8));
+        assert_eq!(py_slice(10, 5, 5), None);
+    }
+}

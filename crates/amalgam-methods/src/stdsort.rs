@@ -1,0 +1,269 @@
+//! PyTorch's CPU sort, reproduced step for step.
+//!
+//! `torch.sort`/`torch.argsort` on CPU (with the default `stable=False`) hand `(key, index)` pairs
+//! to libstdc++'s `std::sort`, comparing keys only. `std::sort` is an unstable introsort, so
+//! among equal keys (very common for bf16 magnitudes) the order of indices is whatever introsort
+//! leaves behind. Which elements a magnitude sparsifier keeps at the cut-off depends on that order,
+//! so to be bit-exact we must run the very same algorithm: the same pivot choice (median of
+//! `first+1`, middle, `last-1` moved to `first`), the same unguarded Hoare partition, the same
+//! insertion-sort threshold (16), and the same heapsort fallback once the recursion depth reaches
+//! `2·⌊log2 n⌋`. Any "equivalent" sort would give a different permutation.
+//!
+//! The comparators are PyTorch's `KeyValueCompAsc`/`KeyValueCompDesc`, which order NaN as larger
+//! than every number.
+
+/// Insertion-sort threshold of libstdc++ (`_S_threshold`).
+const THRESHOLD: usize = 16;
+
+/// A key with the position it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Keyed {
+    /// Sort key (PyTorch compares `float` keys; bf16/f16 keys widen to f32 exactly).
+    pub key: f32,
+    /// Original flat position.
+    pub index: u32,
+}
+
+/// PyTorch's ascending comparator: NaN sorts after every number.
+#[inline(always)]
+pub fn less_asc(a: f32, b: f32) -> bool {
+    (!a.is_nan() && b.is_nan()) || a < b
+}
+
+/// PyTorch's descending comparator: NaN sorts before every number.
+#[inline(always)]
+pub fn less_desc(a: f32, b: f32) -> bool {
+    (a.is_nan() && !b.is_nan()) || a > b
+}
+
+/// `std::sort(v.begin(), v.end(), comp)` as libstdc++ implements it, on keys only.
+pub fn std_sort<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
+    let n = v.len();
+    if n < 2 {
+        return;
+    }
+    let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
+    introsort_loop(v, depth, comp);
+    final_insertion_sort(v, comp);
+}
+
+/// The argsort of `keys` as `torch.argsort(keys, descending=...)` returns it on CPU.
+pub fn argsort(keys: &[f32], descending: bool) -> Vec<u32> {
+    let mut v: Vec<Keyed> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &key)| Keyed {
+            key,
+            index: i as u32,
+        })
+        .collect();
+    if descending {
+        std_sort(&mut v, less_desc);
+    } else {
+        std_sort(&mut v, less_asc);
+    }
+    v.into_iter().map(|k| k.index).collect()
+}
+
+fn introsort_loop<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], mut depth: usize, comp: F) {
+    // `v` shrinks from the right as libstdc++'s `__last = __cut` does; recursion handles the
+    // right part, exactly as in the original (the recursion order affects nothing observable,
+    // but we keep it anyway).
+    let mut len = v.len();
+    while len > THRESHOLD {
+        let part = &mut v[..len];
+        if depth == 0 {
+            heap_sort(part, comp);
+            return;
+        }
+        depth -= 1;
+        let cut = partition_pivot(part, comp);
+        introsort_loop(&mut part[cut..], depth, comp);
+        len = cut;
+    }
+}
+
+fn partition_pivot<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) -> usize {
+    let n = v.len();
+    let mid = n / 2;
+    move_median_to_first(v, 0, 1, mid, n - 1, comp);
+    unguarded_partition(v, 1, n, 0, comp)
+}
+
+fn move_median_to_first<F: Fn(f32, f32) -> bool>(
+    v: &mut [Keyed],
+    result: usize,
+    a: usize,
+    b: usize,
+    c: usize,
+    comp: F,
+) {
+    let (ka, kb, kc) = (v[a].key, v[b].key, v[c].key);
+    let pick = if comp(ka, kb) {
+        if comp(kb, kc) {
+            b
+        } else if comp(ka, kc) {
+            c
+        } else {
+            a
+        }
+    } else if comp(ka, kc) {
+        a
+    } else if comp(kb, kc) {
+        c
+    } else {
+        b
+    };
+    v.swap(result, pick);
+}
+
+/// Hoare partition without bounds checks in the original: the median-of-3 pivot at `pivot`
+/// guarantees both scans stop inside the range. Our indices stay in bounds for the same reason;
+/// slice indexing would only panic if that invariant were broken.
+fn unguarded_partition<F: Fn(f32, f32) -> bool>(
+    v: &mut [Keyed],
+    mut first: usize,
+    mut last: usize,
+    pivot: usize,
+    comp: F,
+) -> usize {
+    let p = v[pivot].key;
+    loop {
+        while comp(v[first].key, p) {
+            first += 1;
+        }
+        last -= 1;
+        while comp(p, v[last].key) {
+            last -= 1;
+        }
+        if first >= last {
+            return first;
+        }
+        v.swap(first, last);
+        first += 1;
+    }
+}
+
+fn final_insertion_sort<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
+    if v.len() > THRESHOLD {
+        insertion_sort(&mut v[..THRESHOLD], comp);
+        for i in THRESHOLD..v.len() {
+            unguarded_linear_insert(v, i, comp);
+        }
+    } else {
+        insertion_sort(v, comp);
+    }
+}
+
+fn insertion_sort<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
+    for i in 1..v.len() {
+        if comp(v[i].key, v[0].key) {
+            let val = v[i];
+            v.copy_within(0..i, 1);
+            v[0] = val;
+        } else {
+            unguarded_linear_insert(v, i, comp);
+        }
+    }
+}
+
+fn unguarded_linear_insert<F: Fn(f32, f32) -> bool>(v: &mut [Keyed], mut last: usize, comp: F) {
+    let val = v[last];
+    while last > 0 && comp(val.key, v[last - 1].key) {
+        v[last] = v[last - 1];
+        last -= 1;
+    }
+    v[last] = val;
+}
+
+/// `std::__partial_sort(first, last, last)`: make_heap, then sort_heap.
+fn heap_sort<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
+    let len = v.len();
+    if len < 2 {
+        return;
+    }
+    let mut parent = (len - 2) / 2;
+    loop {
+        let val = v[parent];
+        adjust_heap(v, parent, len, val, comp);
+        if parent == 0 {
+            break;
+        }
+        parent -= 1;
+    }
+    let mut last = len;
+    while last > 1 {
+        last -= 1;
+        let val = v[last];
+        v[last] = v[0];
+        adjust_heap(v, 0, last, val, comp);
+    }
+}
+
+fn adjust_heap<F: Fn(f32, f32) -> bool>(
+    v: &mut [Keyed],
+    mut hole: usize,
+    len: usize,
+    val: Keyed,
+    comp: F,
+) {
+    let top = hole;
+    let mut child = hole;
+    while child < len.saturating_sub(1) / 2 {
+        child = 2 * (child + 1);
+        if comp(v[child].key, v[child - 1].key) {
+            child -= 1;
+        }
+        v[hole] = v[child];
+        hole = child;
+    }
+    if len & 1 == 0 && child == (len - 2) / 2 {
+        child = 2 * (child + 1);
+        v[hole] = v[child - 1];
+        hole = child - 1;
+    }
+    // push_heap
+    while hole > top {
+        let parent = (hole - 1) / 2;
+        if !comp(v[parent].key, val.key) {
+            break;
+        }
+        v[hole] = v[parent];
+        hole = parent;
+    }
+    v[hole] = val;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorts_small_and_large() {
+        for n in [0usize, 1, 2, 3, 15, 16, 17, 100, 1000] {
+            let keys: Vec<f32> = (0..n).map(|i| ((i * 7919) % 13) as f32).collect();
+            let idx = argsort(&keys, false);
+            for w in idx.windows(2) {
+                assert!(keys[w[0] as usize] <= keys[w[1] as usize]);
+            }
+            let idx = argsort(&keys, true);
+            for w in idx.windows(2) {
+                assert!(keys[w[0] as usize] >= keys[w[1] as usize]);
+            }
+        }
+    }
+
+    #[test]
+    fn heap_fallback_sorts() {
+        let mut v: Vec<Keyed> = (0..200u32)
+            .map(|i| Keyed {
+                key: ((i * 31) % 17) as f32,
+                index: i,
+            })
+            .collect();
+        heap_sort(&mut v, less_asc);
+        for w in v.windows(2) {
+            assert!(w[0].key <= w[1].key);
+        }
+    }
+}
