@@ -1,114 +1,128 @@
 //! The mergekit YAML configuration, as amalgam reads it.
 //!
-//! SKELETON: the public types below are what the engine codes against; the config work fills in
-//! parsing, validation and resolution behind them (and may add fields/functions).
+//! amalgam must accept exactly the configs mergekit 0.1.5 accepts and read them the same way,
+//! so this crate follows mergekit's loader step by step: PyYAML's YAML 1.1 resolution
+//! ([`yaml`](crate::yaml)), pydantic's schema with its lax coercions ([`parse_str`]),
+//! mergekit's validators, its parameter evaluation ([`evaluate_as`]) and precedence
+//! ([`resolve_as`]). Where mergekit says nothing (typos, a dtype it only rejects when it is
+//! about to write), amalgam speaks up early with the YAML path and line of the problem.
 #![deny(missing_docs)]
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+mod model_ref;
+mod params;
+mod schema;
+mod types;
+mod validate;
+mod yaml;
+
+pub use model_ref::{ModelPath, ModelRef};
+pub use params::{
+    coerce, evaluate, evaluate_as, missing_parameter_message, py_float_repr, resolve, resolve_as,
+    CoerceError, ParamKind, ParamScopes, ParamValue, Parameters, Scalar,
+};
+pub use types::{
+    InputModel, InputSlice, MergeConfig, OutputModule, OutputSlice, TokenEmbedding,
+    TokenEmbeddingSource, TokenizerConfig, TokenizerSource,
+};
+pub use validate::{
+    linear_weight_fallback, unsupported_features, validate, BasePolicy, InputContract,
+    MethodSchema, ParamSchema, ParamScope,
+};
+pub use yaml::Location;
+
+/// The dtype names mergekit 0.1.5 accepts for `dtype`/`out_dtype` (`dtype_from_name`; an
+/// optional `torch.` prefix is allowed too).
+pub const DTYPE_NAMES: &[&str] = &["bfloat16", "float16", "float32", "float64", "int64"];
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// Anything (skeleton).
-    #[error("{0}")]
-    Other(String),
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The text is not a valid config: every problem found, each with its position.
+    #[error("{}", render(file.as_deref(), diagnostics))]
+    Invalid {
+        /// The file, when the text came from one.
+        file: Option<PathBuf>,
+        /// The errors (and any warnings found on the way), in file order.
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
-/// A YAML scalar as given in a parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Scalar {
-    /// Number.
-    Float(f64),
-    /// Integer.
-    Int(i64),
-    /// Boolean.
-    Bool(bool),
-    /// String (coerced later to the parameter's declared type, like pydantic does).
-    Str(String),
-}
-
-/// A parameter setting: scalar, gradient, or filtered conditionals (mergekit §1.3).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ParamValue {
-    /// A single value.
-    Scalar(Scalar),
-    /// A list interpolated over the layer position t.
-    Gradient(Vec<Scalar>),
-    /// `[{filter, value}, ...]`: the first matching entry wins.
-    Filters(Vec<(Option<String>, ParamValue)>),
-}
-
-/// Parameters at one level, in YAML order.
-pub type Parameters = BTreeMap<String, ParamValue>;
-
-/// A model reference (`path[@revision]`, or the dict form).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModelRef {
-    /// Local path or Hub id.
-    pub path: String,
-    /// Branch, tag or commit.
-    pub revision: Option<String>,
-}
-
-impl std::fmt::Display for ModelRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.revision {
-            Some(r) => write!(f, "{}@{}", self.path, r),
-            None => f.write_str(&self.path),
+fn render(file: Option<&Path>, diags: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for (i, d) in diags.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
         }
+        out.push_str(&d.render(file));
+    }
+    out
+}
+
+/// How bad a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// mergekit would refuse the config (or amalgam refuses it for a stated reason).
+    Error,
+    /// mergekit accepts it, but it probably does not do what was meant.
+    Warning,
+}
+
+/// One finding about a config, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// YAML path of the offending node (`models[2].parameters.weight`); empty for the document
+    /// itself.
+    pub path: String,
+    /// Line and column of the node, when known.
+    pub location: Option<Location>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// `file:line:col: error: path: message` (the parts that are known).
+    pub fn render(&self, file: Option<&Path>) -> String {
+        let mut s = String::new();
+        if let Some(f) = file {
+            s.push_str(&f.display().to_string());
+            s.push(':');
+        }
+        if let Some(l) = self.location {
+            s.push_str(&format!("{}:{}:", l.line, l.column));
+        }
+        if !s.is_empty() {
+            s.push(' ');
+        }
+        s.push_str(match self.severity {
+            Severity::Error => "error: ",
+            Severity::Warning => "warning: ",
+        });
+        if !self.path.is_empty() {
+            s.push_str(&self.path);
+            s.push_str(": ");
+        }
+        s.push_str(&self.message);
+        s
     }
 }
 
-/// One entry of `models:`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputModel {
-    /// The model.
-    pub model: ModelRef,
-    /// Its parameters.
-    pub parameters: Parameters,
-}
-
-/// One source of an output slice.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputSlice {
-    /// The model.
-    pub model: ModelRef,
-    /// `[start, end)` layers.
-    pub layer_range: (usize, usize),
-    /// Its parameters.
-    pub parameters: Parameters,
-}
-
-/// One entry of `slices:`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputSlice {
-    /// The sources merged into this slice.
-    pub sources: Vec<InputSlice>,
-    /// Slice-level base model (overrides the global one).
-    pub base_model: Option<ModelRef>,
-    /// Slice-level parameters.
-    pub parameters: Parameters,
-}
-
-/// A parsed merge configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MergeConfig {
-    /// Registry name of the method.
-    pub merge_method: String,
-    /// `models:` form.
-    pub models: Option<Vec<InputModel>>,
-    /// `slices:` form.
-    pub slices: Option<Vec<OutputSlice>>,
-    /// Global base model.
-    pub base_model: Option<ModelRef>,
-    /// Global parameters.
-    pub parameters: Parameters,
-    /// Load-time dtype (`bfloat16`...), as written.
-    pub dtype: Option<String>,
-    /// Save-time dtype, as written.
-    pub out_dtype: Option<String>,
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render(None))
+    }
 }
 
 /// A warning about a config that mergekit accepts.
@@ -130,27 +144,44 @@ pub struct LoadedConfig {
     /// Where it came from (relative model paths are relative to the working directory, as in
     /// mergekit).
     pub path: Option<PathBuf>,
-    /// Warnings.
+    /// Warnings (unknown keys, duplicate keys), each with its location in
+    /// [`LoadedConfig::diagnostics`] too.
     pub warnings: Vec<Warning>,
+    /// The same warnings as diagnostics (with line and column), for [`validate`].
+    pub diagnostics: Vec<Diagnostic>,
+    /// Line and column of every node, by YAML path, so later checks can point at the text.
+    pub locations: std::collections::BTreeMap<String, Location>,
+}
+
+impl LoadedConfig {
+    /// Where the node at `path` is in the text, if it exists.
+    pub fn location(&self, path: &str) -> Option<Location> {
+        self.locations.get(path).copied()
+    }
 }
 
 /// Reads and parses a config file.
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::Other(format!("{}: {e}", path.display())))?;
-    let mut c = parse_str(&text)?;
-    c.path = Some(path.to_path_buf());
-    Ok(c)
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match parse_str(&text) {
+        Ok(mut c) => {
+            c.path = Some(path.to_path_buf());
+            Ok(c)
+        }
+        Err(ConfigError::Invalid { diagnostics, .. }) => Err(ConfigError::Invalid {
+            file: Some(path.to_path_buf()),
+            diagnostics,
+        }),
+        Err(e) => Err(e),
+    }
 }
 
-/// Parses config text.
+/// Parses config text: YAML (as PyYAML reads it), mergekit's schema and validators, plus
+/// amalgam's model-independent checks (dtype names, equal layer counts per slice, `#expert`
+/// syntax). Method-aware checks are in [`validate`].
 pub fn parse_str(text: &str) -> Result<LoadedConfig, ConfigError> {
-    let _ = text;
-    todo!("config: parse_str")
-}
-
-/// Evaluates a setting for `tensor_name` at layer position `t` (mergekit §1.3).
-pub fn evaluate(value: &ParamValue, tensor_name: &str, t: f64) -> Option<Scalar> {
-    let _ = (value, tensor_name, t);
-    todo!("config: evaluate")
+    schema::parse(text)
 }

@@ -1,0 +1,691 @@
+//! Method-aware validation, the features amalgam refuses at merge time, and the `linear`
+//! missing-weight decision.
+//!
+//! This crate does not depend on the methods crate: the engine describes each method it
+//! knows as a [`MethodSchema`] (built from its registry) and passes them to [`validate`].
+
+use crate::params::{coerce, ParamKind};
+use crate::schema::closest;
+use crate::{
+    Diagnostic, LoadedConfig, MergeConfig, ModelRef, ParamScopes, ParamValue, Parameters, Scalar,
+    Severity, TokenEmbeddingSource, TokenizerSource, Warning,
+};
+
+/// Along which inputs a parameter is bound (mergekit 0.1.5's `ParameterScope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamScope {
+    /// One value per tensor, resolved with the output tensor name.
+    Shared,
+    /// One value per input, the base model included.
+    Input,
+    /// One value per input except the base model.
+    NonBase,
+}
+
+/// One parameter a method declares.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSchema {
+    /// Its name in configs.
+    pub name: String,
+    /// Its type.
+    pub kind: ParamKind,
+    /// Shared or per input.
+    pub scope: ParamScope,
+    /// No default: mergekit stops with "Missing required parameter" when no scope gives it.
+    pub required: bool,
+}
+
+/// How a method treats the base model (mergekit 0.1.5's `BasePolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BasePolicy {
+    /// May or may not have one.
+    Optional,
+    /// Must have one, among the inputs.
+    Required,
+    /// Must not have one.
+    Forbidden,
+    /// `base_model` is not looked at.
+    Ignored,
+}
+
+/// What inputs each output slice must have (mergekit 0.1.5's `InputContract`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InputContract {
+    /// Base model policy.
+    pub base: BasePolicy,
+    /// Fewest inputs (base included).
+    pub min_inputs: usize,
+    /// Most inputs.
+    pub max_inputs: Option<usize>,
+    /// Fewest non-base inputs.
+    pub min_non_base: Option<usize>,
+    /// Most non-base inputs.
+    pub max_non_base: Option<usize>,
+}
+
+/// What [`validate`] needs to know about a merge method.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodSchema {
+    /// Registry name (`merge_method:`).
+    pub name: String,
+    /// Declared parameters.
+    pub params: Vec<ParamSchema>,
+    /// Input contract, when the engine enforces mergekit 0.1.5's.
+    pub contract: Option<InputContract>,
+}
+
+/// A Parameters map with its YAML path.
+struct ParamsAt<'a> {
+    path: String,
+    params: &'a Parameters,
+}
+
+/// One normalised output slice with the YAML paths of its parts.
+struct SliceView<'a> {
+    /// mergekit's group name, `default.slices[0]`.
+    group: String,
+    /// YAML path of the slice (or of `models`).
+    path: String,
+    /// Sources: model, YAML path of the entry, its parameters (`None` for the appended base).
+    sources: Vec<(ModelRef, String, Option<&'a Parameters>)>,
+    slice_params: Option<&'a Parameters>,
+    module_params: Option<&'a Parameters>,
+    base: Option<ModelRef>,
+}
+
+fn view_of_models<'a>(
+    models: &'a [crate::InputModel],
+    base: Option<&ModelRef>,
+    path: &str,
+    module: &str,
+    module_params: Option<&'a Parameters>,
+) -> SliceView<'a> {
+    let mut sources: Vec<_> = models
+        .iter()
+        .enumerate()
+        .map(|(j, m)| (m.model.clone(), format!("{path}[{j}]"), Some(&m.parameters)))
+        .collect();
+    if let Some(b) = base {
+        if !models.iter().any(|m| &m.model == b) {
+            sources.push((b.clone(), "base_model".to_string(), None));
+        }
+    }
+    SliceView {
+        group: format!("{module}.slices[0]"),
+        path: path.to_string(),
+        sources,
+        slice_params: None,
+        module_params,
+        base: base.cloned(),
+    }
+}
+
+fn views_of_slices<'a>(
+    slices: &'a [crate::OutputSlice],
+    base: Option<&ModelRef>,
+    path: &str,
+    module: &str,
+    module_params: Option<&'a Parameters>,
+) -> Vec<SliceView<'a>> {
+    slices
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SliceView {
+            group: format!("{module}.slices[{i}]"),
+            path: format!("{path}[{i}]"),
+            sources: s
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(j, src)| {
+                    let p = format!("{path}[{i}].sources[{j}]");
+                    (src.model.clone(), p, Some(&src.parameters))
+                })
+                .collect(),
+            slice_params: Some(&s.parameters),
+            module_params,
+            base: s.base_model.clone().or_else(|| base.cloned()),
+        })
+        .collect()
+}
+
+/// The output slices as mergekit's planner normalises them (see
+/// [`MergeConfig::normalized_modules`]), with YAML paths.
+fn views(config: &MergeConfig) -> Vec<SliceView<'_>> {
+    let base = config.base_model.as_ref();
+    if let Some(models) = config.models.as_ref().filter(|m| !m.is_empty()) {
+        return vec![view_of_models(models, base, "models", "default", None)];
+    }
+    if let Some(slices) = config.slices.as_ref().filter(|s| !s.is_empty()) {
+        return views_of_slices(slices, base, "slices", "default", None);
+    }
+    let mut out = Vec::new();
+    for (name, m) in config.modules.iter().flatten() {
+        let path = format!("modules.{name}");
+        let mp = Some(&m.parameters);
+        match (&m.models, &m.slices) {
+            (Some(models), _) if !models.is_empty() => out.push(view_of_models(
+                models,
+                base,
+                &format!("{path}.models"),
+                name,
+                mp,
+            )),
+            (_, Some(slices)) => out.extend(views_of_slices(
+                slices,
+                base,
+                &format!("{path}.slices"),
+                name,
+                mp,
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn params_of_models<'a>(ms: &'a [crate::InputModel], path: &str, out: &mut Vec<ParamsAt<'a>>) {
+    for (j, m) in ms.iter().enumerate() {
+        out.push(ParamsAt {
+            path: format!("{path}[{j}].parameters"),
+            params: &m.parameters,
+        });
+    }
+}
+
+fn params_of_slices<'a>(ss: &'a [crate::OutputSlice], path: &str, out: &mut Vec<ParamsAt<'a>>) {
+    for (i, s) in ss.iter().enumerate() {
+        out.push(ParamsAt {
+            path: format!("{path}[{i}].parameters"),
+            params: &s.parameters,
+        });
+        for (j, src) in s.sources.iter().enumerate() {
+            out.push(ParamsAt {
+                path: format!("{path}[{i}].sources[{j}].parameters"),
+                params: &src.parameters,
+            });
+        }
+    }
+}
+
+/// Every `parameters` map of the config, with its YAML path.
+fn all_params(config: &MergeConfig) -> Vec<ParamsAt<'_>> {
+    let mut out = vec![ParamsAt {
+        path: "parameters".into(),
+        params: &config.parameters,
+    }];
+    params_of_models(
+        config.models.as_deref().unwrap_or_default(),
+        "models",
+        &mut out,
+    );
+    params_of_slices(
+        config.slices.as_deref().unwrap_or_default(),
+        "slices",
+        &mut out,
+    );
+    for (name, m) in config.modules.iter().flatten() {
+        let p = format!("modules.{name}");
+        out.push(ParamsAt {
+            path: format!("{p}.parameters"),
+            params: &m.parameters,
+        });
+        params_of_models(
+            m.models.as_deref().unwrap_or_default(),
+            &format!("{p}.models"),
+            &mut out,
+        );
+        params_of_slices(
+            m.slices.as_deref().unwrap_or_default(),
+            &format!("{p}.slices"),
+            &mut out,
+        );
+    }
+    out
+}
+
+fn scalars(v: &ParamValue) -> Vec<&Scalar> {
+    match v {
+        ParamValue::Scalar(s) => vec![s],
+        ParamValue::Gradient(items) => items.iter().collect(),
+        ParamValue::Filters(entries) => entries.iter().flat_map(|(_, v)| scalars(v)).collect(),
+    }
+}
+
+/// Whether a parameters map belongs to one input (a `models` entry or a slice source).
+fn is_per_model_path(path: &str) -> bool {
+    path.contains(".sources[") || path.starts_with("models[") || path.contains(".models[")
+}
+
+/// Checks a loaded config against the merge methods amalgam knows.
+///
+/// Reports (errors unless noted):
+/// * an unknown `merge_method`, with the closest known name;
+/// * parameters the method does not declare (warning: mergekit ignores them), with the
+///   closest declared name; a shared parameter given for one model (warning: mergekit ignores
+///   it there);
+/// * values that cannot be coerced to the parameter's type (mergekit stops while planning);
+/// * required parameters that no scope gives for some input (mergekit: "Missing required
+///   parameter"); for `linear`'s `weight` missing everywhere see [`linear_weight_fallback`];
+/// * the method's input contract per output slice, with mergekit's own texts;
+/// * plus the warnings found while parsing (unknown and duplicate keys).
+///
+/// With `strict`, every warning becomes an error (and `linear` without weights gets mergekit's
+/// error).
+pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -> Vec<Diagnostic> {
+    let config = &loaded.config;
+    let mut out: Vec<Diagnostic> = Vec::new();
+    let method = methods.iter().find(|m| m.name == config.merge_method);
+    let mut push = |severity: Severity, path: &str, message: String| {
+        let severity = if strict { Severity::Error } else { severity };
+        out.push(Diagnostic {
+            severity,
+            location: loaded.location(path).or_else(|| {
+                // The nearest enclosing node that has a position.
+                let mut p = path;
+                loop {
+                    let cut = p.rfind(['.', '['])?;
+                    p = &p[..cut];
+                    if let Some(l) = loaded.location(p) {
+                        return Some(l);
+                    }
+                }
+            }),
+            path: path.to_string(),
+            message,
+        });
+    };
+
+    for d in &loaded.diagnostics {
+        let key = d.path.rsplit('.').next().unwrap_or(&d.path);
+        let param = method.and_then(|m| m.params.iter().find(|p| p.name == key));
+        let message = match param {
+            Some(_) if d.message.starts_with("unknown key") => format!(
+                "`{key}` is a parameter of `{}`, but mergekit only reads it under a \
+                 `parameters:` key and ignores it here; move it into `parameters:`",
+                config.merge_method
+            ),
+            _ => d.message.clone(),
+        };
+        push(d.severity, &d.path, message);
+    }
+
+    let Some(method) = method else {
+        let names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
+        let hint = closest(&config.merge_method, names.iter().copied())
+            .map(|c| format!("did you mean `{c}`? "))
+            .unwrap_or_default();
+        push(
+            Severity::Error,
+            "merge_method",
+            format!(
+                "unknown merge method `{}` (mergekit: \"Unimplemented merge method {}\"); \
+                 {hint}known methods: {}",
+                config.merge_method,
+                config.merge_method,
+                names.join(", ")
+            ),
+        );
+        return out;
+    };
+
+    // Parameter names and value types, wherever they are given.
+    let declared: Vec<&str> = method.params.iter().map(|p| p.name.as_str()).collect();
+    for at in all_params(config) {
+        for (key, value) in at.params {
+            let path = format!("{}.{key}", at.path);
+            let Some(schema) = method.params.iter().find(|p| &p.name == key) else {
+                let hint = closest(key, declared.iter().copied())
+                    .map(|c| format!("did you mean `{c}`? "))
+                    .unwrap_or_default();
+                let takes = if declared.is_empty() {
+                    "it takes no parameters".to_string()
+                } else {
+                    format!("it takes: {}", declared.join(", "))
+                };
+                push(
+                    Severity::Warning,
+                    &path,
+                    format!(
+                        "parameter `{key}` is not used by `{}` (mergekit ignores it); {hint}{takes}",
+                        method.name
+                    ),
+                );
+                continue;
+            };
+            if schema.scope == ParamScope::Shared && is_per_model_path(&at.path) {
+                push(
+                    Severity::Warning,
+                    &path,
+                    format!(
+                        "`{key}` is a shared parameter of `{}`: mergekit ignores it in one \
+                         model's parameters; move it to the slice's or the top-level \
+                         `parameters:`",
+                        method.name
+                    ),
+                );
+            }
+            for s in scalars(value) {
+                if let Err(e) = coerce(s, schema.kind) {
+                    push(
+                        Severity::Error,
+                        &path,
+                        format!("`{key}`: {e} (mergekit stops with a pydantic validation error)"),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+
+    let fallback = linear_weight_fallback(config);
+    let slices = views(config);
+    for view in &slices {
+        if let Some(c) = &method.contract {
+            if let Err((path, msg)) = check_contract(c, view) {
+                push(Severity::Error, path.unwrap_or(&view.path), msg);
+            }
+        }
+        for p in method.params.iter().filter(|p| p.required) {
+            let shared_scopes = ParamScopes {
+                sources: Vec::new(),
+                slice: view.slice_params,
+                module: view.module_params,
+                global: Some(&config.parameters),
+                per_model: false,
+            };
+            if p.scope == ParamScope::Shared {
+                if !shared_scopes.mentions(&p.name) {
+                    push(
+                        Severity::Error,
+                        &view.path,
+                        format!(
+                            "`{}` requires the parameter `{}` and no scope gives it: add \
+                             `parameters: {{{}: ...}}` at the top level (mergekit: \"Missing \
+                             required parameter {} for <tensor>\")",
+                            method.name, p.name, p.name, p.name
+                        ),
+                    );
+                }
+                continue;
+            }
+            if fallback.is_some() && p.name == "weight" {
+                continue;
+            }
+            for (model, path, _) in &view.sources {
+                if p.scope == ParamScope::NonBase && Some(model) == view.base.as_ref() {
+                    continue;
+                }
+                let mut scopes = shared_scopes.clone();
+                scopes.per_model = true;
+                scopes.sources = view
+                    .sources
+                    .iter()
+                    .filter(|(m, _, _)| m == model)
+                    .filter_map(|(_, _, params)| *params)
+                    .collect();
+                if !scopes.mentions(&p.name) {
+                    push(
+                        Severity::Error,
+                        path,
+                        format!(
+                            "`{}` requires `{}` for every {}input and none is given for `{model}` \
+                             (mergekit: \"Missing required parameter {} for {model}.<tensor>\"); \
+                             add it to this model's `parameters:` or to the top-level ones",
+                            method.name,
+                            p.name,
+                            if p.scope == ParamScope::NonBase {
+                                "non-base "
+                            } else {
+                                ""
+                            },
+                            p.name
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    if let Some(w) = fallback {
+        if strict {
+            let first = slices
+                .first()
+                .and_then(|v| v.sources.first())
+                .map(|(m, _, _)| m.to_string())
+                .unwrap_or_default();
+            out.push(Diagnostic {
+                severity: Severity::Error,
+                location: loaded.location("merge_method"),
+                path: w.path,
+                message: crate::missing_parameter_message(
+                    "weight",
+                    Some(&ModelRef::new(first)),
+                    "model.embed_tokens.weight",
+                ),
+            });
+        } else {
+            out.push(Diagnostic {
+                severity: Severity::Warning,
+                location: loaded.location("merge_method"),
+                path: w.path,
+                message: w.message,
+            });
+        }
+    }
+    out.sort_by_key(|d| (d.severity, d.location));
+    out
+}
+
+/// mergekit 0.1.5's `InputContract.validate_ids`, with its messages and a hint each.
+///
+/// The error carries the YAML path of the offending source when there is one.
+fn check_contract<'v>(
+    c: &InputContract,
+    view: &'v SliceView,
+) -> Result<(), (Option<&'v str>, String)> {
+    let group = &view.group;
+    let ids: Vec<&ModelRef> = view.sources.iter().map(|(m, _, _)| m).collect();
+    for (i, (m, path, _)) in view.sources.iter().enumerate() {
+        if ids.iter().take(i).any(|o| *o == m) {
+            return Err((
+                Some(path),
+                format!(
+                    "`{m}` is listed twice among the inputs of this slice (mergekit: \"Duplicate \
+                     merge inputs for {group}\"); list each model once"
+                ),
+            ));
+        }
+    }
+    check_base_and_counts(c, view, &ids).map_err(|m| (None, m))
+}
+
+fn check_base_and_counts(
+    c: &InputContract,
+    view: &SliceView,
+    ids: &[&ModelRef],
+) -> Result<(), String> {
+    let group = &view.group;
+    let base = if c.base == BasePolicy::Ignored {
+        None
+    } else {
+        view.base.as_ref()
+    };
+    let has_base = base.is_some_and(|b| ids.contains(&b));
+    if let (Some(b), false) = (base, has_base) {
+        return Err(format!(
+            "the base model `{b}` is not among the inputs of this slice (mergekit: \"Base input \
+             is not present in merge inputs for {group}\"); add it as a source with the same \
+             `layer_range`"
+        ));
+    }
+    if c.base == BasePolicy::Required && !has_base {
+        return Err(format!(
+            "this method needs a `base_model` (mergekit: \"Merge method requires a base input \
+             for {group}\")"
+        ));
+    }
+    if c.base == BasePolicy::Forbidden && has_base {
+        return Err(format!(
+            "this method takes no `base_model` (mergekit: \"Merge method does not accept a base \
+             input for {group}\")"
+        ));
+    }
+    let count = ids.len();
+    let non_base = count - usize::from(has_base);
+    count_check("inputs", count, c.min_inputs, c.max_inputs, group)?;
+    if c.min_non_base.is_some() || c.max_non_base.is_some() {
+        count_check(
+            "non-base inputs",
+            non_base,
+            c.min_non_base.unwrap_or(0),
+            c.max_non_base,
+            group,
+        )?;
+    }
+    Ok(())
+}
+
+fn count_check(
+    what: &str,
+    count: usize,
+    min: usize,
+    max: Option<usize>,
+    group: &str,
+) -> Result<(), String> {
+    if count < min {
+        return Err(format!(
+            "Merge method requires at least {min} {what} for {group}; got {count}"
+        ));
+    }
+    if let Some(max) = max.filter(|&m| count > m) {
+        let expect = if min == max {
+            format!("exactly {min}")
+        } else {
+            format!("at most {max}")
+        };
+        return Err(format!(
+            "Merge method requires {expect} {what} for {group}; got {count}"
+        ));
+    }
+    Ok(())
+}
+
+/// What amalgam does not implement yet and refuses at merge time ("not supported yet"):
+/// `(YAML path, key)` for each `tokenizer_source`, `tokenizer`, `chat_template`, `modules`,
+/// LoRA (`+lora` or `lora:`) and `override_architecture`.
+pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let model = |m: &ModelRef, path: String, out: &mut Vec<(String, String)>| {
+        if m.lora.is_some() {
+            out.push((path.clone(), "lora".to_string()));
+        }
+        if m.override_architecture.is_some() {
+            out.push((path, "override_architecture".to_string()));
+        }
+    };
+    if config.tokenizer_source.is_some() {
+        out.push(("tokenizer_source".into(), "tokenizer_source".into()));
+    }
+    if config.tokenizer.is_some() {
+        out.push(("tokenizer".into(), "tokenizer".into()));
+    }
+    if config.chat_template.is_some() {
+        out.push(("chat_template".into(), "chat_template".into()));
+    }
+    if config.modules.is_some() {
+        out.push(("modules".into(), "modules".into()));
+    }
+    if let Some(b) = &config.base_model {
+        model(b, "base_model".into(), &mut out);
+    }
+    let models = |ms: &[crate::InputModel], path: &str, out: &mut Vec<(String, String)>| {
+        for (j, m) in ms.iter().enumerate() {
+            model(&m.model, format!("{path}[{j}].model"), out);
+        }
+    };
+    models(
+        config.models.as_deref().unwrap_or_default(),
+        "models",
+        &mut out,
+    );
+    let slices = |ss: &[crate::OutputSlice], path: &str, out: &mut Vec<(String, String)>| {
+        for (i, s) in ss.iter().enumerate() {
+            if let Some(b) = &s.base_model {
+                model(b, format!("{path}[{i}].base_model"), out);
+            }
+            for (j, src) in s.sources.iter().enumerate() {
+                model(&src.model, format!("{path}[{i}].sources[{j}].model"), out);
+            }
+        }
+    };
+    slices(
+        config.slices.as_deref().unwrap_or_default(),
+        "slices",
+        &mut out,
+    );
+    for (name, m) in config.modules.iter().flatten() {
+        let p = format!("modules.{name}");
+        models(
+            m.models.as_deref().unwrap_or_default(),
+            &format!("{p}.models"),
+            &mut out,
+        );
+        slices(
+            m.slices.as_deref().unwrap_or_default(),
+            &format!("{p}.slices"),
+            &mut out,
+        );
+    }
+    if let Some(TokenizerSource::Model(m)) = &config.tokenizer_source {
+        model(m, "tokenizer_source".into(), &mut out);
+    }
+    if let Some(t) = &config.tokenizer {
+        if let TokenizerSource::Model(m) = &t.source {
+            model(m, "tokenizer.source".into(), &mut out);
+        }
+        for (tok, e) in t.tokens.iter().flatten() {
+            match &e.source {
+                Some(TokenEmbeddingSource::Model(m))
+                | Some(TokenEmbeddingSource::ModelToken { model: m, .. }) => {
+                    model(m, format!("tokenizer.tokens.{tok}.source"), &mut out)
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// amalgam's answer to a `linear` merge that gives no `weight` anywhere.
+///
+/// mergekit (every version) stops while planning with `Missing required parameter weight for
+/// <first model>.model.embed_tokens.weight`. amalgam instead weights every input 1/N (the
+/// obvious intent of such a config) and says so with this warning; `--strict` keeps mergekit's
+/// error (see [`validate`]). Returns `None` when the method is not `linear` or some scope
+/// mentions `weight` (then a model left without one is an error, as in mergekit).
+pub fn linear_weight_fallback(config: &MergeConfig) -> Option<Warning> {
+    if config.merge_method != "linear" {
+        return None;
+    }
+    if all_params(config)
+        .iter()
+        .any(|p| p.params.contains_key("weight"))
+    {
+        return None;
+    }
+    let n = views(config).first().map_or(0, |v| v.sources.len());
+    let first = views(config)
+        .first()
+        .and_then(|v| v.sources.first())
+        .map(|(m, _, _)| m.to_string())
+        .unwrap_or_default();
+    Some(Warning {
+        path: "parameters".into(),
+        message: format!(
+            "no `weight` is given anywhere: amalgam averages the {n} inputs with weight 1/{n} \
+             each; mergekit stops instead (\"Missing required parameter weight for \
+             {first}.model.embed_tokens.weight\"), and so does amalgam with --strict"
+        ),
+    })
+}

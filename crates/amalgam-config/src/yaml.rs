@@ -1,0 +1,714 @@
+//! A YAML loader that sees a config the way mergekit does.
+//!
+//! mergekit reads configs with PyYAML's `safe_load`, which implements YAML **1.1**: `yes`/`on`
+//! are booleans, `1e-3` (no dot) is a *string*, `010` is octal, duplicate keys silently keep the
+//! last value, and a second document is an error. `serde_yaml` follows YAML 1.2 rules, rejects
+//! duplicate keys and does not give the position of every node, so this module builds its own
+//! tree from the event stream of `yaml-rust2` (a pure-Rust parser that reports a line and column
+//! for every event) and resolves plain scalars with PyYAML's implicit-resolver rules. The
+//! positions are what lets every schema error point at a line and column.
+
+use yaml_rust2::parser::{Event, Parser, Tag};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// A position in the config text (both 1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Location {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// One YAML node with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Node {
+    pub kind: Kind,
+    pub loc: Location,
+}
+
+/// A node's value after PyYAML's (YAML 1.1) resolution.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Kind {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    /// A value PyYAML turns into a Python object mergekit never accepts (a date, an integer
+    /// beyond 64 bits); kept as its text for the error message.
+    Other {
+        what: &'static str,
+        text: String,
+    },
+    Seq(Vec<Node>),
+    /// Entries in first-insertion order, duplicates already folded (last value wins).
+    Map(Vec<(Node, Node)>),
+}
+
+impl Kind {
+    /// How the value is described in error messages ("a string", "a list"...).
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Null => "null".into(),
+            Kind::Bool(b) => format!("the boolean `{b}`"),
+            Kind::Int(i) => format!("the integer `{i}`"),
+            Kind::Float(x) => format!("the number `{}`", crate::params::py_float_repr(*x)),
+            Kind::Str(s) => format!("the string {s:?}"),
+            Kind::Other { what, text } => format!("{what} `{text}`"),
+            Kind::Seq(_) => "a list".into(),
+            Kind::Map(_) => "a mapping".into(),
+        }
+    }
+}
+
+/// A duplicate mapping key (PyYAML keeps the last value silently; amalgam warns).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Duplicate {
+    pub key: String,
+    pub first: Location,
+    pub again: Location,
+    /// Where the mapping holding the key is, so the caller can build a YAML path.
+    pub map_loc: Location,
+}
+
+/// Why a text is not one YAML document.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct YamlError {
+    pub loc: Location,
+    pub message: String,
+}
+
+/// The single document of a config text.
+#[derive(Debug)]
+pub(crate) struct Document {
+    /// `None` for an empty stream (PyYAML returns `None`).
+    pub root: Option<Node>,
+    pub duplicates: Vec<Duplicate>,
+}
+
+fn loc(m: &Marker) -> Location {
+    // yaml-rust2 counts lines from 1 and columns from 0.
+    Location {
+        line: m.line(),
+        column: m.col() + 1,
+    }
+}
+
+/// Parses `text` as exactly one YAML document.
+pub(crate) fn load(text: &str) -> Result<Document, YamlError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut b = Builder {
+        parser: &mut parser,
+        anchors: Vec::new(),
+        duplicates: Vec::new(),
+    };
+    b.stream()
+}
+
+struct Builder<'p, 'a> {
+    parser: &'p mut Parser<std::str::Chars<'a>>,
+    anchors: Vec<(usize, Node)>,
+    duplicates: Vec<Duplicate>,
+}
+
+impl Builder<'_, '_> {
+    fn next(&mut self) -> Result<(Event, Marker), YamlError> {
+        self.parser.next_token().map_err(|e| YamlError {
+            loc: loc(e.marker()),
+            message: e.info().to_string(),
+        })
+    }
+
+    fn stream(&mut self) -> Result<Document, YamlError> {
+        let mut root = None;
+        let mut docs = 0usize;
+        loop {
+            let (ev, m) = self.next()?;
+            match ev {
+                Event::StreamStart | Event::Nothing => {}
+                Event::StreamEnd => break,
+                Event::DocumentStart => {
+                    docs += 1;
+                    if docs > 1 {
+                        return Err(YamlError {
+                            loc: loc(&m),
+                            message: "this file holds more than one YAML document (`---`): \
+                                      multi-document configs (mergekit-multi) are not supported \
+                                      yet; split it into one file per merge"
+                                .into(),
+                        });
+                    }
+                    let (ev, m) = self.next()?;
+                    root = Some(self.node(ev, m)?);
+                    // DocumentEnd
+                    let (ev, m) = self.next()?;
+                    if ev != Event::DocumentEnd {
+                        return Err(YamlError {
+                            loc: loc(&m),
+                            message: "expected the end of the document".into(),
+                        });
+                    }
+                }
+                other => {
+                    return Err(YamlError {
+                        loc: loc(&m),
+                        message: format!("unexpected YAML event {other:?}"),
+                    })
+                }
+            }
+        }
+        Ok(Document {
+            root,
+            duplicates: std::mem::take(&mut self.duplicates),
+        })
+    }
+
+    fn remember(&mut self, anchor: usize, node: &Node) {
+        if anchor > 0 {
+            self.anchors.push((anchor, node.clone()));
+        }
+    }
+
+    fn node(&mut self, ev: Event, m: Marker) -> Result<Node, YamlError> {
+        let at = loc(&m);
+        match ev {
+            Event::Scalar(text, style, anchor, tag) => {
+                let kind = scalar_kind(text, style, tag.as_ref(), at)?;
+                let node = Node { kind, loc: at };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::Alias(id) => self
+                .anchors
+                .iter()
+                .rev()
+                .find(|(a, _)| *a == id)
+                .map(|(_, n)| Node {
+                    kind: n.kind.clone(),
+                    loc: at,
+                })
+                .ok_or(YamlError {
+                    loc: at,
+                    message: "unknown alias".into(),
+                }),
+            Event::SequenceStart(anchor, _) => {
+                let mut items = Vec::new();
+                loop {
+                    let (ev, m) = self.next()?;
+                    if ev == Event::SequenceEnd {
+                        break;
+                    }
+                    items.push(self.node(ev, m)?);
+                }
+                let node = Node {
+                    kind: Kind::Seq(items),
+                    loc: at,
+                };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            Event::MappingStart(anchor, _) => {
+                let mut entries: Vec<(Node, Node)> = Vec::new();
+                let mut merged: Vec<(Node, Node)> = Vec::new();
+                loop {
+                    let (ev, m) = self.next()?;
+                    if ev == Event::MappingEnd {
+                        break;
+                    }
+                    let is_merge_key =
+                        matches!(&ev, Event::Scalar(t, TScalarStyle::Plain, _, None) if t == "<<");
+                    let key = self.node(ev, m)?;
+                    let (ev, m) = self.next()?;
+                    let value = self.node(ev, m)?;
+                    if is_merge_key {
+                        merge_into(&mut merged, value)?;
+                        continue;
+                    }
+                    if matches!(key.kind, Kind::Seq(_) | Kind::Map(_)) {
+                        return Err(YamlError {
+                            loc: key.loc,
+                            message: "a mapping key must be a scalar".into(),
+                        });
+                    }
+                    self.insert(&mut entries, key, value, at);
+                }
+                // YAML merge keys (`<<`): explicit keys win over merged ones.
+                let mut all = Vec::new();
+                for (k, v) in merged {
+                    if !entries.iter().any(|(e, _)| e.kind == k.kind) {
+                        all.push((k, v));
+                    }
+                }
+                all.extend(entries);
+                let node = Node {
+                    kind: Kind::Map(all),
+                    loc: at,
+                };
+                self.remember(anchor, &node);
+                Ok(node)
+            }
+            other => Err(YamlError {
+                loc: at,
+                message: format!("unexpected YAML event {other:?}"),
+            }),
+        }
+    }
+
+    fn insert(&mut self, entries: &mut Vec<(Node, Node)>, key: Node, value: Node, map: Location) {
+        if let Some(slot) = entries.iter_mut().find(|(k, _)| k.kind == key.kind) {
+            self.duplicates.push(Duplicate {
+                key: key_text(&key.kind),
+                first: slot.0.loc,
+                again: key.loc,
+                map_loc: map,
+            });
+            // Python dicts keep the first position and take the last value.
+            slot.1 = value;
+        } else {
+            entries.push((key, value));
+        }
+    }
+}
+
+fn merge_into(merged: &mut Vec<(Node, Node)>, value: Node) -> Result<(), YamlError> {
+    let maps = match value.kind {
+        Kind::Map(m) => vec![m],
+        Kind::Seq(items) => {
+            let mut maps = Vec::new();
+            for item in items {
+                match item.kind {
+                    Kind::Map(m) => maps.push(m),
+                    _ => {
+                        return Err(YamlError {
+                            loc: item.loc,
+                            message: "a merge key (`<<`) takes a mapping or a list of mappings"
+                                .into(),
+                        })
+                    }
+                }
+            }
+            maps
+        }
+        _ => {
+            return Err(YamlError {
+                loc: value.loc,
+                message: "a merge key (`<<`) takes a mapping or a list of mappings".into(),
+            })
+        }
+    };
+    // In a list of merged mappings the earlier ones win.
+    for m in maps {
+        for (k, v) in m {
+            if !merged.iter().any(|(e, _)| e.kind == k.kind) {
+                merged.push((k, v));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The text of a scalar key, as it appears in paths and messages.
+pub(crate) fn key_text(k: &Kind) -> String {
+    match k {
+        Kind::Str(s) => s.clone(),
+        Kind::Null => "null".into(),
+        Kind::Bool(b) => if *b { "True" } else { "False" }.into(),
+        Kind::Int(i) => i.to_string(),
+        Kind::Float(x) => crate::params::py_float_repr(*x),
+        Kind::Other { text, .. } => text.clone(),
+        Kind::Seq(_) => "[...]".into(),
+        Kind::Map(_) => "{...}".into(),
+    }
+}
+
+fn scalar_kind(
+    text: String,
+    style: TScalarStyle,
+    tag: Option<&Tag>,
+    at: Location,
+) -> Result<Kind, YamlError> {
+    if let Some(tag) = tag {
+        let name = if tag.handle == "tag:yaml.org,2002:" {
+            tag.suffix.as_str()
+        } else if tag.handle == "!" && tag.suffix.is_empty() {
+            // `! value`: the non-specific tag forces a string.
+            return Ok(Kind::Str(text));
+        } else {
+            ""
+        };
+        let resolved = resolve_plain(&text);
+        return match (name, resolved) {
+            ("str", _) => Ok(Kind::Str(text)),
+            ("null", _) => Ok(Kind::Null),
+            ("bool", k @ Kind::Bool(_)) => Ok(k),
+            ("int", k @ Kind::Int(_)) => Ok(k),
+            ("float", k @ Kind::Float(_)) => Ok(k),
+            ("float", Kind::Int(i)) => Ok(Kind::Float(i as f64)),
+            _ => Err(YamlError {
+                loc: at,
+                message: format!(
+                    "the YAML tag `{}{}` on {text:?} is not supported (mergekit's safe loader \
+                     rejects it too)",
+                    tag.handle, tag.suffix
+                ),
+            }),
+        };
+    }
+    if style != TScalarStyle::Plain {
+        return Ok(Kind::Str(text));
+    }
+    Ok(resolve_plain(&text))
+}
+
+/// PyYAML's implicit resolution of a plain scalar (YAML 1.1 core types).
+pub(crate) fn resolve_plain(s: &str) -> Kind {
+    if matches!(s, "" | "~" | "null" | "Null" | "NULL") {
+        return Kind::Null;
+    }
+    match s {
+        "yes" | "Yes" | "YES" | "true" | "True" | "TRUE" | "on" | "On" | "ON" => {
+            return Kind::Bool(true)
+        }
+        "no" | "No" | "NO" | "false" | "False" | "FALSE" | "off" | "Off" | "OFF" => {
+            return Kind::Bool(false)
+        }
+        _ => {}
+    }
+    if is_yaml11_float(s) {
+        return Kind::Float(construct_float(s));
+    }
+    if is_yaml11_int(s) {
+        return match construct_int(s) {
+            Some(i) => Kind::Int(i),
+            None => Kind::Other {
+                what: "the integer (beyond 64 bits)",
+                text: s.to_string(),
+            },
+        };
+    }
+    if is_yaml11_timestamp(s) {
+        return Kind::Other {
+            what: "the date",
+            text: s.to_string(),
+        };
+    }
+    Kind::Str(s.to_string())
+}
+
+/// A tiny cursor for the hand-written YAML 1.1 patterns below.
+struct Cur<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Cur<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+    fn eat(&mut self, f: impl Fn(u8) -> bool) -> bool {
+        match self.peek() {
+            Some(c) if f(c) => {
+                self.i += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn eat_many(&mut self, f: impl Fn(u8) -> bool) -> usize {
+        let start = self.i;
+        while self.eat(&f) {}
+        self.i - start
+    }
+    fn eat_str(&mut self, s: &str) -> bool {
+        if self.b.get(self.i..self.i + s.len()) == Some(s.as_bytes()) {
+            self.i += s.len();
+            true
+        } else {
+            false
+        }
+    }
+    fn done(&self) -> bool {
+        self.i == self.b.len()
+    }
+}
+
+fn digit(c: u8) -> bool {
+    c.is_ascii_digit()
+}
+fn digit_(c: u8) -> bool {
+    c.is_ascii_digit() || c == b'_'
+}
+fn sign(c: u8) -> bool {
+    c == b'-' || c == b'+'
+}
+
+/// `(:[0-5]?[0-9])+`, the sexagesimal groups of YAML 1.1.
+fn sexagesimal_groups(c: &mut Cur) -> bool {
+    let mut n = 0;
+    loop {
+        let save = c.i;
+        if !c.eat(|x| x == b':') {
+            break;
+        }
+        // `[0-5]?[0-9]`: try two digits, then one.
+        let two = matches!(c.b.get(c.i..c.i + 2), Some([a, b]) if (b'0'..=b'5').contains(a) && b.is_ascii_digit());
+        if two {
+            c.i += 2;
+        } else if !c.eat(digit) {
+            c.i = save;
+            break;
+        }
+        n += 1;
+    }
+    n > 0
+}
+
+fn exponent(c: &mut Cur) {
+    let save = c.i;
+    if c.eat(|x| x == b'e' || x == b'E') && c.eat(sign) && c.eat_many(digit) > 0 {
+        return;
+    }
+    c.i = save;
+}
+
+/// YAML 1.1 float (PyYAML): note the dot is mandatory and an exponent needs a sign.
+pub(crate) fn is_yaml11_float(s: &str) -> bool {
+    let b = s.as_bytes();
+    // [-+]?[0-9][0-9_]*\.[0-9_]*([eE][-+][0-9]+)?
+    let alt1 = || {
+        let mut c = Cur { b, i: 0 };
+        c.eat(sign);
+        if !c.eat(digit) {
+            return false;
+        }
+        c.eat_many(digit_);
+        if !c.eat(|x| x == b'.') {
+            return false;
+        }
+        c.eat_many(digit_);
+        exponent(&mut c);
+        c.done()
+    };
+    // \.[0-9][0-9_]*([eE][-+][0-9]+)?
+    let alt2 = || {
+        let mut c = Cur { b, i: 0 };
+        if !(c.eat(|x| x == b'.') && c.eat(digit)) {
+            return false;
+        }
+        c.eat_many(digit_);
+        exponent(&mut c);
+        c.done()
+    };
+    // [-+]?[0-9][0-9_]*(:[0-5]?[0-9])+\.[0-9_]*
+    let alt3 = || {
+        let mut c = Cur { b, i: 0 };
+        c.eat(sign);
+        if !c.eat(digit) {
+            return false;
+        }
+        c.eat_many(digit_);
+        if !sexagesimal_groups(&mut c) || !c.eat(|x| x == b'.') {
+            return false;
+        }
+        c.eat_many(digit_);
+        c.done()
+    };
+    // [-+]?\.(inf|Inf|INF) | \.(nan|NaN|NAN)
+    let alt4 = || {
+        let mut c = Cur { b, i: 0 };
+        c.eat(sign);
+        c.eat_str(".") && (c.eat_str("inf") || c.eat_str("Inf") || c.eat_str("INF")) && c.done()
+    };
+    let alt5 = || matches!(s, ".nan" | ".NaN" | ".NAN");
+    alt1() || alt2() || alt3() || alt4() || alt5()
+}
+
+/// YAML 1.1 int (PyYAML): binary, octal (leading 0), decimal, hex, sexagesimal.
+pub(crate) fn is_yaml11_int(s: &str) -> bool {
+    let b = s.as_bytes();
+    let with = |f: &dyn Fn(&mut Cur) -> bool| {
+        let mut c = Cur { b, i: 0 };
+        c.eat(sign);
+        f(&mut c) && c.done()
+    };
+    with(&|c| c.eat_str("0b") && c.eat_many(|x| x == b'0' || x == b'1' || x == b'_') > 0)
+        || with(&|c| c.eat_str("0") && c.eat_many(|x| (b'0'..=b'7').contains(&x) || x == b'_') > 0)
+        || with(&|c| c.eat_str("0") && c.done())
+        || with(&|c| c.eat(|x| (b'1'..=b'9').contains(&x)) && c.eat_many(digit_) < usize::MAX)
+        || with(&|c| c.eat_str("0x") && c.eat_many(|x| x.is_ascii_hexdigit() || x == b'_') > 0)
+        || with(&|c| {
+            c.eat(|x| (b'1'..=b'9').contains(&x)) && {
+                c.eat_many(digit_);
+                sexagesimal_groups(c)
+            }
+        })
+}
+
+fn is_yaml11_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut c = Cur { b, i: 0 };
+    let n = |c: &mut Cur, k: usize| (0..k).all(|_| c.eat(digit));
+    // YYYY-MM-DD
+    if n(&mut c, 4)
+        && c.eat(|x| x == b'-')
+        && n(&mut c, 2)
+        && c.eat(|x| x == b'-')
+        && n(&mut c, 2)
+        && c.done()
+    {
+        return true;
+    }
+    let mut c = Cur { b, i: 0 };
+    let ok = n(&mut c, 4)
+        && c.eat(|x| x == b'-')
+        && c.eat(digit)
+        && {
+            c.eat(digit);
+            c.eat(|x| x == b'-')
+        }
+        && c.eat(digit)
+        && {
+            c.eat(digit);
+            c.eat(|x| x == b'T' || x == b't') || c.eat_many(|x| x == b' ' || x == b'\t') > 0
+        }
+        && c.eat(digit)
+        && {
+            c.eat(digit);
+            c.eat(|x| x == b':')
+        }
+        && n(&mut c, 2)
+        && c.eat(|x| x == b':')
+        && n(&mut c, 2);
+    if !ok {
+        return false;
+    }
+    if c.eat(|x| x == b'.') {
+        c.eat_many(digit);
+    }
+    let save = c.i;
+    c.eat_many(|x| x == b' ' || x == b'\t');
+    if c.eat(|x| x == b'Z') {
+    } else if c.eat(sign) && c.eat(digit) {
+        c.eat(digit);
+        let s2 = c.i;
+        if !(c.eat(|x| x == b':') && n(&mut c, 2)) {
+            c.i = s2;
+        }
+    } else {
+        c.i = save;
+    }
+    c.done()
+}
+
+/// PyYAML's `construct_yaml_float`.
+fn construct_float(s: &str) -> f64 {
+    let v: String = s
+        .chars()
+        .filter(|&c| c != '_')
+        .collect::<String>()
+        .to_lowercase();
+    let (neg, body) = match v.as_bytes().first() {
+        Some(b'-') => (true, &v[1..]),
+        Some(b'+') => (false, &v[1..]),
+        _ => (false, v.as_str()),
+    };
+    let mag = if body == ".inf" {
+        f64::INFINITY
+    } else if body == ".nan" {
+        f64::NAN
+    } else if body.contains(':') {
+        // Sexagesimal: each part parsed as a float, accumulated in base 60 from the right.
+        let mut value = 0.0;
+        let mut base = 1.0;
+        for part in body.split(':').rev() {
+            value += part.parse::<f64>().unwrap_or(0.0) * base;
+            base *= 60.0;
+        }
+        value
+    } else {
+        body.parse::<f64>().unwrap_or(f64::NAN)
+    };
+    if neg {
+        -mag
+    } else {
+        mag
+    }
+}
+
+/// PyYAML's `construct_yaml_int`; `None` when the value does not fit 64 bits.
+fn construct_int(s: &str) -> Option<i64> {
+    let v: String = s.chars().filter(|&c| c != '_').collect();
+    let (neg, body) = match v.as_bytes().first() {
+        Some(b'-') => (true, &v[1..]),
+        Some(b'+') => (false, &v[1..]),
+        _ => (false, v.as_str()),
+    };
+    let mag: i128 = if body == "0" {
+        0
+    } else if let Some(d) = body.strip_prefix("0b") {
+        i128::from_str_radix(d, 2).ok()?
+    } else if let Some(d) = body.strip_prefix("0x") {
+        i128::from_str_radix(d, 16).ok()?
+    } else if body.contains(':') {
+        let mut value: i128 = 0;
+        let mut base: i128 = 1;
+        for part in body.split(':').rev() {
+            value = value.checked_add(part.parse::<i128>().ok()?.checked_mul(base)?)?;
+            base = base.checked_mul(60)?;
+        }
+        value
+    } else if let Some(d) = body.strip_prefix('0') {
+        i128::from_str_radix(d, 8).ok()?
+    } else {
+        body.parse::<i128>().ok()?
+    };
+    i64::try_from(if neg { -mag } else { mag }).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based() {
+        let d = load("a: 1\nbb:\n  - x\n").unwrap();
+        let Some(Node {
+            kind: Kind::Map(m), ..
+        }) = d.root
+        else {
+            panic!()
+        };
+        assert_eq!(m[0].0.loc, Location { line: 1, column: 1 });
+        assert_eq!(m[0].1.loc, Location { line: 1, column: 4 });
+        let Kind::Seq(s) = &m[1].1.kind else { panic!() };
+        assert_eq!(s[0].loc, Location { line: 3, column: 5 });
+    }
+
+    #[test]
+    fn duplicates_keep_last_value_first_position() {
+        let d = load("a: 1\nb: 2\na: 3\n").unwrap();
+        let Some(Node {
+            kind: Kind::Map(m), ..
+        }) = d.root
+        else {
+            panic!()
+        };
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].1.kind, Kind::Int(3));
+        assert_eq!(d.duplicates.len(), 1);
+    }
+
+    #[test]
+    fn second_document_is_an_error() {
+        let e = load("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(e.loc.line, 2);
+        assert!(e.message.contains("multi-document"));
+    }
+}
