@@ -186,8 +186,10 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Vec<TensorInfo>, Optio
         path: path.into(),
         reason,
     };
-    let text =
-        std::str::from_utf8(&bytes[8..hdr_end]).map_err(|e| json_err(format!("not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(&bytes[8..hdr_end]).map_err(|e| Error::HeaderUtf8 {
+        path: path.into(),
+        valid_up_to: e.valid_up_to(),
+    })?;
     // Duplicate keys must be detected, which a map deserializer would silently merge: walk the
     // object with a visitor that keeps every entry.
     let entries: RawHeader = serde_json::from_str(text).map_err(|e| json_err(format!("{e}")))?;

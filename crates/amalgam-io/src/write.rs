@@ -50,8 +50,8 @@ pub enum ShardRule {
     /// would take the shard past the limit (so 0 means "no limit").
     Bytes(u64),
     /// mergekit 0.0.4.2: the limit counts elements. Same rule but without the "limit above 0"
-    /// test, exactly as that version: a limit of 0 puts each tensor with elements in its own
-    /// shard.
+    /// test, exactly as that version: with a limit of 0, once a shard holds an element every
+    /// following tensor starts a new shard.
     Elements(u64),
 }
 
