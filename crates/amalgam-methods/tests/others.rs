@@ -339,3 +339,8 @@ fn passthrough_matches_mergekit() {
 fn nearswap_matches_mergekit() {
     check_method("nearswap", 0);
 }
+
+#[test]
+fn model_stock_matches_mergekit() {
+    check_method("model_stock", 0);
+}

@@ -1,0 +1,158 @@
+//! `model_stock`: interpolates between the base and the average of the fine-tuned models by a
+//! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
+
+use super::common::{check_same_shape, compat_unsupported, split_base};
+use super::torchops::{cascade_sum_with, norm2};
+use crate::numerics::round;
+use crate::{
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    ParamKind, ParamScope, ParamSpec, Tensor, Value,
+};
+
+/// The model_stock method.
+pub struct ModelStock {
+    info: MethodInfo,
+}
+
+impl ModelStock {
+    /// The method with its declared parameters.
+    pub fn new() -> Self {
+        ModelStock {
+            info: MethodInfo {
+                name: "model_stock",
+                pretty_name: "Model Stock",
+                reference_url: Some("https://arxiv.org/abs/2403.19522"),
+                summary: "In the input dtype: offsets oᵢ = wᵢ − w₀; c = mean over pairs of \
+                          clamp(oᵢ·oⱼ / max(‖oᵢ‖‖oⱼ‖, 1e-6), −1, 1) (whole tensor, or per row with \
+                          filter_wise); t = N·c / (1 + (N−1)·c), or 0 when the denominator is below \
+                          1e-6; out = t·mean(wᵢ) + (1−t)·w₀.",
+                params: vec![ParamSpec {
+                    name: "filter_wise",
+                    scope: ParamScope::Shared,
+                    kind: ParamKind::Bool,
+                    default: Some(Value::Bool(false)),
+                    doc: "compute the ratio per row (output filter) instead of per tensor",
+                }],
+                contract: Contract {
+                    base: BaseRule::Required,
+                    count: InputCount::AtLeast(3),
+                },
+                random: false,
+                deviations: "The mean over more than four model pairs uses a sequential f32 sum; \
+                             PyTorch may interleave it (rare 1-ulp differences). \
+                             --mergekit-version 0.0.4.2 is not supported yet.",
+            },
+        }
+    }
+}
+
+impl Default for ModelStock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MergeMethod for ModelStock {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        if args.compat == Compat::V0_0_4_2 {
+            return Err(compat_unsupported("model_stock"));
+        }
+        check_same_shape(&args)?;
+        let filter_wise = args.shared_bool("filter_wise").unwrap_or(false);
+        let (base, ws) = split_base(&args);
+        let w0 =
+            base.ok_or_else(|| MethodError::Contract("Merge method requires a base input".into()))?;
+        if ws.is_empty() {
+            return Ok(w0.clone());
+        }
+        let dt = w0.dtype;
+        let n = w0.data.len();
+        let row_len = if filter_wise {
+            w0.shape.last().copied().unwrap_or(n).max(1)
+        } else {
+            n.max(1)
+        };
+        let rows = n / row_len;
+        let offsets: Vec<Vec<f32>> = ws
+            .iter()
+            .map(|w| {
+                w.data
+                    .iter()
+                    .zip(&w0.data)
+                    .map(|(&a, &b)| round(dt, a - b))
+                    .collect()
+            })
+            .collect();
+        let count = ws.len();
+        let floor = round(dt, 1e-6);
+        // cos per pair and row, then the mean over pairs (sum over the pair axis, then division).
+        let mut cos_sum = vec![0f32; rows];
+        let mut pairs = 0usize;
+        for (i, oa) in offsets.iter().enumerate() {
+            for ob in offsets.iter().skip(i + 1) {
+                pairs += 1;
+                for (r, acc) in cos_sum.iter_mut().enumerate() {
+                    let s = r * row_len;
+                    let (ra, rb) = match (oa.get(s..s + row_len), ob.get(s..s + row_len)) {
+                        (Some(a), Some(b)) => (a, b),
+                        _ => continue,
+                    };
+                    let np = round(dt, norm2(ra, dt) * norm2(rb, dt));
+                    let np = if np < floor { floor } else { np };
+                    let dot = round(
+                        dt,
+                        cascade_sum_with(
+                            |k| match (ra.get(k), rb.get(k)) {
+                                (Some(&x), Some(&y)) => round(dt, x * y),
+                                _ => 0.0,
+                            },
+                            row_len,
+                            dt != amalgam_io::DType::F32,
+                        ),
+                    );
+                    let c = round(dt, dot / np);
+                    let c = if c.is_nan() { c } else { c.clamp(-1.0, 1.0) };
+                    *acc += c;
+                }
+            }
+        }
+        let cm1 = (count as f32) - 1.0;
+        let t: Vec<f32> = cos_sum
+            .iter()
+            .map(|&s| {
+                // mean(): f32 sum over the pair axis, divided in f32, rounded once.
+                let cos = round(dt, s / pairs.max(1) as f32);
+                let den = round(dt, 1.0 + round(dt, cm1 * cos));
+                if round(dt, den.abs()) < floor {
+                    0.0
+                } else {
+                    round(dt, round(dt, count as f32 * cos) / den)
+                }
+            })
+            .collect();
+        // Python's sum(): 0 + w₁, then + w₂ ..., each rounded; then / count.
+        let mut avg = vec![0f32; n];
+        for w in &ws {
+            for (a, &x) in avg.iter_mut().zip(&w.data) {
+                *a = round(dt, *a + x);
+            }
+        }
+        let data = avg
+            .iter()
+            .zip(&w0.data)
+            .enumerate()
+            .map(|(k, (&a, &b))| {
+                let tk = t.get(k / row_len).copied().unwrap_or(0.0);
+                let a = round(dt, a / count as f32);
+                let p = round(dt, tk * a);
+                let q = round(dt, round(dt, 1.0 - tk) * b);
+                round(dt, p + q)
+            })
+            .collect();
+        Ok(Tensor::new(dt, w0.shape.clone(), data))
+    }
+}
