@@ -6,7 +6,9 @@
 //! * `gta_sort.safetensors`: keys with many ties and `torch.argsort` permutations of them;
 //! * `gta_rng.safetensors`: `torch.bernoulli` masks after `torch.manual_seed(N)`;
 //! * `gta_cases.safetensors` + `gta_cases.json`: inputs, parameters, seeds and mergekit's outputs
-//!   (or its refusal text) from `mergekit.merge_methods.api.merge_tensors`.
+//!   (or its refusal text) from `mergekit.merge_methods.api.merge_tensors`; cases marked
+//!   `"compat": "0.0.4.2"` come from the April-2024 arithmetic written out with torch ops in the
+//!   script (that mergekit cannot be installed).
 //!
 //! The script runs PyTorch single-threaded: with several threads PyTorch splits whole-tensor sums
 //! above 32,768 elements per thread, which mergekit itself does differently on each machine.
@@ -225,7 +227,10 @@ fn run_case(reg: &Registry, cs: &Cases, case: &serde_json::Value) -> Result<Tens
         base,
         shared: &shared,
         rng: rng.as_mut(),
-        compat: Compat::V0_1_5,
+        compat: case["compat"]
+            .as_str()
+            .map(|c| Compat::parse(c).expect("compat"))
+            .unwrap_or_default(),
     };
     method.merge(args).map_err(|e| e.to_string())
 }
