@@ -163,10 +163,8 @@ fn duplicate_name() {
 
 #[test]
 fn empty_tensors_share_offsets() {
-    let h = format!(
-        r#"{{"e":{{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]}},"s":{{"dtype":"U8","shape":[],"data_offsets":[0,1]}},"f":{{"dtype":"F32","shape":[0],"data_offsets":[1,1]}}}}"#
-    );
-    assert_eq!(parse(&st(&h, 1)).unwrap().len(), 3);
+    let h = r#"{"e":{"dtype":"F32","shape":[0,3],"data_offsets":[0,0]},"s":{"dtype":"U8","shape":[],"data_offsets":[0,1]},"f":{"dtype":"F32","shape":[0],"data_offsets":[1,1]}}"#;
+    assert_eq!(parse(&st(h, 1)).unwrap().len(), 3);
 }
 
 /// A valid file to mutate.
