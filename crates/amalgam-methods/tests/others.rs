@@ -233,10 +233,7 @@ fn cases(prefix: &str) -> Vec<PathBuf> {
                 .to_string_lossy()
                 .strip_prefix(prefix)
                 .is_some_and(|rest| {
-                    rest.starts_with('_')
-                        && rest
-                            .trim_start_matches('_')
-                            .starts_with(|ch: char| ch == 'b' || ch == 'f')
+                    rest.starts_with('_') && rest.trim_start_matches('_').starts_with(['b', 'f'])
                 })
         })
         .collect();
@@ -247,6 +244,11 @@ fn cases(prefix: &str) -> Vec<PathBuf> {
 
 /// Runs every small fixture of `method`; `tol` as in [`compare`].
 fn check_method(method: &str, tol: u64) {
+    check_method_tol(method, tol, tol);
+}
+
+/// [`check_method`] with a separate tolerance for f32 outputs (`tol_f32`).
+fn check_method_tol(method: &str, tol: u64, tol_f32: u64) {
     let mut failures = Vec::new();
     for p in cases(method) {
         let c = load_case(&p);
@@ -264,6 +266,11 @@ fn check_method(method: &str, tol: u64) {
             Err(e) => failures.push(format!("{}: {e}", c.name)),
             Ok(got) => {
                 assert_eq!(got.shape, expected.shape, "{}: shape", c.name);
+                let tol = if got.dtype == DType::F32 {
+                    tol_f32
+                } else {
+                    tol
+                };
                 let (bad, worst) = compare(&c, &got, &expected, tol);
                 if worst > tol {
                     failures.push(format!(
@@ -343,4 +350,12 @@ fn nearswap_matches_mergekit() {
 #[test]
 fn model_stock_matches_mergekit() {
     check_method("model_stock", 0);
+}
+
+/// bf16/f16: bit-exact. f32: PyTorch evaluates `acos`/`sin` with SLEEF, amalgam with the
+/// platform libm; they disagree in the last bit for ~5 % of arguments, and acos near 1 amplifies
+/// that, so f32 outputs may differ by a few ulps (up to 16 seen on these fixtures).
+#[test]
+fn nuslerp_matches_mergekit() {
+    check_method_tol("nuslerp", 0, 32);
 }

@@ -31,5 +31,10 @@ pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
         Arc::new(passthrough::Passthrough::new()),
         Arc::new(nearswap::NearSwap::new()),
         Arc::new(model_stock::ModelStock::new()),
+        Arc::new(slerp::Slerp::new()),
+        Arc::new(passthrough::Passthrough::new()),
+        Arc::new(nearswap::NearSwap::new()),
+        Arc::new(model_stock::ModelStock::new()),
+        Arc::new(nuslerp::NuSlerp::new()),
     ]
 }

@@ -232,6 +232,83 @@ pub(crate) fn stack_sum(rows: &[Vec<f32>], n: usize, dtype: DType) -> Vec<f32> {
         .collect()
 }
 
+/// PyTorch's `row_sum` for a single lane: element `4i+k` goes to accumulator `k` (each summed on
+/// the cascade), leftovers to accumulator 0, then `((p0+p1)+p2)+p3`.
+fn row_sum_scalar(get: &impl Fn(usize) -> f32, n: usize) -> f32 {
+    let size_ilp = n / ILP;
+    let mut p = [0f32; ILP];
+    for (k, pk) in p.iter_mut().enumerate() {
+        *pk = cascade_1lane(&|i| get(i * ILP + k), size_ilp);
+    }
+    for i in size_ilp * ILP..n {
+        p[0] += get(i);
+    }
+    ((p[0] + p[1]) + p[2]) + p[3]
+}
+
+/// [`multi_row_sum`] for one row of one lane.
+fn cascade_1lane(get: &impl Fn(usize) -> f32, size: usize) -> f32 {
+    let level_power = std::cmp::max(4, ceil_log2(size) / LEVELS);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [0f32; LEVELS];
+    let mut i = 0usize;
+    while i + level_step <= size {
+        for _ in 0..level_step {
+            acc[0] += get(i);
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            acc[j] += acc[j - 1];
+            acc[j - 1] = 0.0;
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < size {
+        acc[0] += get(i);
+        i += 1;
+    }
+    let mut s = acc[0];
+    for &a in &acc[1..] {
+        s += a;
+    }
+    s
+}
+
+/// `t.sum(dim=0)` for column `col` of a contiguous `(n, cols)` tensor of `dtype`, unrounded f32:
+/// PyTorch's outer-sum kernel sums blocks of 32 columns (8 for narrow tensors: 4) with the
+/// sequential cascade and the leftover columns with the four-way interleaved `row_sum`. The two
+/// orders coincide for up to four entries.
+pub(crate) fn outer_sum(
+    get: impl Fn(usize) -> f32,
+    n: usize,
+    col: usize,
+    cols: usize,
+    dtype: DType,
+) -> f32 {
+    let vec_t = if dtype == DType::F32 {
+        LANES
+    } else {
+        2 * LANES
+    };
+    let block = if cols >= vec_t && cols > 1 {
+        ILP * LANES
+    } else {
+        ILP
+    };
+    let multi_end = cols / block * block;
+    let s = if n <= ILP {
+        (0..n).fold(0f32, |a, i| a + get(i))
+    } else if col < multi_end {
+        cascade_1lane(&get, n)
+    } else {
+        row_sum_scalar(&get, n)
+    };
+    0.0 + s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

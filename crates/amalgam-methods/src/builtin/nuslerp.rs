@@ -1,0 +1,243 @@
+//! `nuslerp`: slerp between two models with weights instead of `t`, optionally relative to a
+//! base and optionally per row or per column instead of over the whole tensor.
+
+use amalgam_io::DType;
+
+use super::common::{check_same_shape, input_required, split_base};
+use super::torchops::{cascade_sum_with, norm2, norm2_strided, outer_sum};
+use crate::numerics::{round, scalar};
+use crate::{
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    ParamKind, ParamScope, ParamSpec, Tensor, Value,
+};
+
+/// The nuslerp method.
+pub struct NuSlerp {
+    info: MethodInfo,
+}
+
+impl NuSlerp {
+    /// The method with its declared parameters.
+    pub fn new() -> Self {
+        NuSlerp {
+            info: MethodInfo {
+                name: "nuslerp",
+                pretty_name: "NuSLERP",
+                reference_url: None,
+                summary: "t = w₁/(w₀+w₁) (0.5 if the weights sum to ~0); with a base, out = b + \
+                          slerp(t, x₀−b, x₁−b), else slerp(t, x₀, x₁). Vectors are the flattened \
+                          tensor (nuslerp_flatten), its columns (nuslerp_row_wise) or its rows; \
+                          every operation in the input dtype; colinear vectors (1−cos² ≤ 1e-16) \
+                          are interpolated linearly.",
+                params: vec![
+                    ParamSpec {
+                        name: "weight",
+                        scope: ParamScope::NonBase,
+                        kind: ParamKind::Float,
+                        default: None,
+                        doc: "relative weight of each of the two non-base models",
+                    },
+                    ParamSpec {
+                        name: "nuslerp_row_wise",
+                        scope: ParamScope::Shared,
+                        kind: ParamKind::Bool,
+                        default: Some(Value::Bool(false)),
+                        doc: "interpolate column vectors (along axis 0) instead of rows",
+                    },
+                    ParamSpec {
+                        name: "nuslerp_flatten",
+                        scope: ParamScope::Shared,
+                        kind: ParamKind::Bool,
+                        default: Some(Value::Bool(true)),
+                        doc: "treat the whole tensor as one vector",
+                    },
+                ],
+                contract: Contract {
+                    base: BaseRule::Optional,
+                    count: InputCount::ExactlyNonBase(2),
+                },
+                random: false,
+                deviations: "none known (nuslerp does not exist in mergekit 0.0.4.2)",
+            },
+        }
+    }
+}
+
+impl Default for NuSlerp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One vector of the tensor: first element, stride, length.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    stride: usize,
+    len: usize,
+}
+
+/// mergekit 0.1.5's `nuslerp(t, v0, v1)` over `spans`, in `dt`; `contiguous` tells which PyTorch
+/// reduction kernels apply (`cols` = number of vectors, for the strided sum order).
+fn nuslerp_spans(
+    t: f64,
+    v0: &[f32],
+    v1: &[f32],
+    dt: DType,
+    spans: &[Span],
+    contiguous: bool,
+) -> Vec<f32> {
+    let n = v0.len().min(v1.len());
+    let mut out = vec![0f32; n];
+    let floor = round(dt, 1e-7);
+    let eps2 = round(dt, 1e-16);
+    let one_minus_t = scalar(1.0 - t);
+    let tt = scalar(t);
+    let cols = spans.len();
+    for (col, sp) in spans.iter().enumerate() {
+        let idx = |i: usize| sp.start + i * sp.stride;
+        let g0 = |i: usize| v0.get(idx(i)).copied().unwrap_or(0.0);
+        let g1 = |i: usize| v1.get(idx(i)).copied().unwrap_or(0.0);
+        let (n0, n1) = if contiguous {
+            let r0 = v0.get(sp.start..sp.start + sp.len).unwrap_or(&[]);
+            let r1 = v1.get(sp.start..sp.start + sp.len).unwrap_or(&[]);
+            (norm2(r0, dt), norm2(r1, dt))
+        } else {
+            (norm2_strided(g0, sp.len, dt), norm2_strided(g1, sp.len, dt))
+        };
+        let n0 = if n0 < floor { floor } else { n0 };
+        let n1 = if n1 < floor { floor } else { n1 };
+        let prod = |i: usize| round(dt, round(dt, g0(i) / n0) * round(dt, g1(i) / n1));
+        let s = if contiguous {
+            cascade_sum_with(prod, sp.len, dt != DType::F32)
+        } else {
+            outer_sum(prod, sp.len, col, cols, dt)
+        };
+        let cos = round(dt, s);
+        let cos = if cos.is_nan() {
+            cos
+        } else {
+            cos.clamp(-1.0, 1.0)
+        };
+        let colinear = round(dt, 1.0 - round(dt, cos * cos)) <= eps2;
+        let theta = round(dt, (if colinear { 0.0 } else { cos }).acos());
+        let sin_theta = round(dt, theta.sin());
+        let s0 = round(dt, round(dt, one_minus_t * theta).sin());
+        let s1 = round(dt, round(dt, tt * theta).sin());
+        for i in 0..sp.len {
+            let (a, b) = (g0(i), g1(i));
+            let r = if colinear {
+                round(dt, round(dt, one_minus_t * a) + round(dt, tt * b))
+            } else {
+                round(
+                    dt,
+                    round(dt, round(dt, s0 * a) + round(dt, s1 * b)) / sin_theta,
+                )
+            };
+            if let Some(o) = out.get_mut(idx(i)) {
+                *o = r;
+            }
+        }
+    }
+    out
+}
+
+impl MergeMethod for NuSlerp {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        if args.compat == Compat::V0_0_4_2 {
+            return Err(MethodError::Other(
+                "nuslerp is not available in mergekit 0.0.4.2".into(),
+            ));
+        }
+        check_same_shape(&args)?;
+        let row_wise = args.shared_bool("nuslerp_row_wise").unwrap_or(false);
+        let flatten = args.shared_bool("nuslerp_flatten").unwrap_or(true);
+        let (base, xs) = split_base(&args);
+        let non_base: Vec<_> = args
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| Some(*k) != args.base)
+            .map(|(_, i)| i)
+            .collect();
+        let (x0, x1, i0, i1) = match (xs.as_slice(), non_base.as_slice()) {
+            ([a, b], [ia, ib]) => (*a, *b, *ia, *ib),
+            _ => {
+                return Err(MethodError::Contract(format!(
+                    "Merge method requires exactly 2 non-base inputs; got {}",
+                    xs.len()
+                )))
+            }
+        };
+        let w0 = input_required(i0.params, "weight", i0.label)?;
+        let w1 = input_required(i1.params, "weight", i1.label)?;
+        let total = w0 + w1;
+        let t = if total.abs() < 1e-6 { 0.5 } else { w1 / total };
+        let dt = x0.dtype;
+        let shape = x0.shape.clone();
+        let n = x0.data.len();
+        let (spans, contiguous): (Vec<Span>, bool) = if flatten || shape.len() <= 1 {
+            (
+                vec![Span {
+                    start: 0,
+                    stride: 1,
+                    len: n,
+                }],
+                true,
+            )
+        } else if row_wise {
+            let d0 = shape.first().copied().unwrap_or(1).max(1);
+            let rest = n / d0;
+            (
+                (0..rest)
+                    .map(|c| Span {
+                        start: c,
+                        stride: rest,
+                        len: d0,
+                    })
+                    .collect(),
+                false,
+            )
+        } else {
+            let l = shape.last().copied().unwrap_or(1).max(1);
+            (
+                (0..n / l)
+                    .map(|r| Span {
+                        start: r * l,
+                        stride: 1,
+                        len: l,
+                    })
+                    .collect(),
+                true,
+            )
+        };
+        let data = match base {
+            Some(b) => {
+                let d0: Vec<f32> = x0
+                    .data
+                    .iter()
+                    .zip(&b.data)
+                    .map(|(&x, &y)| round(dt, x - y))
+                    .collect();
+                let d1: Vec<f32> = x1
+                    .data
+                    .iter()
+                    .zip(&b.data)
+                    .map(|(&x, &y)| round(dt, x - y))
+                    .collect();
+                let r = nuslerp_spans(t, &d0, &d1, dt, &spans, contiguous);
+                b.data
+                    .iter()
+                    .zip(&r)
+                    .map(|(&y, &v)| round(dt, y + v))
+                    .collect()
+            }
+            None => nuslerp_spans(t, &x0.data, &x1.data, dt, &spans, contiguous),
+        };
+        Ok(Tensor::new(dt, shape, data))
+    }
+}
