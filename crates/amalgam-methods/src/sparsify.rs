@@ -16,7 +16,7 @@ use amalgam_io::DType;
 use crate::numerics::{as_dtype, round, scalar};
 use crate::reduce::{torch_float_lanes, torch_sum};
 use crate::rng::Mt19937;
-use crate::stdsort::{less_asc, less_desc, std_sort, Keyed};
+use crate::stdsort::{less_asc, less_desc, std_sort, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
 
 /// The message mergekit raises when della's `density ± epsilon` leaves (0, 1).
@@ -75,6 +75,50 @@ pub fn magnitude(delta: &Tensor, density: f64, rescale: bool) -> Result<Tensor, 
         delta,
         rescaled_masked(&delta.data, &mask, delta.dtype, rescale),
     ))
+}
+
+/// mergekit 0.0.4.2's `magnitude(δ, density, rescale)`: `k = ⌊d·n⌋` must be positive; the kept
+/// set is `torch.topk(|δ|, k)` (whose tie-breaking differs from the sort 0.1.5 uses); `rescale`
+/// scales the whole delta by `Σ|δ| / Σ|δ·mask|` (when `Σ|δ| >= 1e-8`) before masking.
+pub fn magnitude_0_0_4_2(
+    delta: &Tensor,
+    density: f64,
+    rescale: bool,
+) -> Result<Tensor, MethodError> {
+    if density >= 1.0 {
+        return Ok(delta.clone());
+    }
+    let n = delta.numel();
+    let k = py_int(density * n as f64)?;
+    if k <= 0 {
+        return Err(MethodError::Other(
+            "not gonna zero out the whole tensor buddy".into(),
+        ));
+    }
+    index_u32(n)?;
+    let keys: Vec<f32> = delta.data.iter().map(|v| v.abs()).collect();
+    let mut mask = vec![0f32; n];
+    for i in topk_largest(&keys, k as usize) {
+        if let Some(m) = mask.get_mut(i as usize) {
+            *m = 1.0;
+        }
+    }
+    let dtype = delta.dtype;
+    let data = if rescale {
+        let masked: Vec<f32> = delta.data.iter().zip(&mask).map(|(&a, &m)| a * m).collect();
+        let org = l1(&delta.data, dtype);
+        let new = l1(&masked, dtype);
+        let scaled: Vec<f32> = if org >= round(dtype, scalar(1e-8)) {
+            let f = round(dtype, org / new);
+            delta.data.iter().map(|&v| round(dtype, v * f)).collect()
+        } else {
+            delta.data.clone()
+        };
+        scaled.iter().zip(&mask).map(|(&a, &m)| a * m).collect()
+    } else {
+        delta.data.iter().zip(&mask).map(|(&a, &m)| a * m).collect()
+    };
+    Ok(with_data(delta, data))
 }
 
 /// `magnitude_outliers(δ, density, γ)` (breadcrumbs), 0.1.5 rule: sort `|δ|` ascending and keep

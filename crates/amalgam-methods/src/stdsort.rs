@@ -65,6 +65,102 @@ pub fn argsort(keys: &[f32], descending: bool) -> Vec<u32> {
     v.into_iter().map(|k| k.index).collect()
 }
 
+/// `torch.topk(keys, k, largest=True)` indices on CPU (a 1-D tensor), in the order returned.
+///
+/// PyTorch's CPU top-k copies `(key, index)` pairs and, when `64·k <= n`, runs
+/// `std::partial_sort` on the first `k`; otherwise `std::nth_element` at `k − 1` followed by
+/// `std::sort` of the first `k − 1` (the k-th stays where `nth_element` put it). Which of several
+/// equal keys make the cut is decided by those algorithms, so they are replayed here.
+pub fn topk_largest(keys: &[f32], k: usize) -> Vec<u32> {
+    let n = keys.len();
+    let k = k.min(n);
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut v: Vec<Keyed> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, &key)| Keyed {
+            key,
+            index: i as u32,
+        })
+        .collect();
+    if k.saturating_mul(64) <= n {
+        heap_select(&mut v, k, less_desc);
+        heap_sort_prefix(&mut v[..k], less_desc);
+    } else {
+        nth_element(&mut v, k - 1, less_desc);
+        std_sort(&mut v[..k - 1], less_desc);
+    }
+    v.truncate(k);
+    v.into_iter().map(|x| x.index).collect()
+}
+
+/// libstdc++ `std::nth_element` (introselect).
+fn nth_element<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], nth: usize, comp: F) {
+    let n = v.len();
+    if n == 0 || nth >= n {
+        return;
+    }
+    let mut depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
+    let (mut first, mut last) = (0usize, n);
+    while last - first > 3 {
+        let part = &mut v[first..last];
+        if depth == 0 {
+            heap_select(part, nth - first + 1, comp);
+            part.swap(0, nth - first);
+            return;
+        }
+        depth -= 1;
+        let cut = first + partition_pivot(part, comp);
+        if cut <= nth {
+            first = cut;
+        } else {
+            last = cut;
+        }
+    }
+    insertion_sort(&mut v[first..last], comp);
+}
+
+/// libstdc++ `std::__heap_select(first, first + middle, last)`.
+fn heap_select<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], middle: usize, comp: F) {
+    make_heap(&mut v[..middle], comp);
+    for i in middle..v.len() {
+        if comp(v[i].key, v[0].key) {
+            let val = v[i];
+            v[i] = v[0];
+            adjust_heap(&mut v[..middle], 0, middle, val, comp);
+        }
+    }
+}
+
+fn make_heap<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
+    let len = v.len();
+    if len < 2 {
+        return;
+    }
+    let mut parent = (len - 2) / 2;
+    loop {
+        let val = v[parent];
+        adjust_heap(v, parent, len, val, comp);
+        if parent == 0 {
+            break;
+        }
+        parent -= 1;
+    }
+}
+
+/// libstdc++ `std::__sort_heap` on a slice that already is a heap.
+fn heap_sort_prefix<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
+    let mut last = v.len();
+    while last > 1 {
+        last -= 1;
+        let val = v[last];
+        v[last] = v[0];
+        adjust_heap(v, 0, last, val, comp);
+    }
+}
+
 fn introsort_loop<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], mut depth: usize, comp: F) {
     // `v` shrinks from the right as libstdc++'s `__last = __cut` does; recursion handles the
     // right part, exactly as in the original (the recursion order affects nothing observable,
@@ -178,26 +274,8 @@ fn unguarded_linear_insert<F: Fn(f32, f32) -> bool>(v: &mut [Keyed], mut last: u
 
 /// `std::__partial_sort(first, last, last)`: make_heap, then sort_heap.
 fn heap_sort<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
-    let len = v.len();
-    if len < 2 {
-        return;
-    }
-    let mut parent = (len - 2) / 2;
-    loop {
-        let val = v[parent];
-        adjust_heap(v, parent, len, val, comp);
-        if parent == 0 {
-            break;
-        }
-        parent -= 1;
-    }
-    let mut last = len;
-    while last > 1 {
-        last -= 1;
-        let val = v[last];
-        v[last] = v[0];
-        adjust_heap(v, 0, last, val, comp);
-    }
+    make_heap(v, comp);
+    heap_sort_prefix(v, comp);
 }
 
 fn adjust_heap<F: Fn(f32, f32) -> bool>(

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use amalgam_io::{convert, DType, SafetensorsFile};
 use amalgam_methods::rng::Mt19937;
-use amalgam_methods::stdsort::argsort;
+use amalgam_methods::stdsort::{argsort, topk_largest};
 use amalgam_methods::{
     Compat, MergeArgs, MergeInput, ParamScope, ParamValues, Registry, Tensor, Value,
 };
@@ -81,6 +81,28 @@ fn argsort_matches_torch_with_ties() {
         }
     }
     assert!(checked >= 10, "only {checked} permutations checked");
+}
+
+#[test]
+fn topk_matches_torch_with_ties() {
+    let f = open("gta_sort.safetensors");
+    let mut checked = 0;
+    for info in f.tensors() {
+        let Some(rest) = info.name.strip_prefix("topk_") else {
+            continue;
+        };
+        let (n, k) = rest.split_once('_').expect("topk_<n>_<k>");
+        let keys = load_tensor(&f, &format!("keys_{n}")).data;
+        let k: usize = k.parse().expect("k");
+        assert_eq!(
+            topk_largest(&keys, k),
+            load_i32(&f, &info.name),
+            "{}",
+            info.name
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 6);
 }
 
 #[test]
@@ -305,4 +327,67 @@ fn random_methods_need_a_stream_and_declare_it() {
         let m = reg.get(name).expect(name);
         assert_eq!(m.info().random, random, "{name}");
     }
+}
+
+#[test]
+fn refusals_carry_mergekit_text() {
+    let cs = cases();
+    let reg = Registry::builtin();
+    let inputs = serde_json::json!(["bf16.vec.m0", "bf16.vec.m1", "bf16.vec.m2", "bf16.vec.base"]);
+    let run = |method: &str, params: serde_json::Value, compat: &str, seed: Option<u64>| {
+        let case = serde_json::json!({
+            "method": method, "inputs": inputs, "base_index": 3, "params": params,
+            "seed": seed, "compat": compat,
+        });
+        run_case(&reg, &cs, &case).err()
+    };
+    let w = serde_json::json!([0.3, 0.5, 0.7]);
+    // Methods that did not exist in April 2024.
+    for m in ["breadcrumbs", "breadcrumbs_ties", "della", "della_linear"] {
+        assert_eq!(
+            run(m, serde_json::json!({"weight": w}), "0.0.4.2", Some(1)),
+            Some(format!("Unimplemented merge method {m}"))
+        );
+    }
+    // 0.0.4.2's magnitude asserted k > 0 (64 elements, density 0.01).
+    assert_eq!(
+        run(
+            "ties",
+            serde_json::json!({"weight": w, "density": 0.01}),
+            "0.0.4.2",
+            None
+        ),
+        Some("not gonna zero out the whole tensor buddy".to_string())
+    );
+    // 0.1.5 keeps at least one element instead.
+    assert_eq!(
+        run(
+            "ties",
+            serde_json::json!({"weight": w, "density": 0.01}),
+            "0.1.5",
+            None
+        ),
+        None
+    );
+    // A random method without a stream is refused rather than silently unseeded.
+    assert!(run(
+        "dare_linear",
+        serde_json::json!({"weight": w, "density": 0.5}),
+        "0.1.5",
+        None
+    )
+    .is_some());
+    // A missing weight names the input.
+    let e = run("task_arithmetic", serde_json::json!({}), "0.1.5", None).expect("refused");
+    assert!(e.contains("weight") && e.contains("bf16.vec.m0"), "{e}");
+    // density out of [0, 1] reaches torch.bernoulli's check.
+    assert_eq!(
+        run(
+            "dare_ties",
+            serde_json::json!({"weight": w, "density": -0.5}),
+            "0.1.5",
+            Some(1)
+        ),
+        Some("Expected p_in >= 0 && p_in <= 1 to be true, but got false.".to_string())
+    );
 }

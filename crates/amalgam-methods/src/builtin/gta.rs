@@ -149,7 +149,7 @@ impl GeneralizedTaskArithmetic {
                 deviations: "Sums are replayed in PyTorch's single-threaded CPU order; mergekit \
                              run with several threads can differ by 1 ulp in L1 rescale factors \
                              of tensors above 32,768 elements and in model sums of five or more \
-                             models. --mergekit-version 0.0.4.2: ties is not supported yet.",
+                             models.",
             },
             consensus,
             sparsifier,
@@ -185,7 +185,7 @@ impl GeneralizedTaskArithmetic {
             Some(Sparsifier::Magnitude),
             true,
             false,
-            false,
+            true,
         )
     }
 
@@ -335,19 +335,12 @@ impl MergeMethod for GeneralizedTaskArithmetic {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            if !self.in_0_0_4_2 {
-                return Err(MethodError::Other(format!(
-                    "Unimplemented merge method {}",
-                    self.name()
-                )));
-            }
-            if self.sparsifier == Some(Sparsifier::Magnitude) {
-                return Err(MethodError::Other(format!(
-                    "{} with --mergekit-version 0.0.4.2 is not supported yet",
-                    self.name()
-                )));
-            }
+        if args.compat == Compat::V0_0_4_2 && !self.in_0_0_4_2 {
+            // breadcrumbs and della arrived after April 2024: 0.0.4.2 refused the name.
+            return Err(MethodError::Other(format!(
+                "Unimplemented merge method {}",
+                self.name()
+            )));
         }
         let dtype = args.dtype();
         let base_idx = args.base.ok_or_else(|| {
@@ -383,7 +376,10 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             let delta = Tensor::new(dtype, base.shape.clone(), raw);
             let delta = match self.sparsifier {
                 None => delta,
-                Some(Sparsifier::Magnitude) => sparsify::magnitude(&delta, density, rescale)?,
+                Some(Sparsifier::Magnitude) => match args.compat {
+                    Compat::V0_1_5 => sparsify::magnitude(&delta, density, rescale)?,
+                    Compat::V0_0_4_2 => sparsify::magnitude_0_0_4_2(&delta, density, rescale)?,
+                },
                 Some(Sparsifier::MagnitudeOutliers) => {
                     let gamma = per_input(input, "gamma", Some(0.01))?;
                     sparsify::magnitude_outliers(&delta, density, gamma, rescale)?
