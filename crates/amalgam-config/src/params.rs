@@ -115,7 +115,7 @@ fn fail(kind: ParamKind, got: &Scalar, why: &str) -> CoerceError {
 ///   digits); anything else fails.
 /// * `Int`: ints; booleans as 1/0; floats only when finite with no fractional part and within
 ///   64 bits; strings trimmed, with an optional sign, underscores between digits and an optional
-///   `.000` tail (`"3.0"` → 3, `"3.5"` fails).
+///   `.0`/`.000` tail (`"3.0"` → 3; `"3.5"` and `"3."` fail).
 /// * `Bool`: booleans; the ints 0/1 and the floats 0.0/1.0; the strings (any case, *not*
 ///   trimmed) `0 off f false n no` / `1 on t true y yes`.
 pub fn coerce(scalar: &Scalar, kind: ParamKind) -> Result<Scalar, CoerceError> {
@@ -202,11 +202,12 @@ pub(crate) fn parse_py_float(s: &str) -> Option<f64> {
     t.parse::<f64>().ok()
 }
 
-/// pydantic's int-from-string: strip, sign, digits with underscores, optional `.0*` tail.
+/// pydantic's int-from-string: strip, sign, digits with underscores, optional `.0+` tail
+/// (`"3.0"` is 3, `"3."` is an error).
 pub(crate) fn parse_py_int(s: &str) -> Option<i64> {
     let t = strip_underscores(strip(s))?;
     let t = match t.split_once('.') {
-        Some((int, frac)) if frac.bytes().all(|b| b == b'0') => int.to_string(),
+        Some((int, frac)) if !frac.is_empty() && frac.bytes().all(|b| b == b'0') => int.to_string(),
         Some(_) => return None,
         None => t,
     };

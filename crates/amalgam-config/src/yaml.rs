@@ -41,8 +41,8 @@ pub(crate) enum Kind {
     Int(i64),
     Float(f64),
     Str(String),
-    /// A value PyYAML turns into a Python object mergekit never accepts (a date, an integer
-    /// beyond 64 bits); kept as its text for the error message.
+    /// A value PyYAML turns into a Python object mergekit never accepts (a date); kept as its
+    /// text for the error message.
     Other {
         what: &'static str,
         text: String,
@@ -364,6 +364,15 @@ fn scalar_kind(
     if style != TScalarStyle::Plain {
         return Ok(Kind::Str(text));
     }
+    if text == "=" {
+        // YAML 1.1's "value" type, which PyYAML's safe loader cannot construct.
+        return Err(YamlError {
+            loc: at,
+            message: "a plain `=` is YAML 1.1's value key, which mergekit's loader rejects; \
+                      quote it"
+                .into(),
+        });
+    }
     Ok(resolve_plain(&text))
 }
 
@@ -387,10 +396,15 @@ pub(crate) fn resolve_plain(s: &str) -> Kind {
     if is_yaml11_int(s) {
         return match construct_int(s) {
             Some(i) => Kind::Int(i),
-            None => Kind::Other {
-                what: "the integer (beyond 64 bits)",
-                text: s.to_string(),
-            },
+            // Python integers have no size limit; beyond 64 bits the nearest double keeps
+            // what matters here (its value as a float parameter).
+            None => Kind::Float(
+                s.chars()
+                    .filter(|&c| c != '_')
+                    .collect::<String>()
+                    .parse::<f64>()
+                    .unwrap_or(f64::NAN),
+            ),
         };
     }
     if is_yaml11_timestamp(s) {
