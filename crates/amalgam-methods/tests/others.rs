@@ -359,3 +359,13 @@ fn model_stock_matches_mergekit() {
 fn nuslerp_matches_mergekit() {
     check_method_tol("nuslerp", 0, 32);
 }
+
+#[test]
+fn ram_matches_mergekit() {
+    check_method("ram", 0);
+}
+
+#[test]
+fn ramplus_tl_matches_mergekit() {
+    check_method("ramplus_tl", 0);
+}

@@ -36,5 +36,12 @@ pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
         Arc::new(nearswap::NearSwap::new()),
         Arc::new(model_stock::ModelStock::new()),
         Arc::new(nuslerp::NuSlerp::new()),
+        Arc::new(slerp::Slerp::new()),
+        Arc::new(passthrough::Passthrough::new()),
+        Arc::new(nearswap::NearSwap::new()),
+        Arc::new(model_stock::ModelStock::new()),
+        Arc::new(nuslerp::NuSlerp::new()),
+        Arc::new(ram::Ram::new()),
+        Arc::new(ramplus_tl::RamPlusTl::new()),
     ]
 }
