@@ -14,7 +14,11 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 mod validate;
 
 #[derive(Parser)]
-#[command(name = "amalgam", version, about = "Merge LLM checkpoints from mergekit YAML configs, bit for bit, streaming")]
+#[command(
+    name = "amalgam",
+    version,
+    about = "Merge LLM checkpoints from mergekit YAML configs, bit for bit, streaming"
+)]
 struct Cli {
     /// More logging (-v info, -vv debug).
     #[arg(short, long, action = ArgAction::Count, global = true)]
@@ -191,13 +195,17 @@ struct VerifyArgs {
 }
 
 fn parse_compat(s: &str) -> Result<Compat, String> {
-    Compat::parse(s).ok_or_else(|| format!("unknown mergekit version `{s}`; amalgam reproduces 0.1.5 and 0.0.4.2"))
+    Compat::parse(s).ok_or_else(|| {
+        format!("unknown mergekit version `{s}`; amalgam reproduces 0.1.5 and 0.0.4.2")
+    })
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
     match DType::from_mergekit(s) {
         Some(d @ (DType::BF16 | DType::F16 | DType::F32)) => Ok(d),
-        _ => Err(format!("unsupported dtype `{s}`; use bfloat16, float16 or float32")),
+        _ => Err(format!(
+            "unsupported dtype `{s}`; use bfloat16, float16 or float32"
+        )),
     }
 }
 
@@ -226,7 +234,14 @@ fn setup_threads(n: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn progress(quiet: bool, total_bytes: Option<u64>, tensors: usize) -> (Option<amalgam_engine::ProgressFn>, Option<indicatif::ProgressBar>) {
+fn progress(
+    quiet: bool,
+    total_bytes: Option<u64>,
+    tensors: usize,
+) -> (
+    Option<amalgam_engine::ProgressFn>,
+    Option<indicatif::ProgressBar>,
+) {
     if quiet || !std::io::stderr().is_terminal() {
         return (None, None);
     }
@@ -274,7 +289,9 @@ fn run_merge(a: MergeArgs) -> Result<()> {
         (a.transformers_cache.is_some(), "--transformers-cache"),
     ] {
         if on {
-            eprintln!("warning: {flag} does not apply to amalgam (streaming, CPU only) and is ignored");
+            eprintln!(
+                "warning: {flag} does not apply to amalgam (streaming, CPU only) and is ignored"
+            );
         }
     }
     setup_threads(a.common.num_threads)?;
@@ -298,8 +315,16 @@ fn run_merge(a: MergeArgs) -> Result<()> {
         Ok(p) => progress(a.common.quiet, Some(p.output_bytes()), p.ops.len()),
         Err(_) => (None, None),
     };
-    let report = amalgam_engine::merge(&loaded, &a.out_path, &registry, &MergeOptions { progress: cb, ..opts })
-        .with_context(|| format!("merging {}", a.config.display()))?;
+    let report = amalgam_engine::merge(
+        &loaded,
+        &a.out_path,
+        &registry,
+        &MergeOptions {
+            progress: cb,
+            ..opts
+        },
+    )
+    .with_context(|| format!("merging {}", a.config.display()))?;
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -335,13 +360,28 @@ fn run_methods() {
     let reg = Registry::builtin();
     for m in reg.iter() {
         let info = m.info();
-        println!("{}{}", info.name, if info.random { " (random: use --random-seed)" } else { "" });
+        println!(
+            "{}{}",
+            info.name,
+            if info.random {
+                " (random: use --random-seed)"
+            } else {
+                ""
+            }
+        );
         for p in &info.params {
             let default = match p.default {
                 None => "required".to_string(),
                 Some(v) => format!("default {}", fmt_value(v)),
             };
-            println!("    {:<20} {:<9} {:<9} {}  {}", p.name, format!("{:?}", p.scope).to_lowercase(), format!("{:?}", p.kind).to_lowercase(), default, p.doc);
+            println!(
+                "    {:<20} {:<9} {:<9} {}  {}",
+                p.name,
+                format!("{:?}", p.scope).to_lowercase(),
+                format!("{:?}", p.kind).to_lowercase(),
+                default,
+                p.doc
+            );
         }
     }
 }
@@ -356,7 +396,11 @@ fn fmt_value(v: amalgam_methods::Value) -> String {
 
 fn run_unmix(a: UnmixArgs) -> Result<()> {
     setup_threads(a.common.num_threads)?;
-    let cache = a.common.hf_cache.clone().unwrap_or_else(amalgam_io::hub::cache_dir);
+    let cache = a
+        .common
+        .hf_cache
+        .clone()
+        .unwrap_or_else(amalgam_io::hub::cache_dir);
     let (path, rev) = match a.src.split_once('@') {
         Some((p, r)) => (p.to_string(), Some(r.to_string())),
         None => (a.src.clone(), None),
@@ -372,10 +416,16 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
     };
     let experts: Vec<(usize, PathBuf)> = if a.expert == "all" {
         let n = count_experts(&src)?;
-        std::fs::create_dir_all(&a.out_path).with_context(|| format!("creating {}", a.out_path.display()))?;
-        (0..n).map(|k| (k, a.out_path.join(format!("expert-{k}")))).collect()
+        std::fs::create_dir_all(&a.out_path)
+            .with_context(|| format!("creating {}", a.out_path.display()))?;
+        (0..n)
+            .map(|k| (k, a.out_path.join(format!("expert-{k}"))))
+            .collect()
     } else {
-        let k: usize = a.expert.parse().map_err(|_| anyhow!("--expert must be a number or `all`, got `{}`", a.expert))?;
+        let k: usize = a
+            .expert
+            .parse()
+            .map_err(|_| anyhow!("--expert must be a number or `all`, got `{}`", a.expert))?;
         vec![(k, a.out_path.clone())]
     };
     for (k, out) in experts {
@@ -388,12 +438,19 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
 }
 
 fn count_experts(src: &Path) -> Result<usize> {
-    let text = std::fs::read_to_string(src.join("config.json")).with_context(|| format!("{}: reading config.json", src.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: config.json", src.display()))?;
+    let text = std::fs::read_to_string(src.join("config.json"))
+        .with_context(|| format!("{}: reading config.json", src.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: config.json", src.display()))?;
     v.get("num_local_experts")
         .and_then(|n| n.as_u64())
         .map(|n| n as usize)
-        .ok_or_else(|| anyhow!("{}: config.json has no num_local_experts; is this a Mixtral?", src.display()))
+        .ok_or_else(|| {
+            anyhow!(
+                "{}: config.json has no num_local_experts; is this a Mixtral?",
+                src.display()
+            )
+        })
 }
 
 fn run_verify(a: VerifyArgs) -> Result<bool> {
@@ -406,14 +463,24 @@ fn run_verify(a: VerifyArgs) -> Result<bool> {
         base_dir: cwd(),
         hf_cache: a.hf_cache.clone(),
     };
-    let report = amalgam_engine::verify(&loaded, &a.model_path, &registry, &opts, a.mergekit_version, a.random_seed)?;
+    let report = amalgam_engine::verify(
+        &loaded,
+        &a.model_path,
+        &registry,
+        &opts,
+        a.mergekit_version,
+        a.random_seed,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for d in &report.diffs {
             match &d.problem {
                 Some(p) => println!("DIFF {}: {p}", d.tensor),
-                None => println!("DIFF {}: {} of {} elements differ", d.tensor, d.differing_elements, d.elements),
+                None => println!(
+                    "DIFF {}: {} of {} elements differ",
+                    d.tensor, d.differing_elements, d.elements
+                ),
             }
         }
         println!(
@@ -435,7 +502,9 @@ fn main() -> ExitCode {
         _ => "debug",
     };
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let result = match cli.command {

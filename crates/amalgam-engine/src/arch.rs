@@ -84,7 +84,10 @@ mod tests {
             split_layer("model.layers.12.mlp.up_proj.weight"),
             Some(("model.layers.", 12, ".mlp.up_proj.weight"))
         );
-        assert_eq!(split_layer("transformer.h.0.attn.c_attn.weight"), Some(("transformer.h.", 0, ".attn.c_attn.weight")));
+        assert_eq!(
+            split_layer("transformer.h.0.attn.c_attn.weight"),
+            Some(("transformer.h.", 0, ".attn.c_attn.weight"))
+        );
         assert_eq!(split_layer("model.embed_tokens.weight"), None);
         assert_eq!(split_layer("model.layers.x.weight"), None);
     }

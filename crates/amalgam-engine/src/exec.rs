@@ -54,7 +54,13 @@ fn load(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result
     let bytes = raw
         .data
         .get(range.start * es..range.end * es)
-        .ok_or_else(|| EngineError::Plan(format!("{}: `{}` is shorter than its shape", raw.file.display(), inp.name)))?;
+        .ok_or_else(|| {
+            EngineError::Plan(format!(
+                "{}: `{}` is shorter than its shape",
+                raw.file.display(),
+                inp.name
+            ))
+        })?;
     let n = range.len();
     let mut data = vec![0f32; n];
     let work = op.work_dtype;
@@ -98,7 +104,11 @@ fn merge_range(
         .iter()
         .zip(&op.per_input)
         .zip(&labels)
-        .map(|((tensor, params), label)| MergeInput { tensor, params, label })
+        .map(|((tensor, params), label)| MergeInput {
+            tensor,
+            params,
+            label,
+        })
         .collect();
     let args = MergeArgs {
         tensor_name: &op.out_name,
@@ -108,10 +118,13 @@ fn merge_range(
         rng,
         compat: plan.compat,
     };
-    let out = plan.method.merge(args).map_err(|source| EngineError::Method {
-        tensor: op.out_name.clone(),
-        source,
-    })?;
+    let out = plan
+        .method
+        .merge(args)
+        .map_err(|source| EngineError::Method {
+            tensor: op.out_name.clone(),
+            source,
+        })?;
     if out.data.len() != range.len() {
         return Err(EngineError::Plan(format!(
             "{}: method `{}` returned {} elements, expected {}",

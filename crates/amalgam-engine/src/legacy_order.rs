@@ -33,17 +33,19 @@ pub fn sort(ops: &mut Vec<Op>, models: &[Model]) {
     let mut pending = vec![0usize; n];
     for k in (0..n).rev() {
         for inp in &ops[k].inputs {
-            let id = *load_id.entry((inp.model, inp.name.as_str())).or_insert_with(|| {
-                load_label.push(
-                    models[inp.model]
-                        .source
-                        .shard_of(&inp.name)
-                        .map(|f| shard_label(&f))
-                        .unwrap_or_default(),
-                );
-                load_children.push(Vec::new());
-                load_label.len() - 1
-            });
+            let id = *load_id
+                .entry((inp.model, inp.name.as_str()))
+                .or_insert_with(|| {
+                    load_label.push(
+                        models[inp.model]
+                            .source
+                            .shard_of(&inp.name)
+                            .map(|f| shard_label(&f))
+                            .unwrap_or_default(),
+                    );
+                    load_children.push(Vec::new());
+                    load_label.len() - 1
+                });
             if !load_children[id].contains(&k) {
                 load_children[id].push(k);
                 pending[k] += 1;

@@ -102,7 +102,12 @@ fn fresh_seed() -> u64 {
 }
 
 /// Runs a merge into `out`.
-pub fn merge(loaded: &LoadedConfig, out: &Path, registry: &Registry, opts: &MergeOptions) -> Result<MergeReport> {
+pub fn merge(
+    loaded: &LoadedConfig,
+    out: &Path,
+    registry: &Registry,
+    opts: &MergeOptions,
+) -> Result<MergeReport> {
     let plan = plan::plan(loaded, registry, &opts.plan)?;
     let layout = layout(&plan, opts.out_shard_size)?;
     let seed = if plan.method.info().random {
@@ -134,7 +139,8 @@ pub fn merge(loaded: &LoadedConfig, out: &Path, registry: &Registry, opts: &Merg
     if opts.copy_tokenizer {
         let donor = plan.models[plan.donor].source.folder_ref();
         let has_cfg = donor.aux_file("tokenizer_config.json").is_some();
-        let has_tok = donor.aux_file("tokenizer.json").is_some() || donor.aux_file("tokenizer.model").is_some();
+        let has_tok = donor.aux_file("tokenizer.json").is_some()
+            || donor.aux_file("tokenizer.model").is_some();
         if has_cfg && has_tok {
             for f in side::TOKENIZER_FILES {
                 if let Some(p) = donor.aux_file(f) {

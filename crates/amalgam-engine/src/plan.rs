@@ -198,7 +198,8 @@ fn has_key_anywhere(cfg: &amalgam_config::MergeConfig, key: &str) -> bool {
             .flatten()
             .any(|m| m.parameters.contains_key(key))
         || cfg.slices.iter().flatten().any(|s| {
-            s.parameters.contains_key(key) || s.sources.iter().any(|x| x.parameters.contains_key(key))
+            s.parameters.contains_key(key)
+                || s.sources.iter().any(|x| x.parameters.contains_key(key))
         })
 }
 
@@ -225,7 +226,12 @@ impl<'a> Planner<'a> {
             .hf_cache
             .clone()
             .unwrap_or_else(amalgam_io::hub::cache_dir);
-        let dir = amalgam_io::hub::resolve_in(&r.path, r.revision.as_deref(), &self.opts.base_dir, &cache)?;
+        let dir = amalgam_io::hub::resolve_in(
+            &r.path,
+            r.revision.as_deref(),
+            &self.opts.base_dir,
+            &cache,
+        )?;
         let folder = ModelFolder::open(&dir)?;
         let config = match folder.aux_file("config.json") {
             Some(p) => {
@@ -233,10 +239,12 @@ impl<'a> Planner<'a> {
                     path: p.clone(),
                     reason: e.to_string(),
                 })?;
-                Some(serde_json::from_str::<Json>(&text).map_err(|e| EngineError::SideFile {
-                    path: p.clone(),
-                    reason: format!("invalid JSON: {e}"),
-                })?)
+                Some(
+                    serde_json::from_str::<Json>(&text).map_err(|e| EngineError::SideFile {
+                        path: p.clone(),
+                        reason: format!("invalid JSON: {e}"),
+                    })?,
+                )
             }
             None => None,
         };
@@ -247,7 +255,10 @@ impl<'a> Planner<'a> {
         let mut index: HashMap<usize, Vec<(String, String)>> = HashMap::new();
         for n in source.names() {
             if let Some((p, i, s)) = arch::split_layer(n) {
-                index.entry(i).or_default().push((p.to_string(), s.to_string()));
+                index
+                    .entry(i)
+                    .or_default()
+                    .push((p.to_string(), s.to_string()));
             }
         }
         for v in index.values_mut() {
@@ -358,16 +369,26 @@ impl<'a> Planner<'a> {
         if !ids.iter().all(|i| seen.insert(*i)) {
             return Err(EngineError::Plan(format!("Duplicate merge inputs{label}")));
         }
-        let base = if info.contract.base == BaseRule::Ignored { None } else { s.base };
+        let base = if info.contract.base == BaseRule::Ignored {
+            None
+        } else {
+            s.base
+        };
         let has_base = base.is_some_and(|b| ids.contains(&b));
         if base.is_some() && !has_base {
-            return Err(EngineError::Plan(format!("Base input is not present in merge inputs{label}")));
+            return Err(EngineError::Plan(format!(
+                "Base input is not present in merge inputs{label}"
+            )));
         }
         if info.contract.base == BaseRule::Required && !has_base {
-            return Err(EngineError::Plan(format!("Merge method requires a base input{label}")));
+            return Err(EngineError::Plan(format!(
+                "Merge method requires a base input{label}"
+            )));
         }
         if info.contract.base == BaseRule::Forbidden && has_base {
-            return Err(EngineError::Plan(format!("Merge method does not accept a base input{label}")));
+            return Err(EngineError::Plan(format!(
+                "Merge method does not accept a base input{label}"
+            )));
         }
         let count = ids.len();
         let non_base = count - has_base as usize;
@@ -379,8 +400,14 @@ impl<'a> Planner<'a> {
             }
             if let Some(max) = max {
                 if n > max {
-                    let e = if min == max { format!("exactly {min}") } else { format!("at most {max}") };
-                    return Err(EngineError::Plan(format!("Merge method requires {e} {what}{label}; got {n}")));
+                    let e = if min == max {
+                        format!("exactly {min}")
+                    } else {
+                        format!("at most {max}")
+                    };
+                    return Err(EngineError::Plan(format!(
+                        "Merge method requires {e} {what}{label}; got {n}"
+                    )));
                 }
             }
             Ok(())
@@ -401,7 +428,13 @@ impl<'a> Planner<'a> {
     }
 
     /// Plans one output tensor from `inputs` (model, input name) of slice `s` at position `t`.
-    fn plan_tensor(&mut self, out_name: String, inputs: Vec<(usize, String)>, s: &NSlice, t: f64) -> Result<()> {
+    fn plan_tensor(
+        &mut self,
+        out_name: String,
+        inputs: Vec<(usize, String)>,
+        s: &NSlice,
+        t: f64,
+    ) -> Result<()> {
         let info = self.method.info().clone();
         // Resolve tied names (lm_head <- embed_tokens) and check presence.
         let mut resolved = Vec::with_capacity(inputs.len());
@@ -424,7 +457,9 @@ impl<'a> Planner<'a> {
         let mut shapes = Vec::new();
         let mut dtypes = Vec::new();
         for (m, name) in &resolved {
-            let raw = self.models[*m].source.require(name, &self.models[*m].label)?;
+            let raw = self.models[*m]
+                .source
+                .require(name, &self.models[*m].label)?;
             shapes.push(raw.shape.to_vec());
             dtypes.push(raw.dtype);
         }
@@ -490,8 +525,14 @@ impl<'a> Planner<'a> {
                 },
             }
         }
-        let base_in_inputs = s.base.and_then(|b| resolved.iter().position(|(m, _)| *m == b));
-        let method_base = if info.contract.base == BaseRule::Ignored { None } else { base_in_inputs };
+        let base_in_inputs = s
+            .base
+            .and_then(|b| resolved.iter().position(|(m, _)| *m == b));
+        let method_base = if info.contract.base == BaseRule::Ignored {
+            None
+        } else {
+            base_in_inputs
+        };
         let mut per_input = Vec::new();
         for (j, (m, name)) in resolved.iter().enumerate() {
             let mut values = ParamValues::new();
@@ -529,10 +570,18 @@ impl<'a> Planner<'a> {
             }
             per_input.push(values);
         }
-        let label = resolved.iter().map(|(_, n)| n.as_str()).max().unwrap_or("").to_string();
+        let label = resolved
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .max()
+            .unwrap_or("")
+            .to_string();
         self.ops.push(Op {
             out_name,
-            inputs: resolved.into_iter().map(|(model, name)| OpInput { model, name }).collect(),
+            inputs: resolved
+                .into_iter()
+                .map(|(model, name)| OpInput { model, name })
+                .collect(),
             base: method_base,
             shared,
             per_input,
@@ -587,7 +636,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             registry.names().join(", ")
         ))
     })?;
-    for (path, key) in amalgam_config::unsupported_features(cfg) {
+    if let Some((path, key)) = amalgam_config::unsupported_features(cfg).into_iter().next() {
         return Err(EngineError::Unsupported { path, key });
     }
     let config_dtype = parse_dtype("dtype", &cfg.dtype)?;
@@ -607,7 +656,11 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     let slices = p.normalize()?;
     for (i, s) in slices.iter().enumerate() {
         p.check_contract(i, s)?;
-        let lens: Vec<usize> = s.sources.iter().map(|x| x.1 .1.saturating_sub(x.1 .0)).collect();
+        let lens: Vec<usize> = s
+            .sources
+            .iter()
+            .map(|x| x.1 .1.saturating_sub(x.1 .0))
+            .collect();
         if lens.iter().any(|&l| l != lens[0]) {
             return Err(EngineError::Plan(format!(
                 "slices[{i}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
@@ -635,9 +688,16 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     for s in &slices {
         let len = s.sources[0].1 .1 - s.sources[0].1 .0;
         for i in 0..len {
-            let t = if len > 1 { i as f64 / (len - 1) as f64 } else { 1.0 };
+            let t = if len > 1 {
+                i as f64 / (len - 1) as f64
+            } else {
+                1.0
+            };
             let (m0, (a0, _), _) = s.sources[0];
-            let templates = p.layer_index[m0].get(&(a0 + i)).cloned().unwrap_or_default();
+            let templates = p.layer_index[m0]
+                .get(&(a0 + i))
+                .cloned()
+                .unwrap_or_default();
             if templates.is_empty() {
                 return Err(EngineError::Plan(format!(
                     "model {} has no tensors for layer {}",
@@ -658,7 +718,11 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     }
     // Post-weights see t = 0 in 0.1.5 and t = 1 in 0.0.4.2 (its planner built their config
     // reader with t=1).
-    let post_t = if opts.compat == Compat::V0_0_4_2 { 1.0 } else { 0.0 };
+    let post_t = if opts.compat == Compat::V0_0_4_2 {
+        1.0
+    } else {
+        0.0
+    };
     let mut post = p.non_layer_names(&last_models, true);
     // mergekit's templates list the final norm before the LM head.
     post.sort_by_key(|n| n.starts_with("lm_head"));

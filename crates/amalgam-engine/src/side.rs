@@ -25,8 +25,15 @@ pub const TOKENIZER_FILES: [&str; 10] = [
 /// else `torch_dtype` (kept where it is, or added).
 pub fn set_dtype(cfg: &mut Json, dtype: DType) {
     if let Some(obj) = cfg.as_object_mut() {
-        let key = if obj.contains_key("dtype") { "dtype" } else { "torch_dtype" };
-        obj.insert(key.to_string(), Json::String(dtype.torch_name().to_string()));
+        let key = if obj.contains_key("dtype") {
+            "dtype"
+        } else {
+            "torch_dtype"
+        };
+        obj.insert(
+            key.to_string(),
+            Json::String(dtype.torch_name().to_string()),
+        );
     }
 }
 
@@ -99,7 +106,11 @@ pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -
         Some(u) if !u.trim().is_empty() => format!("[{}]({u})", info.pretty_name),
         _ => info.pretty_name.to_string(),
     };
-    let base = if info.name == "slerp" { None } else { plan.base_model };
+    let base = if info.name == "slerp" {
+        None
+    } else {
+        plan.base_model
+    };
     let hf: Vec<&str> = plan
         .models
         .iter()
@@ -117,7 +128,12 @@ pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -
     }
     meta.push_str("library_name: transformers\ntags:\n- mergekit\n- merge\n");
     let base_text = base
-        .map(|b| format!(" using {} as a base", model_md(&plan.models[b].reference.path, base_dir)))
+        .map(|b| {
+            format!(
+                " using {} as a base",
+                model_md(&plan.models[b].reference.path, base_dir)
+            )
+        })
         .unwrap_or_default();
     let bullets: Vec<String> = plan
         .models
@@ -139,10 +155,12 @@ pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -
 /// PyYAML quotes plain scalars that would otherwise read as something else.
 fn yaml_scalar(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./@".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./@".contains(c))
         && !s.starts_with(['-', '.', '@'])
         && s.parse::<f64>().is_err()
-        && !["true", "false", "null", "yes", "no", "on", "off", "~"].contains(&s.to_ascii_lowercase().as_str());
+        && !["true", "false", "null", "yes", "no", "on", "off", "~"]
+            .contains(&s.to_ascii_lowercase().as_str());
     if plain {
         s.to_string()
     } else {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use amalgam_io::{DType, ModelFolder, OutputWriter};
 use amalgam_methods::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamValues, Tensor,
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    ParamValues, Tensor,
 };
 use serde_json::Value as Json;
 
@@ -83,7 +84,10 @@ pub fn mistral_config(mixtral: &Json, dtype: Option<DType>) -> Json {
         for k in MOE_KEYS {
             obj.shift_remove(k);
         }
-        obj.insert("architectures".into(), Json::Array(vec![Json::String("MistralForCausalLM".into())]));
+        obj.insert(
+            "architectures".into(),
+            Json::Array(vec![Json::String("MistralForCausalLM".into())]),
+        );
         obj.insert("model_type".into(), Json::String("mistral".into()));
     }
     if let Some(d) = dtype {
@@ -101,10 +105,12 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
                 path: p.clone(),
                 reason: e.to_string(),
             })?;
-            Some(serde_json::from_str::<Json>(&text).map_err(|e| EngineError::SideFile {
-                path: p.clone(),
-                reason: format!("invalid JSON: {e}"),
-            })?)
+            Some(
+                serde_json::from_str::<Json>(&text).map_err(|e| EngineError::SideFile {
+                    path: p.clone(),
+                    reason: format!("invalid JSON: {e}"),
+                })?,
+            )
         }
         None => None,
     };
@@ -113,10 +119,17 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
     for name in source.names() {
         let raw = source.require(name, "source")?;
         let float = raw.dtype.is_float();
-        let dt = if float { opts.dtype.unwrap_or(raw.dtype) } else { raw.dtype };
+        let dt = if float {
+            opts.dtype.unwrap_or(raw.dtype)
+        } else {
+            raw.dtype
+        };
         ops.push(Op {
             out_name: name.clone(),
-            inputs: vec![OpInput { model: 0, name: name.clone() }],
+            inputs: vec![OpInput {
+                model: 0,
+                name: name.clone(),
+            }],
             base: None,
             shared: ParamValues::new(),
             per_input: vec![ParamValues::new()],

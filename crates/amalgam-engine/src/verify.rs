@@ -55,12 +55,14 @@ impl Sink for Compare<'_> {
         let es = op.out_dtype.size();
         let problem = match self.folder.get(&op.out_name) {
             None => Some("missing from the model".to_string()),
-            Some(t) if t.info.dtype != op.out_dtype => {
-                Some(format!("dtype {} but the config gives {}", t.info.dtype, op.out_dtype))
-            }
-            Some(t) if t.info.shape != op.shape => {
-                Some(format!("shape {:?} but the config gives {:?}", t.info.shape, op.shape))
-            }
+            Some(t) if t.info.dtype != op.out_dtype => Some(format!(
+                "dtype {} but the config gives {}",
+                t.info.dtype, op.out_dtype
+            )),
+            Some(t) if t.info.shape != op.shape => Some(format!(
+                "shape {:?} but the config gives {:?}",
+                t.info.shape, op.shape
+            )),
             Some(t) => {
                 let start = offset as usize;
                 let theirs = t.data.get(start..start + bytes.len()).unwrap_or(&[]);
@@ -117,7 +119,9 @@ pub fn verify(
     seed: Option<u64>,
 ) -> Result<VerifyReport> {
     let folder = ModelFolder::open(model_dir)?;
-    let compat = compat.or_else(|| recorded_version(model_dir)).unwrap_or_default();
+    let compat = compat
+        .or_else(|| recorded_version(model_dir))
+        .unwrap_or_default();
     let opts = PlanOptions {
         compat,
         ..opts.clone()
@@ -133,9 +137,17 @@ pub fn verify(
         folder: &folder,
         diffs: Mutex::new(BTreeMap::new()),
     };
-    exec::execute(&plan, &cmp, &ExecOptions { seed, progress: None })?;
+    exec::execute(
+        &plan,
+        &cmp,
+        &ExecOptions {
+            seed,
+            progress: None,
+        },
+    )?;
     let mut diffs = cmp.diffs.into_inner().unwrap_or_else(|e| e.into_inner());
-    let planned: std::collections::HashSet<&str> = plan.ops.iter().map(|o| o.out_name.as_str()).collect();
+    let planned: std::collections::HashSet<&str> =
+        plan.ops.iter().map(|o| o.out_name.as_str()).collect();
     for name in folder.names() {
         if !planned.contains(name) {
             let n = folder.get(name).map_or(0, |t| t.info.numel() as u64);
