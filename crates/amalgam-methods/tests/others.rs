@@ -369,3 +369,8 @@ fn ram_matches_mergekit() {
 fn ramplus_tl_matches_mergekit() {
     check_method("ramplus_tl", 0);
 }
+
+#[test]
+fn sce_matches_mergekit() {
+    check_method("sce", 0);
+}

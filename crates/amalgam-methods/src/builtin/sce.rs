@@ -1,0 +1,217 @@
+//! `sce` (Select, Calculate, Erase): keeps the elements where the models disagree most, weights
+//! each model by the energy of its task vector and erases minority-sign contributions.
+
+use amalgam_io::DType;
+
+use super::common::{check_same_shape, shared_or, split_base};
+use super::torchops::{cascade_sum, outer_sum};
+use crate::numerics::round;
+use crate::{
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    ParamKind, ParamScope, ParamSpec, Tensor, Value,
+};
+
+/// The sce method.
+pub struct Sce {
+    info: MethodInfo,
+}
+
+impl Sce {
+    /// The method with its declared parameters.
+    pub fn new() -> Self {
+        Sce {
+            info: MethodInfo {
+                name: "sce",
+                pretty_name: "SCE",
+                reference_url: Some("https://arxiv.org/abs/2408.07990"),
+                summary: "τᵢ = xᵢ − b; with select_topk < 1 only the top fraction of elements by \
+                          variance across models is kept; each model is weighted by mean(τᵢ²) / Σ; \
+                          minority signs (TIES sum consensus) are erased; out = b + Σ wᵢMᵢτᵢ / \
+                          max(Σ wᵢMᵢ, 1e-6), in the input dtype.",
+                params: vec![
+                    ParamSpec {
+                        name: "select_topk",
+                        scope: ParamScope::Shared,
+                        kind: ParamKind::Float,
+                        default: Some(Value::Float(1.0)),
+                        doc: "fraction of elements (by variance across models) to keep",
+                    },
+                    ParamSpec {
+                        name: "int8_mask",
+                        scope: ParamScope::Shared,
+                        kind: ParamKind::Bool,
+                        default: Some(Value::Bool(false)),
+                        doc: "store masks as int8 (memory only; no numeric effect)",
+                    },
+                ],
+                contract: Contract {
+                    base: BaseRule::Required,
+                    count: InputCount::Any,
+                },
+                random: false,
+                deviations: "With select_topk < 1, elements whose variance ties at the selection \
+                             boundary are chosen by lowest index; PyTorch's topk may pick others \
+                             among equals. sce does not exist in mergekit 0.0.4.2.",
+            },
+        }
+    }
+}
+
+impl Default for Sce {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Population variance over models per element: Welford in f64 over f32 values, as PyTorch's
+/// CPU `var` does (16-bit inputs are upcast to f32), then rounded f64 → f32 → dtype.
+fn variance(tv: &[Vec<f32>], i: usize, dt: DType) -> f32 {
+    let (mut mean, mut m2, mut n) = (0f64, 0f64, 0f64);
+    for t in tv {
+        let x = t.get(i).copied().unwrap_or(0.0) as f64;
+        n += 1.0;
+        let d = x - mean;
+        mean += d / n;
+        m2 += d * (x - mean);
+    }
+    let v = if n > 0.0 { m2 / n } else { f64::NAN };
+    round(dt, v as f32)
+}
+
+impl MergeMethod for Sce {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        if args.compat == Compat::V0_0_4_2 {
+            return Err(MethodError::Other(
+                "sce is not available in mergekit 0.0.4.2".into(),
+            ));
+        }
+        check_same_shape(&args)?;
+        let topk = shared_or(&args, "select_topk", 1.0);
+        let (base, xs) = split_base(&args);
+        let b =
+            base.ok_or_else(|| MethodError::Contract("Merge method requires a base input".into()))?;
+        if xs.is_empty() {
+            return Ok(b.clone());
+        }
+        let dt = b.dtype;
+        let n = b.data.len();
+        let nm = xs.len();
+        let mut tv: Vec<Vec<f32>> = xs
+            .iter()
+            .map(|x| {
+                x.data
+                    .iter()
+                    .zip(&b.data)
+                    .map(|(&v, &w)| round(dt, v - w))
+                    .collect()
+            })
+            .collect();
+        if topk < 1.0 {
+            let mut keep = vec![false; n];
+            if topk > 0.0 {
+                let var: Vec<f32> = (0..n).map(|i| variance(&tv, i, dt)).collect();
+                let nonzero = var.iter().filter(|&&v| v != 0.0).count();
+                let k = (nonzero as f64 * topk) as usize;
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by(|&a, &c| {
+                    let (x, y) = (
+                        var.get(a).map_or(0.0, |v| v.abs()),
+                        var.get(c).map_or(0.0, |v| v.abs()),
+                    );
+                    y.total_cmp(&x).then(a.cmp(&c))
+                });
+                for &i in order.iter().take(k) {
+                    if let Some(kp) = keep.get_mut(i) {
+                        *kp = true;
+                    }
+                }
+            }
+            for t in tv.iter_mut() {
+                for (v, &kp) in t.iter_mut().zip(&keep) {
+                    *v *= if kp { 1.0 } else { 0.0 };
+                }
+            }
+        }
+        // Sign consensus (TIES "sum"): majority = sign of the model-axis sum, ties positive.
+        let majority: Vec<f32> = (0..n)
+            .map(|i| {
+                let s = round(
+                    dt,
+                    outer_sum(
+                        |m| tv.get(m).and_then(|t| t.get(i)).copied().unwrap_or(0.0),
+                        nm,
+                        i,
+                        n,
+                        dt,
+                    ),
+                );
+                if s >= 0.0 {
+                    1.0
+                } else {
+                    -1.0
+                }
+            })
+            .collect();
+        let sign = |v: f32| -> f32 {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        };
+        // Model weights: mean(τ²) per model, normalised by their (Python float) sum.
+        let energy: Vec<f32> = tv
+            .iter()
+            .map(|t| {
+                let sq: Vec<f32> = t.iter().map(|&v| round(dt, v * v)).collect();
+                round(dt, cascade_sum(&sq, dt) / n.max(1) as f32)
+            })
+            .collect();
+        let total = round(dt, cascade_sum(&energy, dt)) as f64;
+        let weights: Vec<f32> = if total.abs() < 1e-6 {
+            energy.iter().map(|_| round(dt, 1.0 / nm as f32)).collect()
+        } else {
+            energy
+                .iter()
+                .map(|&e| round(dt, e / total as f32))
+                .collect()
+        };
+        let ew = |m: usize, i: usize| -> f32 {
+            let v = tv.get(m).and_then(|t| t.get(i)).copied().unwrap_or(0.0);
+            let keep = sign(v) == majority.get(i).copied().unwrap_or(1.0);
+            let w = weights.get(m).copied().unwrap_or(0.0);
+            round(dt, w * if keep { 1.0 } else { 0.0 })
+        };
+        let floor = round(dt, 1e-6);
+        let data = (0..n)
+            .map(|i| {
+                let merged = round(
+                    dt,
+                    outer_sum(
+                        |m| {
+                            round(
+                                dt,
+                                tv.get(m).and_then(|t| t.get(i)).copied().unwrap_or(0.0) * ew(m, i),
+                            )
+                        },
+                        nm,
+                        i,
+                        n,
+                        dt,
+                    ),
+                );
+                let den = round(dt, outer_sum(|m| ew(m, i), nm, i, n, dt));
+                let den = if den < floor { floor } else { den };
+                let fin = round(dt, merged / den);
+                round(dt, b.data.get(i).copied().unwrap_or(0.0) + fin)
+            })
+            .collect();
+        Ok(Tensor::new(dt, b.shape.clone(), data))
+    }
+}
