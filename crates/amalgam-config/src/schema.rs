@@ -556,7 +556,7 @@ impl Ctx {
             self.err(
                 path,
                 node.loc,
-                format!("{shape}, got a list of {}", items.len()),
+                format!("{shape}, got {} value(s)", items.len()),
             );
             return None;
         };

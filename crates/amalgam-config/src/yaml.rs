@@ -207,9 +207,12 @@ impl Builder<'_, '_> {
                     }
                     items.push(self.node(ev, m)?);
                 }
+                // yaml-rust2 marks a block collection where it recognised it (after its first
+                // key or item); the first child is a better place to point at.
+                let loc = items.first().map_or(at, |n| at.min(n.loc));
                 let node = Node {
                     kind: Kind::Seq(items),
-                    loc: at,
+                    loc,
                 };
                 self.remember(anchor, &node);
                 Ok(node)
@@ -217,6 +220,7 @@ impl Builder<'_, '_> {
             Event::MappingStart(anchor, _) => {
                 let mut entries: Vec<(Node, Node)> = Vec::new();
                 let mut merged: Vec<(Node, Node)> = Vec::new();
+                let dups_before = self.duplicates.len();
                 loop {
                     let (ev, m) = self.next()?;
                     if ev == Event::MappingEnd {
@@ -240,6 +244,7 @@ impl Builder<'_, '_> {
                     self.insert(&mut entries, key, value, at);
                 }
                 // YAML merge keys (`<<`): explicit keys win over merged ones.
+                let first_key = entries.first().or(merged.first()).map(|(k, _)| k.loc);
                 let mut all = Vec::new();
                 for (k, v) in merged {
                     if !entries.iter().any(|(e, _)| e.kind == k.kind) {
@@ -247,9 +252,15 @@ impl Builder<'_, '_> {
                     }
                 }
                 all.extend(entries);
+                let loc = first_key.map_or(at, |k| at.min(k));
+                for d in self.duplicates.iter_mut().skip(dups_before) {
+                    if d.map_loc == at {
+                        d.map_loc = loc;
+                    }
+                }
                 let node = Node {
                     kind: Kind::Map(all),
-                    loc: at,
+                    loc,
                 };
                 self.remember(anchor, &node);
                 Ok(node)
