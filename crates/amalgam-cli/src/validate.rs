@@ -2,18 +2,43 @@
 
 use std::path::PathBuf;
 
-/// Validates each file, printing one line per file; true if all are valid.
+use amalgam_config::Severity;
+use amalgam_methods::Registry;
+
+/// Validates each file, printing one line per file (then its diagnostics, indented); true if
+/// all are valid.
 pub fn run(configs: &[PathBuf], strict: bool) -> bool {
-    let _ = strict;
-    let mut ok = true;
+    let schemas = amalgam_engine::method_schemas(&Registry::builtin());
+    let mut all_ok = true;
     for path in configs {
-        match amalgam_config::load(path) {
-            Ok(_) => println!("{}: ok", path.display()),
+        let diags = match amalgam_config::load(path) {
+            Ok(loaded) => amalgam_config::validate(&loaded, &schemas, strict),
+            Err(amalgam_config::ConfigError::Invalid { diagnostics, .. }) => diagnostics,
             Err(e) => {
-                ok = false;
-                println!("{}: {e}", path.display());
+                all_ok = false;
+                println!("{}: error: {e}", path.display());
+                continue;
             }
+        };
+        let errors = diags
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count();
+        let warnings = diags.len() - errors;
+        if errors > 0 {
+            all_ok = false;
+            println!(
+                "{}: invalid ({errors} error(s), {warnings} warning(s))",
+                path.display()
+            );
+        } else if warnings > 0 {
+            println!("{}: ok ({warnings} warning(s))", path.display());
+        } else {
+            println!("{}: ok", path.display());
+        }
+        for d in &diags {
+            println!("  {}", d.render(Some(path)));
         }
     }
-    ok
+    all_ok
 }

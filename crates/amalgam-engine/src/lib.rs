@@ -165,3 +165,55 @@ pub fn merge(
         bytes,
     })
 }
+
+/// What the config crate's validation needs to know of each registered method.
+pub fn method_schemas(registry: &Registry) -> Vec<amalgam_config::MethodSchema> {
+    use amalgam_config::{BasePolicy, InputContract, ParamSchema, ParamScope as CScope};
+    use amalgam_methods::{BaseRule, InputCount, ParamKind, ParamScope};
+    registry
+        .iter()
+        .map(|m| {
+            let info = m.info();
+            let (min_inputs, max_inputs, min_non_base, max_non_base) = match info.contract.count {
+                InputCount::Any => (1, None, None, None),
+                InputCount::Exactly(n) => (n, Some(n), None, None),
+                InputCount::AtLeast(n) => (n, None, None, None),
+                InputCount::ExactlyNonBase(n) => (1, None, Some(n), Some(n)),
+                InputCount::AtLeastNonBase(n) => (1, None, Some(n), None),
+            };
+            amalgam_config::MethodSchema {
+                name: info.name.to_string(),
+                params: info
+                    .params
+                    .iter()
+                    .map(|p| ParamSchema {
+                        name: p.name.to_string(),
+                        kind: match p.kind {
+                            ParamKind::Float => amalgam_config::ParamKind::Float,
+                            ParamKind::Bool => amalgam_config::ParamKind::Bool,
+                            ParamKind::Int => amalgam_config::ParamKind::Int,
+                        },
+                        scope: match p.scope {
+                            ParamScope::Shared => CScope::Shared,
+                            ParamScope::Input => CScope::Input,
+                            ParamScope::NonBase => CScope::NonBase,
+                        },
+                        required: p.default.is_none(),
+                    })
+                    .collect(),
+                contract: Some(InputContract {
+                    base: match info.contract.base {
+                        BaseRule::Required => BasePolicy::Required,
+                        BaseRule::Optional => BasePolicy::Optional,
+                        BaseRule::Forbidden => BasePolicy::Forbidden,
+                        BaseRule::Ignored => BasePolicy::Ignored,
+                    },
+                    min_inputs,
+                    max_inputs,
+                    min_non_base,
+                    max_non_base,
+                }),
+            }
+        })
+        .collect()
+}

@@ -140,67 +140,39 @@ fn parse_dtype(key: &str, s: &Option<String>) -> Result<Option<DType>> {
     }
 }
 
-/// Coerces a YAML scalar to a declared parameter type the way pydantic's lax mode does.
-pub(crate) fn coerce(s: &Scalar, kind: ParamKind, name: &str) -> Result<Value> {
-    let bad = || {
-        EngineError::Plan(format!(
-            "parameter `{name}`: {s:?} is not a valid {}",
-            match kind {
-                ParamKind::Float => "float",
-                ParamKind::Bool => "boolean",
-                ParamKind::Int => "integer",
-            }
-        ))
+/// Resolves `key` through `scopes` (highest precedence first) with mergekit 0.1.5's rules,
+/// coercing to the declared type (see [`amalgam_config::evaluate_as`]).
+fn resolve_in(
+    scopes: &[&Parameters],
+    key: &str,
+    kind: ParamKind,
+    tensor: &str,
+    t: f64,
+) -> Result<Option<Value>> {
+    let ckind = match kind {
+        ParamKind::Float => amalgam_config::ParamKind::Float,
+        ParamKind::Bool => amalgam_config::ParamKind::Bool,
+        ParamKind::Int => amalgam_config::ParamKind::Int,
     };
-    Ok(match kind {
-        ParamKind::Float => Value::Float(match s {
-            Scalar::Float(f) => *f,
-            Scalar::Int(i) => *i as f64,
-            Scalar::Bool(b) => *b as u8 as f64,
-            Scalar::Str(t) => t.trim().parse::<f64>().map_err(|_| bad())?,
-        }),
-        ParamKind::Bool => Value::Bool(match s {
-            Scalar::Bool(b) => *b,
-            Scalar::Int(0) => false,
-            Scalar::Int(1) => true,
-            Scalar::Float(f) if *f == 0.0 => false,
-            Scalar::Float(f) if *f == 1.0 => true,
-            Scalar::Str(t) => match t.trim().to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" | "t" | "y" => true,
-                "false" | "no" | "off" | "0" | "f" | "n" => false,
-                _ => return Err(bad()),
-            },
-            _ => return Err(bad()),
-        }),
-        ParamKind::Int => Value::Int(match s {
-            Scalar::Int(i) => *i,
-            Scalar::Float(f) if f.fract() == 0.0 && f.is_finite() => *f as i64,
-            Scalar::Bool(b) => *b as i64,
-            Scalar::Str(t) => t.trim().parse::<i64>().map_err(|_| bad())?,
-            _ => return Err(bad()),
-        }),
-    })
-}
-
-/// First scope (highest precedence first) that has `key` and evaluates to a value.
-fn resolve_in(scopes: &[&Parameters], key: &str, tensor: &str, t: f64) -> Option<Scalar> {
-    scopes.iter().find_map(|p| {
-        p.get(key)
-            .and_then(|v| amalgam_config::evaluate(v, tensor, t))
-    })
-}
-
-fn has_key_anywhere(cfg: &amalgam_config::MergeConfig, key: &str) -> bool {
-    cfg.parameters.contains_key(key)
-        || cfg
-            .models
-            .iter()
-            .flatten()
-            .any(|m| m.parameters.contains_key(key))
-        || cfg.slices.iter().flatten().any(|s| {
-            s.parameters.contains_key(key)
-                || s.sources.iter().any(|x| x.parameters.contains_key(key))
-        })
+    for p in scopes {
+        if let Some(v) = p.get(key) {
+            let got = amalgam_config::evaluate_as(v, ckind, tensor, t)
+                .map_err(|e| EngineError::Plan(format!("parameter `{key}` for {tensor}: {e}")))?;
+            if let Some(s) = got {
+                return Ok(Some(match s {
+                    Scalar::Float(f) => Value::Float(f),
+                    Scalar::Int(i) => Value::Int(i),
+                    Scalar::Bool(b) => Value::Bool(b),
+                    Scalar::Str(_) => {
+                        return Err(EngineError::Plan(format!(
+                            "parameter `{key}` for {tensor}: expected {ckind}"
+                        )))
+                    }
+                }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 struct Planner<'a> {
@@ -297,9 +269,11 @@ impl<'a> Planner<'a> {
             Some(b) => Some(self.model(b)?),
             None => None,
         };
-        let linear_fallback = self.method.info().name == "linear"
-            && !self.opts.strict
-            && !has_key_anywhere(cfg, "weight");
+        let linear_fallback = if self.method.info().name == "linear" && !self.opts.strict {
+            amalgam_config::linear_weight_fallback(cfg)
+        } else {
+            None
+        };
         let mut out = Vec::new();
         match (&cfg.models, &cfg.slices) {
             (Some(models), None) => {
@@ -347,16 +321,11 @@ impl<'a> Planner<'a> {
                 ))
             }
         }
-        if linear_fallback {
+        if let Some(w) = linear_fallback {
             for s in &mut out {
                 s.fallback_weight = Some(1.0 / s.sources.len() as f64);
             }
-            let n = out.first().map_or(0, |s| s.sources.len());
-            self.warnings.push(format!(
-                "linear: no `weight` given for any model; using 1/{n} for each (mergekit refuses this \
-                 config with \"Missing required parameter weight\"; add `parameters: {{weight: ...}}` to \
-                 silence this, or pass --strict to get mergekit's error)"
-            ));
+            self.warnings.push(w.message);
         }
         Ok(out)
     }
@@ -507,10 +476,9 @@ impl<'a> Planner<'a> {
         let mut shared = ParamValues::new();
         let global = &self.loaded.config.parameters;
         for p in info.params.iter().filter(|p| p.scope == ParamScope::Shared) {
-            let v = resolve_in(&[&s.params, global], p.name, &out_name, t);
-            match v {
+            match resolve_in(&[&s.params, global], p.name, p.kind, &out_name, t)? {
                 Some(v) => {
-                    shared.insert(p.name.to_string(), coerce(&v, p.kind, p.name)?);
+                    shared.insert(p.name.to_string(), v);
                 }
                 None => match p.default {
                     Some(d) => {
@@ -548,9 +516,9 @@ impl<'a> Planner<'a> {
                 {
                     continue;
                 }
-                match resolve_in(&scopes, p.name, name, t) {
+                match resolve_in(&scopes, p.name, p.kind, name, t)? {
                     Some(v) => {
-                        values.insert(p.name.to_string(), coerce(&v, p.kind, p.name)?);
+                        values.insert(p.name.to_string(), v);
                     }
                     None => match (p.default, s.fallback_weight) {
                         (Some(d), _) => {

@@ -70,11 +70,13 @@ impl Source {
         let layout = match (per_expert, fused) {
             (true, false) => MoeLayout::PerExpert,
             (false, true) => MoeLayout::Fused,
-            _ => return Err(EngineError::Plan(format!(
+            _ => {
+                return Err(EngineError::Plan(format!(
                 "{}: not a Mixtral checkpoint (expected `block_sparse_moe.experts.E.w1.weight` or \
                      `mlp.experts.gate_up_proj` tensors) so `#expert={k}` cannot be applied",
                 folder.path().display()
-            ))),
+            )))
+            }
         };
         let mut names = Vec::new();
         let mut shapes = std::collections::HashMap::new();
