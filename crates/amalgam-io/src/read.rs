@@ -146,10 +146,19 @@ impl SafetensorsFile {
         }
     }
 
-    /// Asks the kernel to start reading `name`'s pages now (read-ahead before the merge needs
-    /// them). Purely advisory.
+    /// Asks the kernel to map `name`'s pages now, in one call (`MADV_POPULATE_READ`, Linux
+    /// 5.14+; read-ahead with `MADV_WILLNEED` elsewhere), instead of one page fault per 4 KiB
+    /// page when the bytes are first touched. Purely advisory.
     pub fn prefetch(&self, name: &str) {
         if let Some((start, len)) = self.inner_pages(name) {
+            #[cfg(target_os = "linux")]
+            if self
+                .mmap
+                .advise_range(memmap2::Advice::PopulateRead, start, len)
+                .is_ok()
+            {
+                return;
+            }
             let _ = self
                 .mmap
                 .advise_range(memmap2::Advice::WillNeed, start, len);

@@ -95,6 +95,17 @@ fn bf16_all_patterns_to_f32() {
         &bytes32(&want),
         &inputs,
     );
+    // A length that is not a multiple of the 16-element block exercises the tail loop too.
+    let odd = 65531;
+    let src = bytes16(&all16()[..odd]);
+    check_bytes(
+        "convert BF16->F32 (tail)",
+        DType::BF16,
+        &src,
+        DType::F32,
+        &bytes32(&want[..odd]),
+        &inputs[..odd],
+    );
 }
 
 #[test]
