@@ -374,3 +374,8 @@ fn ramplus_tl_matches_mergekit() {
 fn sce_matches_mergekit() {
     check_method("sce", 0);
 }
+
+#[test]
+fn multislerp_matches_mergekit() {
+    check_method("multislerp", 0);
+}
