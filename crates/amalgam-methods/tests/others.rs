@@ -379,3 +379,8 @@ fn sce_matches_mergekit() {
 fn multislerp_matches_mergekit() {
     check_method("multislerp", 0);
 }
+
+#[test]
+fn karcher_matches_mergekit() {
+    check_method("karcher", 0);
+}

@@ -1,0 +1,202 @@
+//! `karcher`: the Karcher (Riemannian) mean of the inputs' directions on the unit sphere, scaled
+//! by their mean norm.
+
+use amalgam_io::DType;
+
+use super::common::check_same_shape;
+use super::torchops::{cascade_sum_with, norm2};
+use crate::numerics::{round, scalar};
+use crate::{
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    ParamKind, ParamScope, ParamSpec, Tensor, Value,
+};
+
+/// The karcher method.
+pub struct Karcher {
+    info: MethodInfo,
+}
+
+impl Karcher {
+    /// The method with its declared parameters.
+    pub fn new() -> Self {
+        Karcher {
+            info: MethodInfo {
+                name: "karcher",
+                pretty_name: "Karcher Mean",
+                reference_url: Some("https://arxiv.org/abs/2603.04972"),
+                summary: "Equal weights 1/N over all inputs (a base is an ordinary input). Norms in \
+                          f32, unit directions in the input dtype; inputs with norm ≤ tol are \
+                          dropped; the mean direction is refined by up to max_iter Riemannian \
+                          gradient steps until the tangent norm is below tol; out = (Σ nᵢ/N) · μ.",
+                params: vec![
+                    ParamSpec {
+                        name: "max_iter",
+                        scope: ParamScope::Shared,
+                        kind: ParamKind::Int,
+                        default: Some(Value::Int(10)),
+                        doc: "maximum number of refinement iterations",
+                    },
+                    ParamSpec {
+                        name: "tol",
+                        scope: ParamScope::Shared,
+                        kind: ParamKind::Float,
+                        default: Some(Value::Float(1e-5)),
+                        doc: "convergence and zero-norm threshold",
+                    },
+                ],
+                contract: Contract {
+                    base: BaseRule::Ignored,
+                    count: InputCount::Any,
+                },
+                random: false,
+                deviations: "`torch.dot` is BLAS (f32) or a vectorised f32 kernel (16-bit); amalgam \
+                             sums in PyTorch's `sum` order instead, and uses the platform libm where \
+                             PyTorch uses SLEEF, so on large tensors rare last-bit differences are \
+                             possible (bit-exact on the test fixtures). karcher does not exist in \
+                             mergekit 0.0.4.2.",
+            },
+        }
+    }
+}
+
+impl Default for Karcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `torch.linalg.vector_norm(t.to(float32))` as an f32.
+fn norm_f32(x: &[f32]) -> f32 {
+    norm2(x, DType::F32)
+}
+
+fn dot(a: &[f32], b: &[f32], dt: DType) -> f32 {
+    let n = a.len().min(b.len());
+    let s = cascade_sum_with(
+        |i| match (a.get(i), b.get(i)) {
+            (Some(&x), Some(&y)) => x * y,
+            _ => 0.0,
+        },
+        n,
+        false,
+    );
+    round(dt, s)
+}
+
+impl MergeMethod for Karcher {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        if args.compat == Compat::V0_0_4_2 {
+            return Err(MethodError::Other(
+                "karcher is not available in mergekit 0.0.4.2".into(),
+            ));
+        }
+        check_same_shape(&args)?;
+        let max_iter = args
+            .shared
+            .get("max_iter")
+            .map_or(10, |v| v.as_f64() as i64);
+        let tol = args.shared_f64("tol").unwrap_or(1e-5);
+        let tensors: Vec<&Tensor> = args.inputs.iter().map(|i| i.tensor).collect();
+        let first = *tensors
+            .first()
+            .ok_or_else(|| MethodError::Contract("karcher: no inputs".into()))?;
+        if tensors.len() == 1 {
+            return Ok(first.clone());
+        }
+        let dt = first.dtype;
+        let n_in = tensors.len();
+        let alphas = vec![1.0 / n_in as f64; n_in];
+        let norms: Vec<f32> = tensors.iter().map(|t| norm_f32(&t.data)).collect();
+        let units: Vec<Vec<f32>> = tensors
+            .iter()
+            .zip(&norms)
+            .map(|(t, &nrm)| {
+                if nrm == 0.0 {
+                    vec![0.0; t.data.len()]
+                } else {
+                    t.data.iter().map(|&v| round(dt, v / nrm)).collect()
+                }
+            })
+            .collect();
+        let valid: Vec<usize> = (0..n_in)
+            .filter(|&i| norms.get(i).is_some_and(|&v| v as f64 > tol))
+            .collect();
+        if valid.is_empty() {
+            // sum(t * 0): zeros with the signs of 0·x, summed from an integer 0.
+            let zeros = first.data.iter().map(|_| 0.0).collect();
+            return Ok(Tensor::new(dt, first.shape.clone(), zeros));
+        }
+        let alpha_sum: f64 = valid
+            .iter()
+            .map(|&i| alphas.get(i).copied().unwrap_or(0.0))
+            .sum();
+        let nalphas: Vec<f64> = valid
+            .iter()
+            .map(|&i| alphas.get(i).copied().unwrap_or(0.0) / alpha_sum)
+            .collect();
+        let vunits: Vec<&Vec<f32>> = valid.iter().filter_map(|&i| units.get(i)).collect();
+        let len = first.data.len();
+        let mut mean = vec![0f32; len];
+        for (&a, u) in nalphas.iter().zip(&vunits) {
+            let a = scalar(a);
+            for (m, &v) in mean.iter_mut().zip(u.iter()) {
+                *m = round(dt, *m + round(dt, a * v));
+            }
+        }
+        let mn = norm_f32(&mean);
+        mean = if (mn as f64) < tol {
+            vunits.first().map(|u| (*u).clone()).unwrap_or_default()
+        } else {
+            mean.iter().map(|&v| round(dt, v / mn)).collect()
+        };
+        for _ in 0..max_iter.max(0) {
+            let mut tangent = vec![0f32; len];
+            for (&a, u) in nalphas.iter().zip(&vunits) {
+                let d = dot(&mean, u, dt);
+                let d = if d.is_nan() { d } else { d.clamp(-1.0, 1.0) };
+                let theta = round(dt, d.acos());
+                if (theta as f64) < tol {
+                    continue;
+                }
+                let ratio = round(dt, theta / round(dt, theta.sin()));
+                let coef = round(dt, scalar(a) * ratio);
+                for ((t, &uv), &mv) in tangent.iter_mut().zip(u.iter()).zip(&mean) {
+                    let diff = round(dt, uv - round(dt, d * mv));
+                    *t = round(dt, *t + round(dt, coef * diff));
+                }
+            }
+            let tn = norm_f32(&tangent);
+            if (tn as f64) < tol {
+                break;
+            }
+            // A 0-d f32 tensor times a 16-bit tensor is rounded to the 16-bit dtype first
+            // (division, in contrast, uses the f32 value as is).
+            let (c, s) = (round(dt, tn.cos()), round(dt, tn.sin()));
+            mean = mean
+                .iter()
+                .zip(&tangent)
+                .map(|(&m, &t)| {
+                    let p = round(dt, c * m);
+                    let q = round(dt, s * round(dt, t / tn));
+                    round(dt, p + q)
+                })
+                .collect();
+            let un = norm_f32(&mean);
+            if (un as f64) > tol {
+                mean = mean.iter().map(|&v| round(dt, v / un)).collect();
+            }
+        }
+        // sum(alpha * norm): f32 products, Python sum from 0.
+        let scale = alphas
+            .iter()
+            .zip(&norms)
+            .fold(0f32, |acc, (&a, &nrm)| acc + scalar(a) * nrm);
+        let scale = round(dt, scale);
+        let data = mean.iter().map(|&m| round(dt, scale * m)).collect();
+        Ok(Tensor::new(dt, first.shape.clone(), data))
+    }
+}
