@@ -151,12 +151,20 @@ pub struct LoadedConfig {
     pub diagnostics: Vec<Diagnostic>,
     /// Line and column of every node, by YAML path, so later checks can point at the text.
     pub locations: std::collections::BTreeMap<String, Location>,
+    /// Line and column of the key of every mapping entry, by the entry's YAML path (a typo is
+    /// in the key, not in its value).
+    pub key_locations: std::collections::BTreeMap<String, Location>,
 }
 
 impl LoadedConfig {
     /// Where the node at `path` is in the text, if it exists.
     pub fn location(&self, path: &str) -> Option<Location> {
         self.locations.get(path).copied()
+    }
+
+    /// Where the key of the mapping entry at `path` is, if it exists.
+    pub fn key_location(&self, path: &str) -> Option<Location> {
+        self.key_locations.get(path).copied()
     }
 }
 

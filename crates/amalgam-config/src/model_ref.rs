@@ -144,3 +144,65 @@ impl std::str::FromStr for ModelRef {
         ModelRef::parse(s)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn string_forms_round_trip() {
+        for s in [
+            "org/model",
+            "org/model@main",
+            "org/model+org/lora",
+            "org/model@v1+org/lora@v2",
+            "./local/path",
+            "mistral-community/Mixtral-8x22B-v0.1#expert=3",
+            "org/mixtral@abc#expert=0",
+        ] {
+            assert_eq!(ModelRef::parse(s).unwrap().to_string(), s);
+        }
+    }
+
+    #[test]
+    fn parts_are_split_like_mergekit() {
+        let m = ModelRef::parse("a@r1+b@r2").unwrap();
+        assert_eq!((m.path.as_str(), m.revision.as_deref()), ("a", Some("r1")));
+        let l = m.lora.unwrap();
+        assert_eq!((l.path.as_str(), l.revision.as_deref()), ("b", Some("r2")));
+        let e = ModelRef::parse("org/mixtral@abc#expert=7").unwrap();
+        assert_eq!(
+            (e.path.as_str(), e.revision.as_deref(), e.expert),
+            ("org/mixtral", Some("abc"), Some(7))
+        );
+        // An empty revision is kept (mergekit's ModelPath has it) but not printed.
+        assert_eq!(ModelRef::parse("a@").unwrap().to_string(), "a");
+    }
+
+    #[test]
+    fn malformed_references_are_refused() {
+        assert!(ModelRef::parse("a@b@c").unwrap_err().contains("multiple @"));
+        assert!(ModelRef::parse("a+b+c")
+            .unwrap_err()
+            .contains("Can't parse"));
+        for bad in [
+            "m#expert=",
+            "m#expert=-1",
+            "m#expert=x",
+            "m#exp=1",
+            "m#",
+            "m#expert=1#expert=2",
+            "",
+        ] {
+            assert!(ModelRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn equality_sees_lora_and_expert() {
+        let a = ModelRef::parse("m").unwrap();
+        assert_ne!(a, ModelRef::parse("m+l").unwrap());
+        assert_ne!(a, ModelRef::parse("m#expert=0").unwrap());
+        assert_eq!(a, ModelRef::new("m"));
+    }
+}

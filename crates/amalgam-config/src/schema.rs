@@ -89,6 +89,7 @@ pub(crate) fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
                 warnings,
                 diagnostics: cx.diags,
                 locations: cx.locations,
+                key_locations: cx.key_locations,
             })
         }
         _ => Err(ConfigError::Invalid {
@@ -127,7 +128,8 @@ pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     prev.last().copied().unwrap_or(0)
 }
 
-/// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+/// The closest of `candidates` to `word`, when it is close enough to be a likely typo (a few
+/// edits, a `-`/`_` or case difference) or a prefix of it (`normalize` → `normalize_weights`).
 pub(crate) fn closest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
@@ -143,7 +145,7 @@ pub(crate) fn closest<'a>(
             };
             (d, c)
         })
-        .filter(|(d, c)| *d <= 2.max(c.chars().count() / 3))
+        .filter(|(d, c)| *d <= 2.max(c.chars().count() / 3) || c.starts_with(word))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -168,6 +170,7 @@ impl<'n> Fields<'n> {
 struct Ctx {
     diags: Vec<Diagnostic>,
     locations: BTreeMap<String, Location>,
+    key_locations: BTreeMap<String, Location>,
 }
 
 impl Ctx {
@@ -211,6 +214,7 @@ impl Ctx {
             let key = key_text(&k.kind);
             let p = child(path, &key);
             self.note(&p, v);
+            self.key_locations.entry(p.clone()).or_insert(k.loc);
             if known.contains(&key.as_str()) && matches!(k.kind, Kind::Str(_)) {
                 out.push((key, v));
             } else {
@@ -943,6 +947,7 @@ impl Ctx {
             };
             let p = child(path, name);
             self.note(&p, v);
+            self.key_locations.entry(p.clone()).or_insert(k.loc);
             if let Some(value) = self.param_value(v, &p) {
                 out.insert(name.clone(), value);
             }

@@ -276,26 +276,26 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
     let config = &loaded.config;
     let mut out: Vec<Diagnostic> = Vec::new();
     let method = methods.iter().find(|m| m.name == config.merge_method);
-    let mut push = |severity: Severity, path: &str, message: String| {
-        let severity = if strict { Severity::Error } else { severity };
-        out.push(Diagnostic {
-            severity,
-            location: loaded.location(path).or_else(|| {
-                // The nearest enclosing node that has a position.
-                let mut p = path;
-                loop {
-                    let cut = p.rfind(['.', '['])?;
-                    p = &p[..cut];
-                    if let Some(l) = loaded.location(p) {
-                        return Some(l);
+    let mut push_at =
+        |severity: Severity, path: &str, at: Option<crate::Location>, message: String| {
+            let severity = if strict { Severity::Error } else { severity };
+            out.push(Diagnostic {
+                severity,
+                location: at.or_else(|| loaded.location(path)).or_else(|| {
+                    // The nearest enclosing node that has a position.
+                    let mut p = path;
+                    loop {
+                        let cut = p.rfind(['.', '['])?;
+                        p = &p[..cut];
+                        if let Some(l) = loaded.location(p) {
+                            return Some(l);
+                        }
                     }
-                }
-            }),
-            path: path.to_string(),
-            message,
-        });
-    };
-
+                }),
+                path: path.to_string(),
+                message,
+            });
+        };
     for d in &loaded.diagnostics {
         let key = d.path.rsplit('.').next().unwrap_or(&d.path);
         let param = method.and_then(|m| m.params.iter().find(|p| p.name == key));
@@ -307,7 +307,7 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
             ),
             _ => d.message.clone(),
         };
-        push(d.severity, &d.path, message);
+        push_at(d.severity, &d.path, d.location, message);
     }
 
     let Some(method) = method else {
@@ -315,9 +315,10 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
         let hint = closest(&config.merge_method, names.iter().copied())
             .map(|c| format!("did you mean `{c}`? "))
             .unwrap_or_default();
-        push(
+        push_at(
             Severity::Error,
             "merge_method",
+            None,
             format!(
                 "unknown merge method `{}` (mergekit: \"Unimplemented merge method {}\"); \
                  {hint}known methods: {}",
@@ -343,9 +344,10 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
                 } else {
                     format!("it takes: {}", declared.join(", "))
                 };
-                push(
+                push_at(
                     Severity::Warning,
                     &path,
+                    loaded.key_location(&path),
                     format!(
                         "parameter `{key}` is not used by `{}` (mergekit ignores it); {hint}{takes}",
                         method.name
@@ -354,9 +356,10 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
                 continue;
             };
             if schema.scope == ParamScope::Shared && is_per_model_path(&at.path) {
-                push(
+                push_at(
                     Severity::Warning,
                     &path,
+                    loaded.key_location(&path),
                     format!(
                         "`{key}` is a shared parameter of `{}`: mergekit ignores it in one \
                          model's parameters; move it to the slice's or the top-level \
@@ -367,9 +370,10 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
             }
             for s in scalars(value) {
                 if let Err(e) = coerce(s, schema.kind) {
-                    push(
+                    push_at(
                         Severity::Error,
                         &path,
+                        None,
                         format!("`{key}`: {e} (mergekit stops with a pydantic validation error)"),
                     );
                     break;
@@ -383,7 +387,7 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
     for view in &slices {
         if let Some(c) = &method.contract {
             if let Err((path, msg)) = check_contract(c, view) {
-                push(Severity::Error, path.unwrap_or(&view.path), msg);
+                push_at(Severity::Error, path.unwrap_or(&view.path), None, msg);
             }
         }
         for p in method.params.iter().filter(|p| p.required) {
@@ -396,9 +400,10 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
             };
             if p.scope == ParamScope::Shared {
                 if !shared_scopes.mentions(&p.name) {
-                    push(
+                    push_at(
                         Severity::Error,
                         &view.path,
+                        None,
                         format!(
                             "`{}` requires the parameter `{}` and no scope gives it: add \
                              `parameters: {{{}: ...}}` at the top level (mergekit: \"Missing \
@@ -425,9 +430,10 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
                     .filter_map(|(_, _, params)| *params)
                     .collect();
                 if !scopes.mentions(&p.name) {
-                    push(
+                    push_at(
                         Severity::Error,
                         path,
+                        None,
                         format!(
                             "`{}` requires `{}` for every {}input and none is given for `{model}` \
                              (mergekit: \"Missing required parameter {} for {model}.<tensor>\"); \

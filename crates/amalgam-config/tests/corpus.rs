@@ -97,3 +97,28 @@ fn verdict_table_covers_the_corpus() {
         .count();
     assert_eq!(load_accepts, 142);
 }
+
+/// Prints every finding on the corpus (run with `--nocapture` to review the texts).
+#[test]
+fn findings_on_the_corpus_have_positions() {
+    let dir = common::repo_tests().join("corpus/real");
+    let methods = common::mergekit_methods();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yml"))
+        .collect();
+    names.sort();
+    for p in names {
+        let text = std::fs::read_to_string(&p).unwrap();
+        let diags = match parse_str(&text) {
+            Ok(l) => validate(&l, &methods, false),
+            Err(ConfigError::Invalid { diagnostics, .. }) => diagnostics,
+            Err(e) => panic!("{e}"),
+        };
+        for d in diags {
+            eprintln!("{}", d.render(Some(p.strip_prefix(&dir).unwrap())));
+            assert!(d.location.is_some(), "{d}");
+        }
+    }
+}
