@@ -284,6 +284,15 @@ pub fn evaluate(value: &ParamValue, tensor_name: &str, t: f64) -> Option<Scalar>
 ///   (an empty tensor name matches only null and `"*"`); no match is `None`.
 ///
 /// `t` is expected in `[0, 1]`; indexes are clamped so other values cannot panic.
+///
+/// mergekit 0.0.4.2 (`--mergekit-version 0.0.4.2`) had no declared types: its schema coerced
+/// every parameter value to `float` when loading (`Union[float, List[float]]`, so `"0.5"` and
+/// `true` became 0.5 and 1.0, and a non-numeric string failed the load), then interpolated
+/// every list. Evaluating with [`ParamKind::Float`] reproduces those numbers for any
+/// parameter, booleans included (a bool-typed gradient is then interpolated, not stepped, and
+/// the engine tests the result for truth as 0.0.4.2 did). Its scopes and tensor names are the
+/// same as 0.1.5's, without `modules`; only its required check differs (the global
+/// `base_model` is exempt from every per-model parameter).
 pub fn evaluate_as(
     value: &ParamValue,
     kind: ParamKind,

@@ -977,7 +977,7 @@ impl Ctx {
                     }
                     Some(ParamValue::Filters(out))
                 } else {
-                    self.gradient(node, items, path, FORMS)
+                    self.gradient(items, path, FORMS)
                 }
             }
             Kind::Map(_) => Some(ParamValue::Filters(vec![self.conditional(node, path)?])),
@@ -988,13 +988,7 @@ impl Ctx {
         }
     }
 
-    fn gradient(
-        &mut self,
-        node: &Node,
-        items: &[Node],
-        path: &str,
-        forms: &str,
-    ) -> Option<ParamValue> {
+    fn gradient(&mut self, items: &[Node], path: &str, forms: &str) -> Option<ParamValue> {
         let mut out = Vec::new();
         for (i, n) in items.iter().enumerate() {
             let p = index(path, i);
@@ -1014,7 +1008,6 @@ impl Ctx {
                 _ => out.push(self.scalar(n, &p)?),
             }
         }
-        let _ = node;
         Some(ParamValue::Gradient(out))
     }
 
@@ -1033,7 +1026,6 @@ impl Ctx {
         let vpath = child(path, "value");
         let value = match &vnode.kind {
             Kind::Seq(items) => self.gradient(
-                vnode,
                 items,
                 &vpath,
                 "the `value` of a filter is a scalar or a gradient",
