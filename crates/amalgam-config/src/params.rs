@@ -359,6 +359,10 @@ fn evaluate_with(
 /// model's **input** tensor name at *every* scope, global `parameters:` included; a **shared**
 /// parameter is resolved with the **output** tensor name. The two differ when a slice moves
 /// layers (`layer_range: [8, 16]` feeding output layers 0–7).
+///
+/// Which slice and `t` (mergekit 0.1.5 `plan.py`): a layer tensor uses its output slice and
+/// `t = i/(L−1)` (`t = 1` when the slice has one layer); pre-weights (embeddings) use the
+/// first slice and post-weights (final norm, `lm_head`) the last one, both at `t = 0`.
 #[derive(Debug, Clone, Default)]
 pub struct ParamScopes<'a> {
     /// Per-model chains only: the `parameters` of **every** source of the output slice whose
