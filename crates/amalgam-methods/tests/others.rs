@@ -384,3 +384,28 @@ fn multislerp_matches_mergekit() {
 fn karcher_matches_mergekit() {
     check_method("karcher", 0);
 }
+
+#[test]
+fn arcee_fusion_matches_mergekit() {
+    check_method("arcee_fusion", 0);
+}
+
+/// Over 1,000,000 elements: the quantiles come from 1,000,000 indices drawn with `randint`
+/// (MT19937 `% n`) from the stream seeded like `torch.manual_seed(42)`.
+#[test]
+fn arcee_fusion_large_matches_mergekit() {
+    check_big("big_arcee_fusion_bf16", 0, true);
+}
+
+/// The large arcee_fusion output depends on the random stream (so the test above can fail on a
+/// wrong generator): another seed moves the sampled threshold and changes the output.
+#[test]
+fn arcee_fusion_large_depends_on_seed() {
+    let c = load_case(&fixture_dir().join("big_arcee_fusion_bf16.safetensors"));
+    let mut a = Mt19937::new(42);
+    let mut b = Mt19937::new(7);
+    let x = run_case(&c, Some(&mut a)).expect("merge");
+    let y = run_case(&c, Some(&mut b)).expect("merge");
+    assert_ne!(x.data, y.data);
+    assert!(run_case(&c, None).is_err(), "needs the random stream");
+}

@@ -70,5 +70,16 @@ pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
         Arc::new(sce::Sce::new()),
         Arc::new(multislerp::MultiSlerp::new()),
         Arc::new(karcher::Karcher::new()),
+        Arc::new(slerp::Slerp::new()),
+        Arc::new(passthrough::Passthrough::new()),
+        Arc::new(nearswap::NearSwap::new()),
+        Arc::new(model_stock::ModelStock::new()),
+        Arc::new(nuslerp::NuSlerp::new()),
+        Arc::new(ram::Ram::new()),
+        Arc::new(ramplus_tl::RamPlusTl::new()),
+        Arc::new(sce::Sce::new()),
+        Arc::new(multislerp::MultiSlerp::new()),
+        Arc::new(karcher::Karcher::new()),
+        Arc::new(arcee_fusion::ArceeFusion::new()),
     ]
 }

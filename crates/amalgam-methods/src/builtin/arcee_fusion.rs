@@ -1,0 +1,214 @@
+//! `arcee_fusion`: keeps the other model's value only where its change from the base is
+//! unusually important (|Δ| weighted by the per-row KL divergence of the softmaxed weights).
+
+use amalgam_io::DType;
+
+use super::common::{check_same_shape, split_base};
+use super::torchops::cascade_sum_with;
+use crate::numerics::round;
+use crate::{
+    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, Tensor,
+};
+
+/// Above this many elements mergekit estimates the quantiles from a random sample of this size
+/// (drawn with replacement), which consumes the random stream.
+const SAMPLE: usize = 1_000_000;
+
+/// The arcee_fusion method.
+pub struct ArceeFusion {
+    info: MethodInfo,
+}
+
+impl ArceeFusion {
+    /// The method with its declared parameters.
+    pub fn new() -> Self {
+        ArceeFusion {
+            info: MethodInfo {
+                name: "arcee_fusion",
+                pretty_name: "Arcee Fusion",
+                reference_url: Some("https://arcee.ai"),
+                summary: "imp = |x − b| · KL(softmax(x) ‖ softmax(b)) per row (last axis), in the \
+                          input dtype; threshold = median + 1.5·(q3 − q1) of imp (from a 1,000,000 \
+                          sample drawn with replacement when the tensor is larger); out = b + (x − \
+                          b)·[imp ≥ threshold]. The mask is float32, so the output is float32 even \
+                          for bf16/f16 inputs (mergekit issue #604), reproduced here.",
+                params: vec![],
+                contract: Contract {
+                    base: BaseRule::Required,
+                    count: InputCount::Exactly(2),
+                },
+                random: true,
+                deviations: "Output dtype is float32 whatever the inputs (as mergekit 0.1.5; cast with \
+                             out_dtype to get bf16). The softmax/exp/log are evaluated with the \
+                             platform libm in PyTorch's association order, where PyTorch uses SLEEF; \
+                             an element whose importance sits exactly at the threshold could flip. \
+                             Only tensors over 1,000,000 elements consume the random stream. \
+                             --mergekit-version 0.0.4.2 has no arcee_fusion.",
+            },
+        }
+    }
+}
+
+impl Default for ArceeFusion {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `F.softmax(row)` in `dt`: f32 max, exp(x − max) in f32, f32 sum of the exps (8 lanes, then a
+/// tree over lanes), multiplication by the reciprocal of the sum, one rounding to `dt`.
+fn softmax_row(row: &[f32], dt: DType) -> Vec<f32> {
+    let max = row
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let e: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+    let sum = lane_tree_sum(&e);
+    let inv = 1.0 / sum;
+    e.iter().map(|&v| round(dt, v * inv)).collect()
+}
+
+/// PyTorch's `vec::reduce_all(+)`: an 8-lane accumulator over full vectors, the last partial
+/// vector merged lane-wise, then the lanes folded pairwise (4+4, 2+2, 1+1).
+fn lane_tree_sum(x: &[f32]) -> f32 {
+    const W: usize = 8;
+    if x.len() < W {
+        return x.iter().fold(0f32, |a, &v| a + v);
+    }
+    let mut acc = [0f32; W];
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = v;
+    }
+    let mut d = W;
+    while d + W <= x.len() {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += x.get(d + l).copied().unwrap_or(0.0);
+        }
+        d += W;
+    }
+    for (l, a) in acc.iter_mut().enumerate() {
+        if let Some(&v) = x.get(d + l) {
+            *a += v;
+        }
+    }
+    let mut w = W;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            let hi = acc.get(l + w).copied().unwrap_or(0.0);
+            if let Some(a) = acc.get_mut(l) {
+                *a += hi;
+            }
+        }
+    }
+    acc[0]
+}
+
+impl MergeMethod for ArceeFusion {
+    fn info(&self) -> &MethodInfo {
+        &self.info
+    }
+
+    fn output_dtype(&self, _work: DType) -> DType {
+        DType::F32
+    }
+
+    fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        let mut args = args;
+        let rng = args.rng.take();
+        if args.compat == Compat::V0_0_4_2 {
+            return Err(MethodError::Other(
+                "arcee_fusion is not available in mergekit 0.0.4.2".into(),
+            ));
+        }
+        check_same_shape(&args)?;
+        let (base, xs) = split_base(&args);
+        let (b, x) = match (base, xs.as_slice()) {
+            (Some(b), [x]) => (b, *x),
+            _ => {
+                return Err(MethodError::Contract(
+                    "arcee_fusion requires a base and exactly one other input".into(),
+                ))
+            }
+        };
+        let dt = b.dtype;
+        let n = b.data.len();
+        let row_len = if b.shape.is_empty() {
+            1
+        } else {
+            b.shape.last().copied().unwrap_or(1).max(1)
+        };
+        let eps = 1e-8f32;
+        let mut importance = vec![0f32; n];
+        for ((xr, br), ir) in x
+            .data
+            .chunks(row_len)
+            .zip(b.data.chunks(row_len))
+            .zip(importance.chunks_mut(row_len))
+        {
+            let p: Vec<f32> = softmax_row(xr, dt)
+                .iter()
+                .map(|&v| round(dt, v + eps))
+                .collect();
+            let q: Vec<f32> = softmax_row(br, dt)
+                .iter()
+                .map(|&v| round(dt, v + eps))
+                .collect();
+            let kl = round(
+                dt,
+                cascade_sum_with(
+                    |i| match (p.get(i), q.get(i)) {
+                        (Some(&pv), Some(&qv)) => {
+                            round(dt, pv * round(dt, round(dt, pv / qv).ln()))
+                        }
+                        _ => 0.0,
+                    },
+                    p.len(),
+                    dt != DType::F32,
+                ),
+            );
+            for ((o, &a), &c) in ir.iter_mut().zip(xr).zip(br) {
+                *o = round(dt, round(dt, a - c).abs() * kl);
+            }
+        }
+        let mut sample: Vec<f32> = if n > SAMPLE {
+            let rng = rng.ok_or_else(|| {
+                MethodError::Other(
+                    "arcee_fusion needs the random stream (--random-seed) for tensors over \
+                     1,000,000 elements"
+                        .into(),
+                )
+            })?;
+            (0..SAMPLE)
+                .map(|_| {
+                    let k = (rng.next_u32() as u64 % n as u64) as usize;
+                    importance.get(k).copied().unwrap_or(0.0)
+                })
+                .collect()
+        } else {
+            importance.clone()
+        };
+        // Ascending sort; only values are used, so tie order is irrelevant. NaN sorts last.
+        sample.sort_by(|a, c| a.total_cmp(c));
+        if sample.is_empty() {
+            return Ok(Tensor::new(DType::F32, b.shape.clone(), Vec::new()));
+        }
+        let last = (sample.len() - 1) as f32;
+        let at = |q: f32| -> f32 {
+            let idx = (q * last) as usize;
+            sample.get(idx).copied().unwrap_or(f32::NAN)
+        };
+        let (q1, med, q3) = (at(0.25), at(0.5), at(0.75));
+        let thr = round(dt, med + round(dt, 1.5 * round(dt, q3 - q1)));
+        let data = b
+            .data
+            .iter()
+            .zip(&x.data)
+            .zip(&importance)
+            .map(|((&bv, &xv), &imp)| {
+                let m = if imp >= thr { 1.0f32 } else { 0.0 };
+                bv + round(dt, xv - bv) * m
+            })
+            .collect();
+        Ok(Tensor::new(DType::F32, b.shape.clone(), data))
+    }
+}
