@@ -5,9 +5,19 @@ use std::sync::Arc;
 use crate::MergeMethod;
 
 mod gta;
+mod karcher;
 mod linear;
 
+mod arcee_fusion;
 mod common;
+mod model_stock;
+mod multislerp;
+mod nearswap;
+mod nuslerp;
+mod passthrough;
+mod ram;
+mod ramplus_tl;
+mod sce;
 mod slerp;
 pub(crate) mod torchops;
 
@@ -23,53 +33,6 @@ pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
         Arc::new(gta::GeneralizedTaskArithmetic::breadcrumbs_ties()),
         Arc::new(gta::GeneralizedTaskArithmetic::della()),
         Arc::new(gta::GeneralizedTaskArithmetic::della_linear()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(model_stock::ModelStock::new()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(model_stock::ModelStock::new()),
-        Arc::new(nuslerp::NuSlerp::new()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(model_stock::ModelStock::new()),
-        Arc::new(nuslerp::NuSlerp::new()),
-        Arc::new(ram::Ram::new()),
-        Arc::new(ramplus_tl::RamPlusTl::new()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(model_stock::ModelStock::new()),
-        Arc::new(nuslerp::NuSlerp::new()),
-        Arc::new(ram::Ram::new()),
-        Arc::new(ramplus_tl::RamPlusTl::new()),
-        Arc::new(sce::Sce::new()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(model_stock::ModelStock::new()),
-        Arc::new(nuslerp::NuSlerp::new()),
-        Arc::new(ram::Ram::new()),
-        Arc::new(ramplus_tl::RamPlusTl::new()),
-        Arc::new(sce::Sce::new()),
-        Arc::new(multislerp::MultiSlerp::new()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(model_stock::ModelStock::new()),
-        Arc::new(nuslerp::NuSlerp::new()),
-        Arc::new(ram::Ram::new()),
-        Arc::new(ramplus_tl::RamPlusTl::new()),
-        Arc::new(sce::Sce::new()),
-        Arc::new(multislerp::MultiSlerp::new()),
-        Arc::new(karcher::Karcher::new()),
         Arc::new(slerp::Slerp::new()),
         Arc::new(passthrough::Passthrough::new()),
         Arc::new(nearswap::NearSwap::new()),
