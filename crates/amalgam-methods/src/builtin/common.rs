@@ -1,4 +1,3 @@
-#![allow(dead_code)] // TEMP: helpers used by methods still being added
 //! Small helpers shared by the methods in this folder (argument access, shape checks, messages).
 
 use crate::{MergeArgs, MethodError, ParamValues, Tensor};

@@ -1,4 +1,3 @@
-#![allow(dead_code)] // TEMP: helpers used by methods still being added
 //! PyTorch CPU reductions and a few composite ops, emulated so the spherical and statistical
 //! methods (slerp, nuslerp, multislerp, karcher, model_stock, sce, arcee_fusion) round like
 //! mergekit does.
@@ -131,20 +130,6 @@ pub(crate) fn cascade_sum(x: &[f32], dtype: DType) -> f32 {
     )
 }
 
-/// `(a * b).sum()` for tensors of `dtype`: products rounded to `dtype`, cascade sum, one rounding.
-pub(crate) fn dot(a: &[f32], b: &[f32], dtype: DType) -> f32 {
-    let n = a.len().min(b.len());
-    let s = cascade_sum_with(
-        |i| match (a.get(i), b.get(i)) {
-            (Some(&x), Some(&y)) => round(dtype, x * y),
-            _ => 0.0,
-        },
-        n,
-        dtype != DType::F32,
-    );
-    round(dtype, s)
-}
-
 /// Sum of squares as PyTorch's vectorised 2-norm kernel computes it for a contiguous row
 /// (`norm_two_reduce_step`): 8 f32 lanes accumulate `x*x` (separate multiply and add), the lanes
 /// are folded left to right, then the remaining `n % step` elements are added one by one with a
@@ -204,32 +189,6 @@ pub(crate) fn norm2(x: &[f32], dtype: DType) -> f32 {
 /// The 2-norm over a strided axis (e.g. columns after a transpose): the generic reduction.
 pub(crate) fn norm2_strided(get: impl Fn(usize) -> f32, n: usize, dtype: DType) -> f32 {
     round(dtype, sum_sq_seq(get, n).sqrt())
-}
-
-/// Elementwise map of one tensor, rounding each result to `dtype`.
-pub(crate) fn map1(x: &[f32], dtype: DType, f: impl Fn(f32) -> f32) -> Vec<f32> {
-    x.iter().map(|&v| round(dtype, f(v))).collect()
-}
-
-/// Elementwise map of two same-length tensors, rounding each result to `dtype`.
-pub(crate) fn map2(a: &[f32], b: &[f32], dtype: DType, f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| round(dtype, f(x, y)))
-        .collect()
-}
-
-/// `sum(dim=0)` over a stack of same-length tensors: PyTorch accumulates along the model axis
-/// sequentially in f32 and rounds once.
-pub(crate) fn stack_sum(rows: &[Vec<f32>], n: usize, dtype: DType) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let s = rows
-                .iter()
-                .fold(0f32, |acc, r| acc + r.get(i).copied().unwrap_or(0.0));
-            round(dtype, s)
-        })
-        .collect()
 }
 
 /// PyTorch's `row_sum` for a single lane: element `4i+k` goes to accumulator `k` (each summed on
