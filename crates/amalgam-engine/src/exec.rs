@@ -19,7 +19,7 @@ use crate::plan::{Op, Plan};
 use crate::{EngineError, Result};
 
 /// Elements per chunk of an elementwise merge.
-pub const CHUNK_ELEMS: usize = 1 << 18;
+pub const CHUNK_ELEMS: usize = 1 << 15;
 
 /// Progress callback: (output bytes done, tensors done).
 pub type ProgressFn = Arc<dyn Fn(u64, usize) + Send + Sync>;
@@ -181,6 +181,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             } else {
                 copy_buffer(plan, op, sink)?;
             }
+            release(plan, op);
             report(op, nbytes(op), true);
         }
         return Ok(());
@@ -201,16 +202,32 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             items.push((i, 0..n, true));
         }
     }
-    items.par_iter().try_for_each(|(i, range, last)| {
+    // Chunks still to do per op: the last one to finish releases the op's input pages.
+    let remaining: Vec<AtomicUsize> = plan.ops.iter().map(|_| AtomicUsize::new(0)).collect();
+    for (i, _, _) in &items {
+        remaining[*i].fetch_add(1, Ordering::Relaxed);
+    }
+    items.par_iter().try_for_each(|(i, range, _)| {
         let op = &plan.ops[*i];
         if op.float {
             merge_range(plan, op, range.clone(), None, sink)?;
         } else {
             copy_buffer(plan, op, sink)?;
         }
-        report(op, (range.len() * op.out_dtype.size()) as u64, *last);
+        let finished = remaining[*i].fetch_sub(1, Ordering::AcqRel) == 1;
+        if finished {
+            release(plan, op);
+        }
+        report(op, (range.len() * op.out_dtype.size()) as u64, finished);
         Ok(())
     })
+}
+
+/// Drops the input pages of a finished op.
+fn release(plan: &Plan, op: &Op) {
+    for inp in &op.inputs {
+        plan.models[inp.model].source.release(&inp.name);
+    }
 }
 
 fn nbytes(op: &Op) -> u64 {

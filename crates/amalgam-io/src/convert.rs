@@ -222,6 +222,31 @@ pub fn decode_f32(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         return Err(len_error("decode_f32", src.len(), n, dtype));
     }
     match dtype {
+        // Fast paths: safetensors data written by the reference library is aligned to its
+        // element size, so on little-endian machines the bytes can be read in place.
+        DType::BF16
+            if cfg!(target_endian = "little")
+                && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() =>
+        {
+            let bits: &[u16] = bytemuck::cast_slice(src);
+            for (d, &b) in dst.iter_mut().zip(bits) {
+                *d = f32::from_bits((b as u32) << 16);
+            }
+        }
+        DType::F16
+            if cfg!(target_endian = "little")
+                && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() =>
+        {
+            let bits: &[u16] = bytemuck::cast_slice(src);
+            bits.reinterpret_cast::<half::f16>()
+                .convert_to_f32_slice(dst);
+        }
+        DType::F32
+            if cfg!(target_endian = "little")
+                && bytemuck::try_cast_slice::<u8, f32>(src).is_ok() =>
+        {
+            dst.copy_from_slice(bytemuck::cast_slice(src));
+        }
         DType::BF16 => {
             for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *d = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
@@ -263,7 +288,23 @@ pub fn encode_f32(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<()> {
     if Some(dst.len()) != n.checked_mul(dtype.size()) {
         return Err(len_error("encode_f32", dst.len(), n, dtype));
     }
+    let le = cfg!(target_endian = "little");
     match dtype {
+        // Fast paths when the destination is aligned (it is for freshly allocated buffers).
+        DType::BF16 if le && bytemuck::try_cast_slice_mut::<u8, u16>(dst).is_ok() => {
+            let bits: &mut [u16] = bytemuck::cast_slice_mut(dst);
+            for (b, &x) in bits.iter_mut().zip(src) {
+                *b = f32_to_bf16(x);
+            }
+        }
+        DType::F16 if le && bytemuck::try_cast_slice_mut::<u8, u16>(dst).is_ok() => {
+            let bits: &mut [u16] = bytemuck::cast_slice_mut(dst);
+            bits.reinterpret_cast_mut::<half::f16>()
+                .convert_from_f32_slice(src);
+        }
+        DType::F32 if le && bytemuck::try_cast_slice_mut::<u8, f32>(dst).is_ok() => {
+            dst.copy_from_slice(bytemuck::cast_slice(src));
+        }
         DType::BF16 => {
             for (s, c) in src.iter().zip(dst.chunks_exact_mut(2)) {
                 c.copy_from_slice(&f32_to_bf16(*s).to_le_bytes());

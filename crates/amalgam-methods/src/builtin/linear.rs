@@ -1,6 +1,6 @@
 //! `linear`: weighted average of the inputs (Wortsman et al., model soups).
 
-use crate::numerics::{as_dtype, round};
+use crate::numerics::{as_dtype, div_slice, fma_accumulate, round, round_slice};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
@@ -69,7 +69,10 @@ impl MergeMethod for Linear {
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         let dtype = args.dtype();
         let normalize = args.shared_bool("normalize").unwrap_or(true);
-        let first = args.inputs.first().ok_or_else(|| MethodError::Contract("linear: no inputs".into()))?;
+        let first = args
+            .inputs
+            .first()
+            .ok_or_else(|| MethodError::Contract("linear: no inputs".into()))?;
         let n = first.tensor.numel();
         let shape = first.tensor.shape.clone();
         let weights: Vec<f64> = args
@@ -84,19 +87,13 @@ impl MergeMethod for Linear {
                 // addcmul_ is contracted to FMA), then one division and one rounding.
                 let w: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
                 for (inp, &wi) in args.inputs.iter().zip(&w) {
-                    for (o, &x) in out.iter_mut().zip(&inp.tensor.data) {
-                        *o = x.mul_add(wi, *o);
-                    }
+                    fma_accumulate(&mut out, &inp.tensor.data, wi);
                 }
                 if normalize {
                     let den = w.iter().fold(0f32, |a, &b| a + b);
-                    for o in out.iter_mut() {
-                        *o /= den;
-                    }
+                    div_slice(&mut out, den);
                 }
-                for o in out.iter_mut() {
-                    *o = round(dtype, *o);
-                }
+                round_slice(dtype, &mut out);
             }
             Compat::V0_0_4_2 => {
                 // Weights become a tensor of the working dtype; each product is rounded; the sum
