@@ -801,7 +801,9 @@ models:
 merge_method: ties
 """),
     # ---- rejected by mergekit ----
-    dict(name="reject_linear_no_weight", culprit=[["weight"]], text="""\
+    # amalgam's default answers this config with 1/N weights and a warning (a documented
+    # extension); --strict restores mergekit's refusal, which is what this case checks.
+    dict(name="reject_linear_no_weight", culprit=[["weight"]], amalgam_flags=["--strict"], text="""\
 models:
   - model: ./models/ft-a
   - model: ./models/ft-b
@@ -873,6 +875,8 @@ def run_case(case):
         "mergekit_failed": failed,
         "mergekit_exit_code": proc.returncode,
     }
+    if case.get("amalgam_flags"):
+        entry["amalgam_flags"] = case["amalgam_flags"]
     if failed:
         entry["mergekit_error"] = lines[-1] if lines else ""
         # Each inner list is a set of alternatives; amalgam's stderr must match one of each.

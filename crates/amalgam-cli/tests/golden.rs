@@ -54,6 +54,9 @@ struct Case {
     name: String,
     config: String,
     flags: Vec<String>,
+    /// Extra flags for amalgam only (e.g. `--strict` where amalgam's default deliberately
+    /// differs from mergekit).
+    amalgam_flags: Vec<String>,
     /// mergekit's output folder (relative to `tests/golden`); `None` when mergekit rejected it.
     expected: Option<String>,
     mergekit_error: String,
@@ -104,6 +107,7 @@ fn parse_case(v: &Value) -> Case {
         name: s("name"),
         config: s("config"),
         flags: strings(v.get("flags")),
+        amalgam_flags: strings(v.get("amalgam_flags")),
         expected: v.get("expected").and_then(Value::as_str).map(str::to_owned),
         mergekit_error: s("mergekit_error"),
         culprit,
@@ -137,6 +141,7 @@ fn run_amalgam(case: &Case, out: &Path, extra: &[&str]) -> Output {
         .arg(&case.config)
         .arg(out)
         .args(&case.flags)
+        .args(&case.amalgam_flags)
         .args(extra)
         .output()
         .expect("the amalgam binary can be started")
@@ -819,4 +824,28 @@ fn readme_normalisation_only_sorts_bullets() {
     let b = "x\n* a\n* b\ny\n";
     assert_eq!(normalise_readme(a), normalise_readme(b));
     assert_ne!(normalise_readme("x\n* a\n"), normalise_readme("y\n* a\n"));
+}
+
+/// Without `--strict`, amalgam merges a weightless linear config with 1/N weights and says so
+/// (the documented extension) and writes a finished model.
+#[test]
+fn linear_without_weights_defaults_to_uniform_with_warning() {
+    let case = load_case("reject_linear_no_weight");
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out_dir = tmp.path().join("uniform");
+    let out = Command::new(env!("CARGO_BIN_EXE_amalgam"))
+        .current_dir(golden_dir())
+        .arg("merge")
+        .arg(&case.config)
+        .arg(&out_dir)
+        .args(&case.flags)
+        .output()
+        .expect("the amalgam binary can be started");
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1/2"),
+        "the fallback is announced: {stderr}"
+    );
+    assert!(looks_finished(&out_dir));
 }
