@@ -11,6 +11,7 @@ mod arch;
 mod error;
 pub mod exec;
 mod legacy_order;
+mod order;
 pub mod plan;
 pub mod side;
 mod source;

@@ -706,8 +706,8 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     let donor = base_model.unwrap_or(first_models[0]);
     let mut ops = std::mem::take(&mut p.ops);
     match opts.compat {
-        // Stable: outputs sharing an input label keep plan order (earlier output first).
-        Compat::V0_1_5 => ops.sort_by(|a, b| a.label.cmp(&b.label)),
+        // Replays mergekit's scheduler: sorted by label, ties as its task graph breaks them.
+        Compat::V0_1_5 => crate::order::sort(&mut ops),
         Compat::V0_0_4_2 => crate::legacy_order::sort(&mut ops, &p.models),
     }
     Ok(Plan {
