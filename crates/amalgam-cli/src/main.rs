@@ -295,7 +295,7 @@ fn run_merge(a: MergeArgs) -> Result<()> {
         }
     }
     setup_threads(a.common.num_threads)?;
-    let loaded = load_config(&a.config, a.strict)?;
+    let (loaded, printed) = load_config(&a.config, a.strict)?;
     let registry = Registry::builtin();
     let opts = MergeOptions {
         plan: PlanOptions {
@@ -328,7 +328,7 @@ fn run_merge(a: MergeArgs) -> Result<()> {
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
-    for w in &report.warnings {
+    for w in report.warnings.iter().filter(|w| !printed.contains(w)) {
         eprintln!("warning: {w}");
     }
     if let (Some(seed), None) = (report.seed, a.random_seed) {
@@ -345,15 +345,25 @@ fn run_merge(a: MergeArgs) -> Result<()> {
     Ok(())
 }
 
-fn load_config(path: &Path, strict: bool) -> Result<amalgam_config::LoadedConfig> {
+/// Loads and validates a config (schema, method, parameters) before any model is opened, so
+/// config mistakes are reported with their line and column. Prints warnings; returns the
+/// messages printed so later duplicates can be skipped.
+fn load_config(path: &Path, strict: bool) -> Result<(amalgam_config::LoadedConfig, Vec<String>)> {
     let loaded = amalgam_config::load(path).map_err(|e| anyhow!("{e}"))?;
-    for w in &loaded.warnings {
-        if strict {
-            bail!("{}: {}: {}", path.display(), w.path, w.message);
-        }
-        eprintln!("warning: {}: {}: {}", path.display(), w.path, w.message);
+    let schemas = amalgam_engine::method_schemas(&Registry::builtin());
+    let diags = amalgam_config::validate(&loaded, &schemas, strict);
+    let errors: Vec<String> = diags
+        .iter()
+        .filter(|d| d.severity == amalgam_config::Severity::Error)
+        .map(|d| d.render(Some(path)))
+        .collect();
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
     }
-    Ok(loaded)
+    for d in &diags {
+        eprintln!("{}", d.render(Some(path)));
+    }
+    Ok((loaded, diags.into_iter().map(|d| d.message).collect()))
 }
 
 fn run_methods() {
@@ -455,7 +465,7 @@ fn count_experts(src: &Path) -> Result<usize> {
 
 fn run_verify(a: VerifyArgs) -> Result<bool> {
     setup_threads(a.num_threads)?;
-    let loaded = load_config(&a.config, a.strict)?;
+    let (loaded, _) = load_config(&a.config, a.strict)?;
     let registry = Registry::builtin();
     let opts = PlanOptions {
         compat: Compat::default(),
