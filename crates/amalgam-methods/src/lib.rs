@@ -11,6 +11,7 @@
 //! does on CPU for bfloat16 and float16 tensors.
 #![deny(missing_docs)]
 
+pub mod docs;
 mod error;
 mod method;
 pub mod numerics;
