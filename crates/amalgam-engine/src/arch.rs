@@ -60,9 +60,12 @@ pub fn tied_name(name: &str) -> Option<&'static str> {
     }
 }
 
-/// Canonical order of Llama/Mistral layer tensors in mergekit's architecture template; other
-/// names keep their checkpoint order after these. Only the 0.0.4.2 save order depends on it.
-pub const TEMPLATE_ORDER: [&str; 9] = [
+/// The order in which mergekit's architecture definitions list each layer's tensors, for the
+/// architectures whose order differs from checkpoint order. It decides mergekit's task
+/// numbering, hence how its scheduler breaks ties between outputs (frankenmerges) and the whole
+/// 0.0.4.2 save order. Names in a checkpoint's layers that such a definition does not list are
+/// not merged by mergekit, and not by amalgam either.
+const LLAMA_ORDER: &[&str] = &[
     ".input_layernorm.weight",
     ".self_attn.q_proj.weight",
     ".self_attn.k_proj.weight",
@@ -73,6 +76,88 @@ pub const TEMPLATE_ORDER: [&str; 9] = [
     ".mlp.gate_proj.weight",
     ".mlp.down_proj.weight",
 ];
+const QWEN2_ORDER: &[&str] = &[
+    ".input_layernorm.weight",
+    ".mlp.down_proj.weight",
+    ".mlp.gate_proj.weight",
+    ".mlp.up_proj.weight",
+    ".post_attention_layernorm.weight",
+    ".self_attn.k_proj.bias",
+    ".self_attn.k_proj.weight",
+    ".self_attn.o_proj.weight",
+    ".self_attn.q_proj.bias",
+    ".self_attn.q_proj.weight",
+    ".self_attn.v_proj.bias",
+    ".self_attn.v_proj.weight",
+];
+const QWEN3_ORDER: &[&str] = &[
+    ".input_layernorm.weight",
+    ".mlp.down_proj.weight",
+    ".mlp.gate_proj.weight",
+    ".mlp.up_proj.weight",
+    ".post_attention_layernorm.weight",
+    ".self_attn.k_norm.weight",
+    ".self_attn.k_proj.weight",
+    ".self_attn.q_norm.weight",
+    ".self_attn.q_proj.weight",
+    ".self_attn.v_proj.weight",
+    ".self_attn.o_proj.weight",
+];
+const GEMMA2_ORDER: &[&str] = &[
+    ".input_layernorm.weight",
+    ".self_attn.q_proj.weight",
+    ".self_attn.k_proj.weight",
+    ".self_attn.v_proj.weight",
+    ".self_attn.o_proj.weight",
+    ".post_attention_layernorm.weight",
+    ".pre_feedforward_layernorm.weight",
+    ".mlp.up_proj.weight",
+    ".mlp.gate_proj.weight",
+    ".mlp.down_proj.weight",
+    ".post_feedforward_layernorm.weight",
+];
+const GEMMA3_ORDER: &[&str] = &[
+    ".input_layernorm.weight",
+    ".self_attn.q_proj.weight",
+    ".self_attn.q_norm.weight",
+    ".self_attn.k_proj.weight",
+    ".self_attn.k_norm.weight",
+    ".self_attn.v_proj.weight",
+    ".self_attn.o_proj.weight",
+    ".post_attention_layernorm.weight",
+    ".pre_feedforward_layernorm.weight",
+    ".mlp.up_proj.weight",
+    ".mlp.gate_proj.weight",
+    ".mlp.down_proj.weight",
+    ".post_feedforward_layernorm.weight",
+];
+const PHI3_ORDER: &[&str] = &[
+    ".input_layernorm.weight",
+    ".post_attention_layernorm.weight",
+    ".self_attn.o_proj.weight",
+    ".self_attn.qkv_proj.weight",
+    ".mlp.gate_up_proj.weight",
+    ".mlp.down_proj.weight",
+];
+
+/// The layer template order for a config.json `architectures[0]` class name, if known.
+pub fn template_order(architecture: Option<&str>) -> Option<&'static [&'static str]> {
+    match architecture? {
+        "LlamaForCausalLM" | "LLaMaForCausalLM" | "MistralForCausalLM" | "GemmaForCausalLM"
+        | "MixtralForCausalLM" => Some(LLAMA_ORDER),
+        "Qwen2ForCausalLM" => Some(QWEN2_ORDER),
+        "Qwen3ForCausalLM" => Some(QWEN3_ORDER),
+        "Gemma2ForCausalLM" => Some(GEMMA2_ORDER),
+        "Gemma3ForCausalLM" => Some(GEMMA3_ORDER),
+        "Phi3ForCausalLM" => Some(PHI3_ORDER),
+        _ => None,
+    }
+}
+
+/// The class name in a config.json.
+pub fn architecture_of(cfg: Option<&Value>) -> Option<&str> {
+    cfg?.get("architectures")?.get(0)?.as_str()
+}
 
 #[cfg(test)]
 mod tests {

@@ -233,14 +233,19 @@ impl<'a> Planner<'a> {
                     .push((p.to_string(), s.to_string()));
             }
         }
-        for v in index.values_mut() {
-            // mergekit's template order first (it matters for the 0.0.4.2 save order only).
-            v.sort_by_key(|(_, s)| {
-                arch::TEMPLATE_ORDER
-                    .iter()
-                    .position(|t| t == s)
-                    .unwrap_or(arch::TEMPLATE_ORDER.len())
-            });
+        // mergekit's template order (it numbers tasks in that order, which breaks scheduling
+        // ties); unknown architectures keep checkpoint order, as mergekit's inference does.
+        // An expert view is a dense Mistral whatever its checkpoint says.
+        let arch_name = if source.is_expert_view() {
+            Some("MistralForCausalLM")
+        } else {
+            arch::architecture_of(config.as_ref())
+        };
+        if let Some(order) = arch::template_order(arch_name) {
+            for v in index.values_mut() {
+                v.retain(|(_, s)| order.contains(&s.as_str()));
+                v.sort_by_key(|(_, s)| order.iter().position(|t| t == s));
+            }
         }
         self.layer_index.push(index);
         let i = self.models.len();
@@ -691,11 +696,21 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     } else {
         0.0
     };
-    let mut post = p.non_layer_names(&last_models, true);
+    // mergekit 0.1.5 pairs the last slice's models with the first slice's source list, so only
+    // as many of them as the first slice has sources take part (0.0.4.2 used all of them).
+    let post_models: Vec<usize> = match opts.compat {
+        Compat::V0_1_5 => last_models
+            .iter()
+            .copied()
+            .take(first_models.len())
+            .collect(),
+        Compat::V0_0_4_2 => last_models.clone(),
+    };
+    let mut post = p.non_layer_names(&post_models, true);
     // mergekit's templates list the final norm before the LM head.
     post.sort_by_key(|n| n.starts_with("lm_head"));
     for name in post {
-        let inputs = last_models.iter().map(|&m| (m, name.clone())).collect();
+        let inputs = post_models.iter().map(|&m| (m, name.clone())).collect();
         p.plan_tensor(name, inputs, last, post_t)?;
     }
     let num_layers = cfg.slices.as_ref().map(|_| out_layer);

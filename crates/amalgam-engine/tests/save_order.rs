@@ -15,22 +15,11 @@ use amalgam_engine::{plan, PlanOptions};
 use amalgam_methods::{Compat, Registry};
 use serde_json::Value;
 
-/// Cases where amalgam's *plan* (not its scheduling) differs from mergekit's, with the reason.
-/// mergekit plans post-weights (final norm, LM head) with
-/// `zip(models of the last slice, [weight] * len(first slice's sources))`, so when the first
-/// slice has fewer sources than the last, only the first ones of the last slice are merged;
-/// amalgam merges all of them. That changes those tensors' inputs, hence task numbers and label
-/// ties (and their values). `crate::order`'s unit test checks these orders on mergekit's own plan.
-const KNOWN_PLAN_DIFFERENCES: [(&str, &str); 2] = [
-    (
-        "random_07",
-        "post-weights: first slice has 1 source, last slice 2",
-    ),
-    (
-        "random_15",
-        "post-weights: first slice has 1 source, last slice 3",
-    ),
-];
+/// Cases where amalgam's *plan* (not its scheduling) differs from mergekit's, with the reason;
+/// none today. (It once listed frankenmerges whose first slice has fewer sources than the last:
+/// mergekit 0.1.5 merges post-weights from only that many of the last slice's models, which the
+/// planner now reproduces.)
+const KNOWN_PLAN_DIFFERENCES: [(&str, &str); 0] = [];
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/order")
