@@ -1,5 +1,23 @@
-//! The `amalgam` command line: thin glue over the engine.
+//! The `amalgam` command line: thin glue over the engine, as a library.
+//!
+//! The `amalgam` binary is `fn main() { amalgam_cli::main_with(Registry::builtin()) }`. Keeping
+//! the whole command line here, parameterised by the [`Registry`], is what lets a third-party
+//! crate ship its own binary with extra merge methods and every amalgam command and flag,
+//! without forking:
+//!
+//! ```no_run
+//! use std::process::ExitCode;
+//! use amalgam_methods::Registry;
+//!
+//! fn main() -> ExitCode {
+//!     let registry = Registry::builtin();
+//!     // registry.register(std::sync::Arc::new(MyMethod::new()));
+//!     amalgam_cli::main_with(registry)
+//! }
+//! ```
+#![deny(missing_docs)]
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -264,7 +282,7 @@ fn cwd() -> PathBuf {
     std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }
 
-fn run_merge(a: MergeArgs) -> Result<()> {
+fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     if a.no_safe_serialization {
         bail!("--no-safe-serialization (pickle output) is not supported yet; amalgam writes safetensors");
     }
@@ -295,8 +313,7 @@ fn run_merge(a: MergeArgs) -> Result<()> {
         }
     }
     setup_threads(a.common.num_threads)?;
-    let (loaded, printed) = load_config(&a.config, a.strict)?;
-    let registry = Registry::builtin();
+    let (loaded, printed) = load_config(&a.config, a.strict, registry)?;
     let opts = MergeOptions {
         plan: PlanOptions {
             compat: a.common.mergekit_version,
@@ -311,14 +328,14 @@ fn run_merge(a: MergeArgs) -> Result<()> {
         progress: None,
     };
     // Plan once up front for the progress total; planning is cheap (headers only).
-    let (cb, pb) = match amalgam_engine::plan(&loaded, &registry, &opts.plan) {
+    let (cb, pb) = match amalgam_engine::plan(&loaded, registry, &opts.plan) {
         Ok(p) => progress(a.common.quiet, Some(p.output_bytes()), p.ops.len()),
         Err(_) => (None, None),
     };
     let report = amalgam_engine::merge(
         &loaded,
         &a.out_path,
-        &registry,
+        registry,
         &MergeOptions {
             progress: cb,
             ..opts
@@ -348,9 +365,13 @@ fn run_merge(a: MergeArgs) -> Result<()> {
 /// Loads and validates a config (schema, method, parameters) before any model is opened, so
 /// config mistakes are reported with their line and column. Prints warnings; returns the
 /// messages printed so later duplicates can be skipped.
-fn load_config(path: &Path, strict: bool) -> Result<(amalgam_config::LoadedConfig, Vec<String>)> {
+fn load_config(
+    path: &Path,
+    strict: bool,
+    registry: &Registry,
+) -> Result<(amalgam_config::LoadedConfig, Vec<String>)> {
     let loaded = amalgam_config::load(path).map_err(|e| anyhow!("{e}"))?;
-    let schemas = amalgam_engine::method_schemas(&Registry::builtin());
+    let schemas = amalgam_engine::method_schemas(registry);
     let diags = amalgam_config::validate(&loaded, &schemas, strict);
     let errors: Vec<String> = diags
         .iter()
@@ -366,9 +387,8 @@ fn load_config(path: &Path, strict: bool) -> Result<(amalgam_config::LoadedConfi
     Ok((loaded, diags.into_iter().map(|d| d.message).collect()))
 }
 
-fn run_methods() {
-    let reg = Registry::builtin();
-    for m in reg.iter() {
+fn run_methods(registry: &Registry) {
+    for m in registry.iter() {
         let info = m.info();
         println!(
             "{}{}",
@@ -463,10 +483,9 @@ fn count_experts(src: &Path) -> Result<usize> {
         })
 }
 
-fn run_verify(a: VerifyArgs) -> Result<bool> {
+fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
     setup_threads(a.num_threads)?;
-    let (loaded, _) = load_config(&a.config, a.strict)?;
-    let registry = Registry::builtin();
+    let (loaded, _) = load_config(&a.config, a.strict, registry)?;
     let opts = PlanOptions {
         compat: Compat::default(),
         strict: a.strict,
@@ -476,7 +495,7 @@ fn run_verify(a: VerifyArgs) -> Result<bool> {
     let report = amalgam_engine::verify(
         &loaded,
         &a.model_path,
-        &registry,
+        registry,
         &opts,
         a.mergekit_version,
         a.random_seed,
@@ -504,8 +523,29 @@ fn run_verify(a: VerifyArgs) -> Result<bool> {
     Ok(report.ok())
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
+/// Runs the `amalgam` command line on the process arguments with `registry`'s methods: the
+/// whole of a custom binary's `main`.
+pub fn main_with(registry: Registry) -> ExitCode {
+    run_with_registry(std::env::args_os(), registry)
+}
+
+/// Runs the `amalgam` command line on `args` (the program name first, as in
+/// `std::env::args_os()`) with `registry`'s methods, and returns the exit status: 0 success,
+/// 1 a negative answer (`validate` found an invalid config, `verify` a mismatch), 2 an error.
+/// Argument errors and `--help` print as clap does and return its status instead of exiting,
+/// so this can be called from tests.
+pub fn run_with_registry<I, T>(args: I, registry: Registry) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -518,14 +558,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let result = match cli.command {
-        Command::Merge(a) => run_merge(a).map(|_| true),
-        Command::Validate { configs, strict } => Ok(validate::run(&configs, strict)),
+        Command::Merge(a) => run_merge(a, &registry).map(|_| true),
+        Command::Validate { configs, strict } => Ok(validate::run(&configs, strict, &registry)),
         Command::Methods => {
-            run_methods();
+            run_methods(&registry);
             Ok(true)
         }
         Command::Unmix(a) => run_unmix(a).map(|_| true),
-        Command::Verify(a) => run_verify(a),
+        Command::Verify(a) => run_verify(a, &registry),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

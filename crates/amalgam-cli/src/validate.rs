@@ -7,8 +7,8 @@ use amalgam_methods::Registry;
 
 /// Validates each file, printing one line per file (then its diagnostics, indented); true if
 /// all are valid.
-pub fn run(configs: &[PathBuf], strict: bool) -> bool {
-    let schemas = amalgam_engine::method_schemas(&Registry::builtin());
+pub fn run(configs: &[PathBuf], strict: bool, registry: &Registry) -> bool {
+    let schemas = amalgam_engine::method_schemas(registry);
     let mut all_ok = true;
     for path in configs {
         let diags = match amalgam_config::load(path) {
