@@ -134,6 +134,18 @@ fn merge_range(
             range.len()
         )));
     }
+    // This chunk's input pages are no longer needed by anyone (chunks are disjoint).
+    if range.len() < op.shape.iter().product::<usize>() {
+        for inp in &op.inputs {
+            let m = &plan.models[inp.model];
+            if let Some(raw) = m.source.get(&inp.name) {
+                let es = raw.dtype.size();
+                if let Some(part) = raw.data.get(range.start * es..range.end * es) {
+                    m.source.folder_ref().release_bytes(part);
+                }
+            }
+        }
+    }
     let mut bytes = vec![0u8; out.data.len() * op.out_dtype.size()];
     convert::encode_f32(op.out_dtype, &out.data, &mut bytes)?;
     sink.put(op, (range.start * op.out_dtype.size()) as u64, &bytes)

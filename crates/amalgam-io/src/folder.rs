@@ -142,6 +142,12 @@ impl ModelFolder {
         })
     }
 
+    /// Drops the pages of `part` (a slice of one of this folder's tensors); see
+    /// [`SafetensorsFile::release_bytes`].
+    pub fn release_bytes(&self, part: &[u8]) {
+        let _ = self.files().iter().any(|f| f.release_bytes(part));
+    }
+
     /// The shard files, in index order (order of first appearance in the index's
     /// `weight_map`).
     pub fn files(&self) -> &[SafetensorsFile] {

@@ -146,6 +146,35 @@ impl SafetensorsFile {
         }
     }
 
+    /// Like [`SafetensorsFile::release`] for any byte range of this file's mapping, given as a
+    /// slice previously handed out by [`SafetensorsFile::get`] (or a part of one). Only pages
+    /// lying entirely inside `part` are dropped. Returns false if `part` is not in this file.
+    /// Used to release a large tensor chunk by chunk, so resident memory stays bounded by the
+    /// chunks in flight rather than by the largest tensor.
+    pub fn release_bytes(&self, part: &[u8]) -> bool {
+        let base = self.mmap.as_ptr() as usize;
+        let p = part.as_ptr() as usize;
+        if p < base || p + part.len() > base + self.mmap.len() {
+            return false;
+        }
+        let page = 4096;
+        let start = (p - base).div_ceil(page) * page;
+        let end = (p - base + part.len()) / page * page;
+        if end > start {
+            // SAFETY: as in `release`: a read-only, file-backed, never-written mapping has no
+            // private pages, so MADV_DONTNEED only drops clean page-cache references; the bytes
+            // any live slice points to read back identically.
+            let _ = unsafe {
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
+            };
+        }
+        true
+    }
+
     /// Asks the kernel to map `name`'s pages now, in one call (`MADV_POPULATE_READ`, Linux
     /// 5.14+; read-ahead with `MADV_WILLNEED` elsewhere), instead of one page fault per 4 KiB
     /// page when the bytes are first touched. Purely advisory.
