@@ -285,3 +285,27 @@ fn custom_binary_lists_validates_and_merges() {
     let card = std::fs::read_to_string(out.join("README.md")).unwrap();
     assert!(card.contains("median") || card.contains("Median"), "{card}");
 }
+
+/// A tensor above the engine's chunk size (32,768 elements) is merged in parallel 1-D chunks
+/// because the method says it is elementwise; the result must not show the seams. Expected
+/// values: the median of three as max(min(a, b), min(max(a, b), c)).
+#[test]
+fn chunked_large_tensor() {
+    let shape = [200usize, 201];
+    let n = shape[0] * shape[1];
+    let a: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let b: Vec<f32> = (0..n).map(|i| (i % 5) as f32 - 2.0).collect();
+    let c: Vec<f32> = (0..n).map(|i| (i % 3) as f32 * 1.5).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, v) in [("a", &a), ("b", &b), ("c", &c)] {
+        write_model(&tmp.path().join(name), DType::F32, &shape, v);
+    }
+    let yaml = "merge_method: median\nmodels:\n  - model: a\n  - model: b\n  - model: c\n";
+    let (dtype, got_shape, bytes) =
+        merge_with(&amalgam_custom::registry(), tmp.path(), yaml).unwrap();
+    assert_eq!((dtype, got_shape), (DType::F32, shape.to_vec()));
+    let want: Vec<f32> = (0..n)
+        .map(|i| a[i].min(b[i]).max(a[i].max(b[i]).min(c[i])))
+        .collect();
+    assert_eq!(f32s(dtype, &bytes), want);
+}
