@@ -5,7 +5,8 @@ use amalgam_io::DType;
 
 use super::common::{check_same_shape, shared_or, split_base};
 use super::torchops::{cascade_sum, outer_sum};
-use crate::numerics::round;
+use crate::numerics::{round, scalar};
+use crate::stdsort::topk_largest;
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -49,9 +50,10 @@ impl Sce {
                     count: InputCount::Any,
                 },
                 random: false,
-                deviations: "With select_topk < 1, elements whose variance ties at the selection \
-                             boundary are chosen by lowest index; PyTorch's topk may pick others \
-                             among equals. sce does not exist in mergekit 0.0.4.2.",
+                deviations: "None known on CPU: ties in variance at the selection boundary are \
+                             resolved by replaying torch.topk's libstdc++ selection. mergekit on \
+                             CUDA breaks those ties differently. sce does not exist in mergekit \
+                             0.0.4.2.",
             },
         }
     }
@@ -115,17 +117,16 @@ impl MergeMethod for Sce {
             if topk > 0.0 {
                 let var: Vec<f32> = (0..n).map(|i| variance(&tv, i, dt)).collect();
                 let nonzero = var.iter().filter(|&&v| v != 0.0).count();
-                let k = (nonzero as f64 * topk) as usize;
-                let mut order: Vec<usize> = (0..n).collect();
-                order.sort_by(|&a, &c| {
-                    let (x, y) = (
-                        var.get(a).map_or(0.0, |v| v.abs()),
-                        var.get(c).map_or(0.0, |v| v.abs()),
-                    );
-                    y.total_cmp(&x).then(a.cmp(&c))
-                });
-                for &i in order.iter().take(k) {
-                    if let Some(kp) = keep.get_mut(i) {
+                // `int(count_nonzero(var) * select_topk)`: an int64 0-d tensor times a Python
+                // float is promoted to a float32 tensor, so the product is rounded in f32 before
+                // truncation (e.g. 90 × 0.7 gives 63 here, 62 in f64).
+                let k = (nonzero as f32 * scalar(topk)) as usize;
+                // Which of several equal variances make the cut is decided by torch.topk's CPU
+                // algorithm (libstdc++ nth_element/partial_sort), so it is replayed, not
+                // approximated by a stable order.
+                let keys: Vec<f32> = var.iter().map(|v| v.abs()).collect();
+                for i in topk_largest(&keys, k) {
+                    if let Some(kp) = keep.get_mut(i as usize) {
                         *kp = true;
                     }
                 }
