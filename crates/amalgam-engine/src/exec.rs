@@ -62,21 +62,19 @@ fn load(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result
             ))
         })?;
     let n = range.len();
-    let mut data = vec![0f32; n];
     let work = op.work_dtype;
-    if raw.dtype == DType::F64 && work != DType::F64 {
-        // One rounding straight from f64, never through f32 (double rounding).
+    let data = if raw.dtype == DType::F64 && work != DType::F64 {
+        // The cast as PyTorch's `.to()` does it from f64 (see amalgam_io::convert).
         let mut tmp = vec![0u8; n * work.size()];
         convert::convert_bytes(DType::F64, bytes, work, &mut tmp)?;
-        convert::decode_f32(work, &tmp, &mut data)?;
+        convert::decode_f32_vec(work, &tmp)?
     } else {
-        convert::decode_f32(raw.dtype, bytes, &mut data)?;
+        let mut data = convert::decode_f32_vec(raw.dtype, bytes)?;
         if raw.dtype != work {
-            for v in &mut data {
-                *v = convert::round_f32(work, *v);
-            }
+            amalgam_methods::numerics::round_slice(work, &mut data);
         }
-    }
+        data
+    };
     let shape = if range.len() == op.shape.iter().product::<usize>() {
         op.shape.clone()
     } else {
