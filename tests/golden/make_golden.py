@@ -258,6 +258,17 @@ QWEN_TOK = {
     "why": "donor has no tokenizer; Transformers 5 invents an empty Qwen2 tokenizer that mergekit saves",
 }
 ULP_RESCALE = "L1 rescale uses full-tensor f32 sums (PyTorch cascade-sum layout), spec section 11"
+# "ulp1_scale" = every element within 1 ulp of the tensor's largest magnitude. Only f32 slerp:
+# torch.acos/torch.sin on float32 call Intel MKL VML (high-accuracy mode) in x86-64 Linux wheels;
+# MKL's last bit is unpublished and changes with its code path (AVX-512/AVX2/SSE4.2), so nothing
+# can reproduce it, and a 1-ulp change in a slerp coefficient moves every element by ~1 ulp of
+# the inputs (many ulps of elements that cancel). Everything else in f32 slerp is bit-exact
+# (crates/amalgam-methods: slerp test with PyTorch's acos/sin injected).
+ULP_SCALE_TRIG = (
+    "f32 slerp: torch.acos/sin on float32 come from Intel MKL VML (last bit unpublished, varies "
+    "with MKL's code path); a 1-ulp coefficient change moves elements by ~1 ulp of the tensor's "
+    "scale"
+)
 
 CASES = [
     # ---- linear ----
@@ -342,7 +353,7 @@ parameters:
     - value: 0.5
 dtype: bfloat16
 """),
-    dict(name="slerp_f32", tol="ulp1", why=ULP_NORMS, text="""\
+    dict(name="slerp_f32", tol="ulp1_scale", why=ULP_SCALE_TRIG, text="""\
 models:
   - model: ./models/base-f32
   - model: ./models/ft-b-f32
