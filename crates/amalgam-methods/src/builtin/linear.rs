@@ -99,15 +99,24 @@ impl MergeMethod for Linear {
                 // Weights become a tensor of the working dtype; each product is rounded; the sum
                 // over the model axis accumulates in f32 and rounds once; then the division.
                 let w: Vec<f32> = weights.iter().map(|&w| as_dtype(dtype, w)).collect();
+                let mut product = vec![0f32; n.min(4096)];
                 for (inp, &wi) in args.inputs.iter().zip(&w) {
-                    for (o, &x) in out.iter_mut().zip(&inp.tensor.data) {
-                        *o += round(dtype, x * wi);
+                    for (o, x) in out.chunks_mut(4096).zip(inp.tensor.data.chunks(4096)) {
+                        let p = &mut product[..o.len()];
+                        for (p, &x) in p.iter_mut().zip(x) {
+                            *p = x * wi;
+                        }
+                        round_slice(dtype, p);
+                        for (o, &p) in o.iter_mut().zip(p.iter()) {
+                            *o += p;
+                        }
                     }
                 }
                 let den = round(dtype, w.iter().fold(0f32, |a, &b| a + b));
-                for o in out.iter_mut() {
-                    let s = round(dtype, *o);
-                    *o = if normalize { round(dtype, s / den) } else { s };
+                round_slice(dtype, &mut out);
+                if normalize {
+                    div_slice(&mut out, den);
+                    round_slice(dtype, &mut out);
                 }
             }
         }
