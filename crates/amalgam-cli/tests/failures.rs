@@ -40,12 +40,22 @@ fn setup() -> tempfile::TempDir {
 /// Runs a merge expected to fail; returns stderr after the common checks.
 fn fails(dir: &Path, config: &str) -> String {
     let out_dir = dir.join("out");
-    let out = amalgam(dir, &["merge", config, out_dir.to_str().unwrap(), "--quiet"]);
+    let out = amalgam(
+        dir,
+        &["merge", config, out_dir.to_str().unwrap(), "--quiet"],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "should fail; stderr: {stderr}");
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    for f in ["config.json", "model.safetensors", "model.safetensors.index.json"] {
-        assert!(!out_dir.join(f).exists(), "finished-looking output left behind: {f}");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+    ] {
+        assert!(
+            !out_dir.join(f).exists(),
+            "finished-looking output left behind: {f}"
+        );
     }
     // No temporary folder is left beside the target either.
     let leftovers: Vec<_> = std::fs::read_dir(dir)
@@ -54,7 +64,10 @@ fn fails(dir: &Path, config: &str) -> String {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains("amalgam-tmp"))
         .collect();
-    assert!(leftovers.is_empty(), "temporary folders left: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temporary folders left: {leftovers:?}"
+    );
     stderr
 }
 
@@ -102,7 +115,16 @@ fn missing_hub_model_lists_the_cache() {
     .unwrap();
     let cache = tmp.path().join("hub");
     std::fs::create_dir_all(&cache).unwrap();
-    let out = amalgam(tmp.path(), &["merge", "h.yml", "out", "--hf-cache", cache.to_str().unwrap()]);
+    let out = amalgam(
+        tmp.path(),
+        &[
+            "merge",
+            "h.yml",
+            "out",
+            "--hf-cache",
+            cache.to_str().unwrap(),
+        ],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("models--someorg--somemodel"), "{err}");
@@ -111,7 +133,11 @@ fn missing_hub_model_lists_the_cache() {
 #[test]
 fn yaml_syntax_error_has_line_and_column() {
     let tmp = setup();
-    std::fs::write(tmp.path().join("y.yml"), "models:\n  - model: ./a\n    parameters: {weight: 0.5\nmerge_method: linear\n").unwrap();
+    std::fs::write(
+        tmp.path().join("y.yml"),
+        "models:\n  - model: ./a\n    parameters: {weight: 0.5\nmerge_method: linear\n",
+    )
+    .unwrap();
     let err = fails(tmp.path(), "y.yml");
     assert!(err.contains("y.yml:"), "{err}");
     assert!(err.chars().any(|c| c.is_ascii_digit()), "{err}");
@@ -120,7 +146,11 @@ fn yaml_syntax_error_has_line_and_column() {
 #[test]
 fn unknown_method_is_named() {
     let tmp = setup();
-    std::fs::write(tmp.path().join("u.yml"), "models:\n  - model: ./a\n  - model: ./b\nmerge_method: lineer\n").unwrap();
+    std::fs::write(
+        tmp.path().join("u.yml"),
+        "models:\n  - model: ./a\n  - model: ./b\nmerge_method: lineer\n",
+    )
+    .unwrap();
     let err = fails(tmp.path(), "u.yml");
     assert!(err.contains("lineer"), "{err}");
 }
@@ -135,7 +165,10 @@ fn shape_mismatch_names_the_tensor() {
     )
     .unwrap();
     let err = fails(tmp.path(), "s.yml");
-    assert!(err.contains("embed_tokens") || err.contains("lm_head"), "{err}");
+    assert!(
+        err.contains("embed_tokens") || err.contains("lm_head"),
+        "{err}"
+    );
     assert!(err.contains("mismatch"), "{err}");
 }
 
@@ -148,7 +181,10 @@ fn unsupported_feature_is_refused_by_name() {
     )
     .unwrap();
     let err = fails(tmp.path(), "t.yml");
-    assert!(err.contains("tokenizer_source") && err.contains("not supported yet"), "{err}");
+    assert!(
+        err.contains("tokenizer_source") && err.contains("not supported yet"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -160,7 +196,10 @@ fn existing_output_is_not_mixed_with_new_files() {
     let out = amalgam(tmp.path(), &["merge", "c.yml", "out", "--quiet"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
-    assert_eq!(std::fs::read_to_string(out_dir.join("keep.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("keep.txt")).unwrap(),
+        "mine"
+    );
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 1);
 }
 
@@ -169,6 +208,10 @@ fn a_good_config_still_merges() {
     // The fixture used above is sound: the failures come from the breakage, not the setup.
     let tmp = setup();
     let out = amalgam(tmp.path(), &["merge", "c.yml", "out", "--quiet"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(tmp.path().join("out/config.json").exists());
 }
