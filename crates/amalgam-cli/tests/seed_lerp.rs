@@ -337,3 +337,122 @@ fn verify_passes_on_expected_and_names_a_flipped_tensor() {
     let last_tensor = f.tensors().iter().max_by_key(|t| t.end).unwrap();
     assert_eq!(diffs[0]["tensor"], last_tensor.name.as_str());
 }
+
+/// Rewrites the seed Mixtral in the transformers-5 fused layout (`mlp.experts.gate_up_proj`
+/// [E, 2I, H] = per expert cat(w1, w3); `mlp.experts.down_proj` [E, H, I] = stack(w2);
+/// `mlp.gate.weight` = router), byte for byte from the per-expert tensors.
+fn fused_mixtral(dir: &Path) -> PathBuf {
+    use amalgam_io::{IndexStyle, OutputWriter, PlannedTensor, ShardLayout, ShardRule, ShardSpec};
+    let src = ModelFolder::open(seed().join("models/mixtral")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(seed().join("models/mixtral/config.json")).unwrap(),
+    )
+    .unwrap();
+    let experts = cfg["num_local_experts"].as_u64().unwrap() as usize;
+    let layers = cfg["num_hidden_layers"].as_u64().unwrap() as usize;
+    let mut tensors: Vec<(String, amalgam_io::DType, Vec<usize>, Vec<u8>)> = Vec::new();
+    for name in src.names() {
+        if name.contains("block_sparse_moe") {
+            continue;
+        }
+        let t = src.get(name).unwrap();
+        tensors.push((
+            name.to_string(),
+            t.info.dtype,
+            t.info.shape.clone(),
+            t.data.to_vec(),
+        ));
+    }
+    for l in 0..layers {
+        let p = format!("model.layers.{l}.block_sparse_moe.");
+        let (mut gate_up, mut down) = (Vec::new(), Vec::new());
+        let w1 = src.get(&format!("{p}experts.0.w1.weight")).unwrap();
+        let (inter, hidden, dtype) = (w1.info.shape[0], w1.info.shape[1], w1.info.dtype);
+        for e in 0..experts {
+            for w in ["w1", "w3"] {
+                gate_up.extend_from_slice(
+                    src.get(&format!("{p}experts.{e}.{w}.weight")).unwrap().data,
+                );
+            }
+            down.extend_from_slice(src.get(&format!("{p}experts.{e}.w2.weight")).unwrap().data);
+        }
+        let q = format!("model.layers.{l}.mlp.");
+        tensors.push((
+            format!("{q}experts.gate_up_proj"),
+            dtype,
+            vec![experts, 2 * inter, hidden],
+            gate_up,
+        ));
+        tensors.push((
+            format!("{q}experts.down_proj"),
+            dtype,
+            vec![experts, hidden, inter],
+            down,
+        ));
+        let router = src.get(&format!("{p}gate.weight")).unwrap();
+        tensors.push((
+            format!("{q}gate.weight"),
+            router.info.dtype,
+            router.info.shape.clone(),
+            router.data.to_vec(),
+        ));
+    }
+    let planned = tensors
+        .iter()
+        .map(|(n, d, s, _)| PlannedTensor {
+            name: n.clone(),
+            dtype: *d,
+            shape: s.clone(),
+        })
+        .collect();
+    let spec = ShardSpec {
+        rule: ShardRule::Bytes(0),
+        style: IndexStyle::Modern,
+        mergekit_version: "0.1.5".into(),
+    };
+    let out = dir.join("mixtral-fused");
+    let w = OutputWriter::create(&out, ShardLayout::plan(planned, &spec).unwrap()).unwrap();
+    for (n, _, _, bytes) in &tensors {
+        w.write_tensor(n, bytes).unwrap();
+    }
+    w.copy_file("config.json", &seed().join("models/mixtral/config.json"))
+        .unwrap();
+    w.finish().unwrap()
+}
+
+#[test]
+fn unmix_reads_the_fused_transformers_5_layout_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fused = fused_mixtral(tmp.path());
+    for k in [0usize, 5] {
+        let out = tmp.path().join(format!("e{k}"));
+        ok(amalgam(
+            tmp.path(),
+            &[
+                "unmix",
+                fused.to_str().unwrap(),
+                out.to_str().unwrap(),
+                "--expert",
+                &k.to_string(),
+                "--dtype",
+                "float16",
+                "--quiet",
+            ],
+        ));
+        assert_same_tensors(&out, &seed().join(format!("models/expert-{k}")));
+    }
+    // An expert that does not exist is refused with the count.
+    let bad = amalgam(
+        tmp.path(),
+        &[
+            "unmix",
+            fused.to_str().unwrap(),
+            "x",
+            "--expert",
+            "8",
+            "--quiet",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("expert 8"));
+}
