@@ -81,16 +81,21 @@ fn common(hidden: usize, layers: usize, vocab: usize) -> Vec<(String, Vec<usize>
     t
 }
 
-fn config(
-    arch: &str,
-    mt: &str,
+/// Model dimensions.
+struct Dims {
     hidden: usize,
     inter: usize,
     layers: usize,
     vocab: usize,
-    dtype: &str,
-    extra: &str,
-) -> String {
+}
+
+fn config(arch: &str, mt: &str, d: &Dims, dtype: &str, extra: &str) -> String {
+    let Dims {
+        hidden,
+        inter,
+        layers,
+        vocab,
+    } = d;
     format!(
         "{{\n  \"architectures\": [\"{arch}\"],\n  \"model_type\": \"{mt}\",\n  \"hidden_size\": {hidden},\n  \
          \"intermediate_size\": {inter},\n  \"num_hidden_layers\": {layers},\n  \"num_attention_heads\": 16,\n  \
@@ -121,7 +126,7 @@ fn main() {
                     t.push((format!("{p}up_proj.weight"), vec![inter, hidden]));
                     t.push((format!("{p}down_proj.weight"), vec![hidden, inter]));
                 }
-                let cfg = config("MistralForCausalLM", "mistral", hidden, inter, layers, vocab, dtype.torch_name(), "");
+                let cfg = config("MistralForCausalLM", "mistral", &Dims { hidden, inter, layers, vocab }, dtype.torch_name(), "");
                 write_model(&out.join(format!("model-{m}")), t, dtype, 1000 + m as u64, &cfg);
             }
         }
@@ -142,7 +147,7 @@ fn main() {
                 "\"num_local_experts\": {experts},\n  \"num_experts_per_tok\": 2,\n  \"output_router_logits\": false,\n  \
                  \"router_aux_loss_coef\": 0.001,\n  \"router_jitter_noise\": 0.0,\n  "
             );
-            let cfg = config("MixtralForCausalLM", "mixtral", hidden, inter, layers, vocab, "bfloat16", &extra);
+            let cfg = config("MixtralForCausalLM", "mixtral", &Dims { hidden, inter, layers, vocab }, "bfloat16", &extra);
             write_model(out, t, DType::BF16, 7, &cfg);
         }
         _ => eprintln!("usage: make_bench_models dense OUT N HIDDEN INTER LAYERS VOCAB DTYPE | mixtral OUT HIDDEN INTER LAYERS VOCAB EXPERTS"),

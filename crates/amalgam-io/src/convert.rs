@@ -287,17 +287,13 @@ pub fn decode_f32(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 pub fn decode_f32_vec(dtype: DType, src: &[u8]) -> Result<Vec<f32>> {
     let le = cfg!(target_endian = "little");
     match dtype {
-        DType::F16
-            if le && src.len() % 2 == 0 && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() =>
-        {
+        DType::F16 if le && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() => {
             let bits: &[u16] = bytemuck::cast_slice(src);
             let mut out = Vec::with_capacity(bits.len());
             extend_f16(&mut out, bits);
             Ok(out)
         }
-        DType::BF16
-            if le && src.len() % 2 == 0 && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() =>
-        {
+        DType::BF16 if le && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() => {
             let bits: &[u16] = bytemuck::cast_slice(src);
             let mut out = Vec::with_capacity(bits.len());
             out.extend(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)));
