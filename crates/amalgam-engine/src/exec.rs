@@ -18,8 +18,13 @@ use rayon::prelude::*;
 use crate::plan::{Op, Plan};
 use crate::{EngineError, Result};
 
-/// Elements per chunk of an elementwise merge.
+/// Elements per chunk of an elementwise merge: small enough that every input's chunk stays in
+/// the CPU cache between decoding and merging.
 pub const CHUNK_ELEMS: usize = 1 << 15;
+
+/// Elements per work item of an elementwise merge (a run of chunks handled by one thread, whose
+/// input pages are released together).
+pub const ITEM_ELEMS: usize = 1 << 20;
 
 /// Progress callback: (output bytes done, tensors done).
 pub type ProgressFn = Arc<dyn Fn(u64, usize) + Send + Sync>;
@@ -132,21 +137,34 @@ fn merge_range(
             range.len()
         )));
     }
-    // This chunk's input pages are no longer needed by anyone (chunks are disjoint).
-    if range.len() < op.shape.iter().product::<usize>() {
+    let mut bytes = vec![0u8; out.data.len() * op.out_dtype.size()];
+    convert::encode_f32(op.out_dtype, &out.data, &mut bytes)?;
+    sink.put(op, (range.start * op.out_dtype.size()) as u64, &bytes)
+}
+
+/// Merges an elementwise item chunk by chunk (cache-sized pieces), then releases the item's
+/// input pages: items are disjoint, so nobody needs them again. Releasing per item rather than
+/// per chunk keeps the number of `madvise` calls (each a TLB shootdown across threads) small.
+fn merge_item(plan: &Plan, op: &Op, range: std::ops::Range<usize>, sink: &dyn Sink) -> Result<()> {
+    let parts = |f: &dyn Fn(&amalgam_io::ModelFolder, &[u8])| {
         for inp in &op.inputs {
             let m = &plan.models[inp.model];
             if let Some(raw) = m.source.get(&inp.name) {
                 let es = raw.dtype.size();
                 if let Some(part) = raw.data.get(range.start * es..range.end * es) {
-                    m.source.folder_ref().release_bytes(part);
+                    f(m.source.folder_ref(), part);
                 }
             }
         }
+    };
+    let mut s = range.start;
+    while s < range.end {
+        let e = (s + CHUNK_ELEMS).min(range.end);
+        merge_range(plan, op, s..e, None, sink)?;
+        s = e;
     }
-    let mut bytes = vec![0u8; out.data.len() * op.out_dtype.size()];
-    convert::encode_f32(op.out_dtype, &out.data, &mut bytes)?;
-    sink.put(op, (range.start * op.out_dtype.size()) as u64, &bytes)
+    parts(&|folder, part| folder.release_bytes(part));
+    Ok(())
 }
 
 /// Copies an integer/bool buffer, which must be identical across inputs.
@@ -196,7 +214,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
         }
         return Ok(());
     }
-    // Work items: (op index, element range, last chunk of its op?).
+    // Work items: (op index, element range, elementwise item merged in chunks?).
     let mut items: Vec<(usize, std::ops::Range<usize>, bool)> = Vec::new();
     for (i, op) in plan.ops.iter().enumerate() {
         let n: usize = op.shape.iter().product();
@@ -204,12 +222,12 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
         if op.float && n > CHUNK_ELEMS && plan.method.is_elementwise(&op.shared, &per) {
             let mut s = 0;
             while s < n {
-                let e = (s + CHUNK_ELEMS).min(n);
-                items.push((i, s..e, e == n));
+                let e = (s + ITEM_ELEMS).min(n);
+                items.push((i, s..e, true));
                 s = e;
             }
         } else {
-            items.push((i, 0..n, true));
+            items.push((i, 0..n, false));
         }
     }
     // Chunks still to do per op: the last one to finish releases the op's input pages.
@@ -217,9 +235,11 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     for (i, _, _) in &items {
         remaining[*i].fetch_add(1, Ordering::Relaxed);
     }
-    items.par_iter().try_for_each(|(i, range, _)| {
+    items.par_iter().try_for_each(|(i, range, chunked)| {
         let op = &plan.ops[*i];
-        if op.float {
+        if *chunked {
+            merge_item(plan, op, range.clone(), sink)?;
+        } else if op.float {
             merge_range(plan, op, range.clone(), None, sink)?;
         } else {
             copy_buffer(plan, op, sink)?;
