@@ -1,0 +1,48 @@
+//! `amalgam validate` (with the schemas the registry declares, not a test copy) gives mergekit
+//! 0.1.5's verdict on each of the 155 real configs in `tests/corpus/real/`
+//! (`tests/corpus/verdicts.tsv`, made by running mergekit's own validation).
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn validate_command_matches_mergekit_verdicts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus");
+    let table = std::fs::read_to_string(dir.join("verdicts.tsv")).unwrap();
+    let mut files = Vec::new();
+    let mut expected = Vec::new();
+    for line in table.lines().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        files.push(dir.join("real").join(cols[0]));
+        expected.push(cols[2] == "accept");
+    }
+    assert_eq!(files.len(), 155);
+    let out = Command::new(env!("CARGO_BIN_EXE_amalgam"))
+        .arg("validate")
+        .args(&files)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // One summary line per file (diagnostics follow, indented).
+    let summaries: Vec<&str> = stdout.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(summaries.len(), files.len(), "{stdout}");
+    let mut mismatches = Vec::new();
+    for ((line, file), want) in summaries.iter().zip(&files).zip(&expected) {
+        assert!(line.starts_with(&file.display().to_string()), "{line}");
+        let accepted = line.contains(": ok");
+        if accepted != *want {
+            mismatches.push(format!(
+                "{line} (mergekit: {})",
+                if *want { "accept" } else { "reject" }
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "verdicts differ:\n{}",
+        mismatches.join("\n")
+    );
+    // Some files are rejected, so the exit status says so.
+    assert!(!out.status.success());
+    assert!(expected.iter().any(|e| !e));
+}
