@@ -205,21 +205,7 @@ impl<'a> Planner<'a> {
             &cache,
         )?;
         let folder = ModelFolder::open(&dir)?;
-        let config = match folder.aux_file("config.json") {
-            Some(p) => {
-                let text = std::fs::read_to_string(&p).map_err(|e| EngineError::SideFile {
-                    path: p.clone(),
-                    reason: e.to_string(),
-                })?;
-                Some(
-                    serde_json::from_str::<Json>(&text).map_err(|e| EngineError::SideFile {
-                        path: p.clone(),
-                        reason: format!("invalid JSON: {e}"),
-                    })?,
-                )
-            }
-            None => None,
-        };
+        let config = crate::side::read_config(&folder)?;
         let source = match r.expert {
             Some(k) => Source::expert(folder, k)?,
             None => Source::folder(folder),

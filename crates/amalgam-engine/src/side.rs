@@ -21,6 +21,21 @@ pub const TOKENIZER_FILES: [&str; 10] = [
     "video_preprocessor_config.json",
 ];
 
+/// A model folder's config.json, parsed (None when the folder has none).
+pub fn read_config(folder: &amalgam_io::ModelFolder) -> crate::Result<Option<Json>> {
+    let Some(p) = folder.aux_file("config.json") else {
+        return Ok(None);
+    };
+    let err = |reason: String| crate::EngineError::SideFile {
+        path: p.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&p).map_err(|e| err(e.to_string()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| err(format!("invalid JSON: {e}")))
+}
+
 /// Sets the dtype key of a config.json: `dtype` if the donor uses the transformers-5 spelling,
 /// else `torch_dtype` (kept where it is, or added).
 pub fn set_dtype(cfg: &mut Json, dtype: DType) {

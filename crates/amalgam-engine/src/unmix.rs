@@ -14,7 +14,7 @@ use serde_json::Value as Json;
 
 use crate::plan::{Model, Op, OpInput, Plan};
 use crate::source::Source;
-use crate::{EngineError, Result};
+use crate::Result;
 
 /// The MoE-only keys of a Mixtral config.json, removed for a dense Mistral.
 pub const MOE_KEYS: [&str; 5] = [
@@ -99,21 +99,7 @@ pub fn mistral_config(mixtral: &Json, dtype: Option<DType>) -> Json {
 /// Writes expert `k` of the Mixtral at `src` as a dense Mistral into `out`.
 pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<PathBuf> {
     let folder = ModelFolder::open(src)?;
-    let config = match folder.aux_file("config.json") {
-        Some(p) => {
-            let text = std::fs::read_to_string(&p).map_err(|e| EngineError::SideFile {
-                path: p.clone(),
-                reason: e.to_string(),
-            })?;
-            Some(
-                serde_json::from_str::<Json>(&text).map_err(|e| EngineError::SideFile {
-                    path: p.clone(),
-                    reason: format!("invalid JSON: {e}"),
-                })?,
-            )
-        }
-        None => None,
-    };
+    let config = crate::side::read_config(&folder)?;
     let source = Source::expert(folder, k)?;
     let mut ops = Vec::new();
     for name in source.names() {
