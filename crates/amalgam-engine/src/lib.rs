@@ -109,8 +109,30 @@ pub fn merge(
     registry: &Registry,
     opts: &MergeOptions,
 ) -> Result<MergeReport> {
+    let started = std::time::Instant::now();
     let plan = plan::plan(loaded, registry, &opts.plan)?;
+    for m in &plan.models {
+        tracing::info!("model {} -> {}", m.label, m.source.path().display());
+    }
     let layout = layout(&plan, opts.out_shard_size)?;
+    tracing::info!(
+        "plan: method {}, {} output tensors, {} bytes in {} shard(s), mergekit {} behaviour",
+        plan.method.info().name,
+        plan.ops.len(),
+        plan.output_bytes(),
+        layout.shard_names().len(),
+        plan.compat.version_str()
+    );
+    for op in &plan.ops {
+        tracing::debug!(
+            "{} <- {} input(s), {} -> {}, shared {:?}",
+            op.out_name,
+            op.inputs.len(),
+            op.work_dtype,
+            op.out_dtype,
+            op.shared
+        );
+    }
     let seed = if plan.method.info().random {
         Some(opts.seed.unwrap_or_else(fresh_seed))
     } else {
@@ -158,6 +180,11 @@ pub fn merge(
     let tensors = plan.ops.len();
     let bytes = plan.output_bytes();
     let path = writer.finish()?;
+    tracing::info!(
+        "wrote {} in {:.2} s",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(MergeReport {
         path,
         warnings: plan.warnings,
