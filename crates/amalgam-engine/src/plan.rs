@@ -251,7 +251,12 @@ impl<'a> Planner<'a> {
             // An expert view keeps the Mixtral's layer count.
             return n;
         }
-        self.layer_index[m].keys().max().map_or(0, |&k| k + 1)
+        // Saturating: a hostile checkpoint may name layer `usize::MAX`; planning then stops at
+        // the first missing layer with an error instead of overflowing here.
+        self.layer_index[m]
+            .keys()
+            .max()
+            .map_or(0, |&k| k.saturating_add(1))
     }
 
     fn normalize(&mut self) -> Result<Vec<NSlice>> {
@@ -423,7 +428,25 @@ impl<'a> Planner<'a> {
             shapes.push(raw.shape.to_vec());
             dtypes.push(raw.dtype);
         }
-        if shapes.iter().any(|s| s != &shapes[0]) {
+        // The callers always pass the slice's sources, which `plan` has checked are not empty;
+        // this keeps a future caller from indexing into nothing.
+        let (Some(shape0), Some(&dtype0)) = (shapes.first().cloned(), dtypes.first()) else {
+            return Err(EngineError::Plan(format!(
+                "{out_name}: no input model provides this tensor"
+            )));
+        };
+        // Checked here so that no later size computation (shard layout, work items) can
+        // overflow: only an expert view's derived shapes are not already bounded by a file.
+        if shape0
+            .iter()
+            .try_fold(dtype0.size(), |acc, &d| acc.checked_mul(d))
+            .is_none()
+        {
+            return Err(EngineError::Plan(format!(
+                "{out_name}: shape {shape0:?} is too large to address"
+            )));
+        }
+        if shapes.iter().any(|s| s != &shape0) {
             let list: Vec<String> = shapes
                 .iter()
                 .zip(&resolved)
@@ -441,11 +464,11 @@ impl<'a> Planner<'a> {
         }
         let float = dtypes.iter().all(|d| d.is_float());
         let work_dtype = if !float {
-            dtypes[0]
+            dtype0
         } else if let Some(d) = self.config_dtype {
             d
         } else {
-            dtypes.iter().copied().fold(dtypes[0], promote)
+            dtypes.iter().copied().fold(dtype0, promote)
         };
         if float && work_dtype == DType::F64 {
             return Err(EngineError::Plan(format!(
@@ -544,7 +567,7 @@ impl<'a> Planner<'a> {
             base: method_base,
             shared,
             per_input,
-            shape: shapes.swap_remove(0),
+            shape: shape0,
             work_dtype,
             out_dtype,
             float,
@@ -613,30 +636,47 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         layer_index: Vec::new(),
     };
     let slices = p.normalize()?;
+    // The config parser rejects empty lists, but a `MergeConfig` can be built by hand: these
+    // checks keep the indexing below safe whatever the caller passes.
+    let (Some(first), Some(last)) = (slices.first(), slices.last()) else {
+        return Err(EngineError::Plan(
+            "the config has no slices: give a non-empty `models:` or `slices:` list".into(),
+        ));
+    };
     for (i, s) in slices.iter().enumerate() {
-        p.check_contract(i, s)?;
-        let lens: Vec<usize> = s
-            .sources
-            .iter()
-            .map(|x| x.1 .1.saturating_sub(x.1 .0))
-            .collect();
-        if lens.iter().any(|&l| l != lens[0]) {
+        if s.sources.is_empty() {
             return Err(EngineError::Plan(format!(
-                "slices[{i}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
+                "slices[{i}]: no input models (the `models:` or `sources:` list is empty)"
             )));
         }
+        p.check_contract(i, s)?;
         for (m, (a, b), _) in &s.sources {
             let n = p.num_layers(*m);
-            if a > b || *b > n {
+            if a > b {
+                return Err(EngineError::Plan(format!(
+                    "slices[{i}]: layer_range [{a}, {b}] of model {} is reversed: it must be \
+                     [start, end] with start <= end (end excluded)",
+                    p.models[*m].label
+                )));
+            }
+            if *b > n {
                 return Err(EngineError::Plan(format!(
                     "slices[{i}]: layer_range [{a}, {b}] is outside model {} which has {n} layers",
                     p.models[*m].label
                 )));
             }
         }
+        let lens: Vec<usize> = s
+            .sources
+            .iter()
+            .map(|x| x.1 .1.saturating_sub(x.1 .0))
+            .collect();
+        if lens.iter().any(|&l| Some(&l) != lens.first()) {
+            return Err(EngineError::Plan(format!(
+                "slices[{i}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
+            )));
+        }
     }
-    let first = &slices[0];
-    let last = &slices[slices.len() - 1];
     let first_models: Vec<usize> = first.sources.iter().map(|x| x.0).collect();
     let last_models: Vec<usize> = last.sources.iter().map(|x| x.0).collect();
     for name in p.non_layer_names(&first_models, false) {
@@ -645,14 +685,17 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     }
     let mut out_layer = 0usize;
     for s in &slices {
-        let len = s.sources[0].1 .1 - s.sources[0].1 .0;
+        // Not empty, and start <= end: both checked above.
+        let Some(&(m0, (a0, b0), _)) = s.sources.first() else {
+            continue;
+        };
+        let len = b0.saturating_sub(a0);
         for i in 0..len {
             let t = if len > 1 {
                 i as f64 / (len - 1) as f64
             } else {
                 1.0
             };
-            let (m0, (a0, _), _) = s.sources[0];
             let templates = p.layer_index[m0]
                 .get(&(a0 + i))
                 .cloned()
@@ -704,7 +747,15 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         Some(b) => p.by_ref.get(b).copied(),
         None => None,
     };
-    let donor = base_model.unwrap_or(first_models[0]);
+    let donor = match (base_model, first_models.first()) {
+        (Some(b), _) => b,
+        (None, Some(&m)) => m,
+        (None, None) => {
+            return Err(EngineError::Plan(
+                "slices[0] has no source model to take config.json from".into(),
+            ))
+        }
+    };
     let mut ops = std::mem::take(&mut p.ops);
     match opts.compat {
         // Replays mergekit's scheduler: sorted by label, ties as its task graph breaks them.

@@ -39,6 +39,33 @@ pub struct Source {
     names: Vec<String>,
 }
 
+/// Elements of `shape` times `elem` bytes, `None` on overflow. A header only guarantees that
+/// the product of the *whole* shape fits (a leading 0 hides any later dimension), so the
+/// per-expert part of a fused tensor needs its own check.
+fn checked_bytes(shape: &[usize], elem: usize) -> Option<usize> {
+    shape.iter().try_fold(elem, |acc, &d| acc.checked_mul(d))
+}
+
+/// Checks that fused tensor `name` of shape `s` holds expert `k`, and that one expert's block
+/// is addressable, so [`Source::get`] can slice it without overflow.
+fn check_fused(t: &TensorRef<'_>, name: &str, k: usize) -> Result<()> {
+    let s = &t.info.shape;
+    let experts = s.first().copied().unwrap_or(0);
+    if k >= experts {
+        return Err(EngineError::Plan(format!(
+            "{}: `{name}` has shape {s:?}, which holds {experts} experts; expert {k} was requested",
+            t.path.display()
+        )));
+    }
+    if checked_bytes(s.get(1..).unwrap_or(&[]), t.info.dtype.size()).is_none() {
+        return Err(EngineError::Plan(format!(
+            "{}: `{name}` has shape {s:?}, too large for one expert's block to be addressed",
+            t.path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn layer_split(name: &str) -> Option<(&str, &str)> {
     // `model.layers.N.<rest>` -> ("model.layers.N.", "<rest>")
     let idx = name.find(".layers.")?;
@@ -81,6 +108,8 @@ impl Source {
         let mut names = Vec::new();
         let mut shapes = std::collections::HashMap::new();
         let mut n_experts = None;
+        // Fused tensors, checked once the expert count is known (see `check_fused`).
+        let mut fused: Vec<&String> = Vec::new();
         for n in &all {
             let Some((prefix, rest)) = layer_split(n) else {
                 names.push(n.clone());
@@ -109,31 +138,40 @@ impl Source {
                     "mlp.experts.gate_up_proj" => {
                         let t = folder.require(n)?;
                         let s = &t.info.shape;
-                        if s.len() != 3 || s[1] % 2 != 0 {
+                        let &[e, two_i, h] = s.as_slice() else {
                             return Err(EngineError::Plan(format!(
                                 "{}: `{n}` has shape {s:?}, expected [experts, 2*intermediate, hidden]",
                                 t.path.display()
                             )));
+                        };
+                        if two_i % 2 != 0 {
+                            return Err(EngineError::Plan(format!(
+                                "{}: `{n}` has shape {s:?}, expected [experts, 2*intermediate, hidden] \
+                                 (an even middle dimension)",
+                                t.path.display()
+                            )));
                         }
-                        n_experts = Some(s[0]);
+                        n_experts = Some(e);
+                        fused.push(n);
                         let g = format!("{prefix}mlp.gate_proj.weight");
                         let u = format!("{prefix}mlp.up_proj.weight");
-                        shapes.insert(g.clone(), vec![s[1] / 2, s[2]]);
-                        shapes.insert(u.clone(), vec![s[1] / 2, s[2]]);
+                        shapes.insert(g.clone(), vec![two_i / 2, h]);
+                        shapes.insert(u.clone(), vec![two_i / 2, h]);
                         names.push(g);
                         names.push(u);
                     }
                     "mlp.experts.down_proj" => {
                         let t = folder.require(n)?;
                         let s = &t.info.shape;
-                        if s.len() != 3 {
+                        let &[_, h, i] = s.as_slice() else {
                             return Err(EngineError::Plan(format!(
                                 "{}: `{n}` has shape {s:?}, expected [experts, hidden, intermediate]",
                                 t.path.display()
                             )));
-                        }
+                        };
+                        fused.push(n);
                         let d = format!("{prefix}mlp.down_proj.weight");
-                        shapes.insert(d.clone(), vec![s[1], s[2]]);
+                        shapes.insert(d.clone(), vec![h, i]);
                         names.push(d);
                     }
                     "mlp.gate.weight" => {}
@@ -148,6 +186,9 @@ impl Source {
                 folder.path().display(),
                 n_experts.saturating_sub(1)
             )));
+        }
+        for n in fused {
+            check_fused(&folder.require(n)?, n, k)?;
         }
         Ok(Source {
             folder,
@@ -212,12 +253,13 @@ impl Source {
             (Some((k, MoeLayout::Fused)), Some(shape)) => {
                 // Expert k's block of a [E, a, b] tensor is contiguous; gate is the first half of
                 // gate_up's rows, up the second half.
+                // Checked math throughout: the sizes come from a header (see `checked_bytes`).
                 let es = t.info.dtype.size();
-                let per_expert: usize = t.info.shape.iter().skip(1).product::<usize>() * es;
-                let part: usize = shape.iter().product::<usize>() * es;
+                let per_expert = checked_bytes(t.info.shape.get(1..)?, es)?;
+                let part = checked_bytes(shape, es)?;
                 let mut start = k.checked_mul(per_expert)?;
                 if name.ends_with("mlp.up_proj.weight") {
-                    start += part;
+                    start = start.checked_add(part)?;
                 }
                 let data = t.data.get(start..start.checked_add(part)?)?;
                 Some(RawTensor {
