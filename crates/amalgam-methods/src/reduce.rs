@@ -1,53 +1,78 @@
-//! Sums in PyTorch's CPU association order.
+//! PyTorch's CPU reductions (sums and 2-norms), replayed in PyTorch's association order.
 //!
-//! An f32 sum's last bit depends on the order of the additions. PyTorch's CPU sum kernel
-//! (`SumKernel.cpp`, "cascade sum") does not add left to right: it loads SIMD vectors, spreads
-//! consecutive loads over four accumulators and folds them through a four-level cascade, and for a
-//! reduction over an outer axis (`deltas.sum(dim=0)` over models) it picks a different order for
-//! different columns. These functions replay that order so the rounded results match mergekit.
+//! Why this exists: an f32 sum's last bit depends on the order of the additions, and PyTorch's
+//! CPU kernels do not add left to right. Every method that sums (model-axis sums, dot products,
+//! L1 and L2 norms, means) goes through this one module, so that order is written down once:
 //!
-//! Emulated: the single-threaded kernel. Above 32 768 input elements PyTorch splits the work per
-//! thread, which only changes whole-tensor sums (L1 norms) and model-axis sums of five or more
-//! models; mergekit's thread count is the machine's core count, so that split is not reproduced.
+//! * **Contiguous sums** ([`torch_sum`], [`torch_sum_with`]; `SumKernel.cpp`, "cascade sum"):
+//!   the kernel loads SIMD vectors of 8 f32 lanes (for bf16/f16, vectors of 16 values whose two
+//!   halves are added first), spreads consecutive vectors over four interleaved accumulators, and
+//!   folds each accumulator through a four-level cascade whose step grows with the length. Rows
+//!   shorter than one vector take the scalar kernel: the same four-way interleaving on one lane.
+//! * **Sums over an outer axis** ([`Dim0Sum`], e.g. `deltas.sum(dim=0)` over models): columns in
+//!   whole blocks are summed sequentially through the cascade, the leftover columns four-way
+//!   interleaved, so the order depends on the column. With a single column the reduced axis is
+//!   contiguous and the contiguous kernel applies instead.
+//! * **2-norms** ([`norm2`], [`norm2_strided`]): a different kernel with its own order (8 lanes
+//!   of separate multiply and add, then a fused multiply-add tail); F16 and strided axes take the
+//!   generic reduction (one fused multiply-add accumulator).
+//!
+//! All are checked bit for bit against torch 2.15 (CPU capability AVX512, whose reduction kernels
+//! still use 8-lane vectors) by `tests/reduce.rs` for every length around the kernels' switch
+//! points. Emulated: the single-threaded kernels. Above 32 768 input elements PyTorch may split a
+//! reduction per thread, and mergekit's thread count is the machine's core count, so that split
+//! (and other vector widths) is not reproduced: on such inputs mergekit itself rounds differently
+//! from one machine to another (spec §11).
 
 use amalgam_io::DType;
 
+use crate::numerics::round;
+
+/// f32 lanes of one vector in PyTorch's reduction kernels.
+const LANES: usize = 8;
+/// Independent accumulators PyTorch interleaves (its `ilp_factor`).
 const ILP: usize = 4;
+/// Levels of the cascade.
 const LEVELS: usize = 4;
+/// Widest vector [`torch_sum`] accepts (PyTorch's widths are powers of two up to 16 lanes).
+const MAX_LANES: usize = 64;
 
 /// Width (f32 lanes) of the vectors PyTorch's CPU sum kernel accumulates in: 8. Even on CPUs
 /// with AVX-512 (PyTorch's "AVX512" capability) the reduction kernels keep 8-lane vectors; this
-/// was checked against torch 2.15 on such a machine (`tests/gta_methods.rs` L1-rescale cases).
+/// was checked against torch 2.15 on such a machine (`tests/reduce.rs`).
 pub fn torch_float_lanes() -> usize {
-    8
+    LANES
 }
 
+/// Whether PyTorch loads `dtype` as half-width values (two f32 vectors per load).
 fn is_reduced(dtype: DType) -> bool {
     matches!(dtype, DType::BF16 | DType::F16)
 }
 
+/// ⌈log₂ x⌉, with 0 for x ≤ 1 (only ever used through `max(4, ·/4)`, where 0 and 1 agree).
 fn ceil_log2(x: usize) -> usize {
-    if x <= 2 {
-        1
+    if x <= 1 {
+        0
     } else {
         (usize::BITS - (x - 1).leading_zeros()) as usize
     }
 }
 
-/// PyTorch's `multi_row_sum`: `nrows` independent accumulators (each `lanes` wide) summed over
-/// `size` steps through a four-level cascade; `load(i, k, l)` is step `i`, row `k`, lane `l`.
-fn multi_row_sum(
-    load: &dyn Fn(usize, usize, usize) -> f32,
+/// PyTorch's `multi_row_sum`: `R` independent accumulators (each `L` lanes wide) summed over
+/// `size` steps through the four-level cascade; `load(i, k, l)` is step `i`, row `k`, lane `l`.
+///
+/// Fixed-size arrays (no allocation) because it runs once per output element of model-axis sums.
+#[inline]
+fn multi_row_sum<const R: usize, const L: usize>(
+    load: impl Fn(usize, usize, usize) -> f32,
     size: usize,
-    nrows: usize,
-    lanes: usize,
-) -> Vec<Vec<f32>> {
-    let level_power = 4.max(ceil_log2(size) / LEVELS);
+) -> [[f32; L]; R] {
+    let level_power = LEVELS.max(ceil_log2(size) / LEVELS);
     let level_step = 1usize << level_power;
     let level_mask = level_step - 1;
-    let mut acc = vec![vec![vec![0f32; lanes]; nrows]; LEVELS];
-    let add_step = |acc: &mut Vec<Vec<Vec<f32>>>, i: usize| {
-        for (k, row) in acc[0].iter_mut().enumerate() {
+    let mut acc = [[[0f32; L]; R]; LEVELS];
+    let add_step = |acc0: &mut [[f32; L]; R], i: usize| {
+        for (k, row) in acc0.iter_mut().enumerate() {
             for (l, a) in row.iter_mut().enumerate() {
                 *a += load(i, k, l);
             }
@@ -56,89 +81,117 @@ fn multi_row_sum(
     let mut i = 0usize;
     while i + level_step <= size {
         for _ in 0..level_step {
-            add_step(&mut acc, i);
+            add_step(&mut acc[0], i);
             i += 1;
         }
         for j in 1..LEVELS {
-            let (lo, hi) = acc.split_at_mut(j);
-            for (src, dst) in lo[j - 1].iter_mut().zip(hi[0].iter_mut()) {
-                for (s, d) in src.iter_mut().zip(dst.iter_mut()) {
-                    *d += *s;
-                    *s = 0.0;
-                }
+            let (lower, upper) = acc.split_at_mut(j);
+            if let (Some(prev), Some(cur)) = (lower.last_mut(), upper.first_mut()) {
+                add_into(cur, prev);
+                *prev = [[0f32; L]; R];
             }
-            let mask = level_mask << (j * level_power);
-            if i & mask != 0 {
+            if i & (level_mask << (j * level_power)) != 0 {
                 break;
             }
         }
     }
     while i < size {
-        add_step(&mut acc, i);
+        add_step(&mut acc[0], i);
         i += 1;
     }
-    let (first, rest) = acc.split_at_mut(1);
-    for level in rest.iter() {
-        for (dst, src) in first[0].iter_mut().zip(level) {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d += *s;
-            }
-        }
+    let [mut first, rest @ ..] = acc;
+    for level in &rest {
+        add_into(&mut first, level);
     }
-    std::mem::take(&mut first[0])
+    first
 }
 
-/// PyTorch's `row_sum`: `size` elements (each `lanes` wide) with four-way ILP: element
-/// `4·i + k` goes to accumulator `k`, leftovers to accumulator 0, then `((p0+p1)+p2)+p3`.
-fn row_sum(load: &dyn Fn(usize, usize) -> f32, size: usize, lanes: usize) -> Vec<f32> {
+/// `dst += src`, element by element.
+#[inline]
+fn add_into<const R: usize, const L: usize>(dst: &mut [[f32; L]; R], src: &[[f32; L]; R]) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        for (a, b) in d.iter_mut().zip(s) {
+            *a += *b;
+        }
+    }
+}
+
+/// PyTorch's `row_sum`: `size` elements (each `L` lanes wide) with four-way interleaving:
+/// element `4·i + k` goes to accumulator `k`, leftovers to accumulator 0, then
+/// `((p0 + p1) + p2) + p3` lane by lane.
+#[inline]
+fn row_sum<const L: usize>(load: impl Fn(usize, usize) -> f32, size: usize) -> [f32; L] {
     let size_ilp = size / ILP;
-    let mut partial = multi_row_sum(&|i, k, l| load(i * ILP + k, l), size_ilp, ILP, lanes);
-    let (first, rest) = partial.split_at_mut(1);
+    let [mut p0, p1, p2, p3] = multi_row_sum::<ILP, L>(|i, k, l| load(i * ILP + k, l), size_ilp);
     for i in size_ilp * ILP..size {
-        for (l, p) in first[0].iter_mut().enumerate() {
+        for (l, p) in p0.iter_mut().enumerate() {
             *p += load(i, l);
         }
     }
-    for r in rest.iter() {
-        for (p, q) in first[0].iter_mut().zip(r) {
-            *p += *q;
+    for pk in [p1, p2, p3] {
+        for (a, b) in p0.iter_mut().zip(pk) {
+            *a += b;
         }
     }
-    std::mem::take(&mut first[0])
+    p0
 }
 
-/// `x.sum()` of a contiguous tensor as PyTorch's single-threaded CPU kernel computes it, in f32,
-/// before the final rounding to the dtype (`x` holds the dtype's values widened to f32).
-///
-/// bf16/f16 inputs are loaded as vectors of `2·lanes` elements whose halves are added first.
-pub fn torch_sum(x: &[f32], dtype: DType, lanes: usize) -> f32 {
-    let reduced = is_reduced(dtype);
-    let n = x.len();
-    let lanes = lanes.max(1);
-    let vec_numel = if reduced { 2 * lanes } else { lanes };
-    if n >= vec_numel {
+/// The contiguous sum of `n` values with `L`-lane vectors (see [`torch_sum_with`]).
+fn inner_sum<const L: usize>(get: impl Fn(usize) -> f32, n: usize, reduced: bool) -> f32 {
+    let vec_numel = if reduced { 2 * L } else { L };
+    let s = if n >= vec_numel {
         let vec_size = n / vec_numel;
         let load = |v: usize, l: usize| -> f32 {
             let b = v * vec_numel;
             if reduced {
-                x[b + l] + x[b + lanes + l]
+                get(b + l) + get(b + L + l)
             } else {
-                x[b + l]
+                get(b + l)
             }
         };
-        let acc = row_sum(&load, vec_size, lanes);
+        let acc = row_sum::<L>(load, vec_size);
         let mut fin = 0f32;
-        for &v in &x[vec_size * vec_numel..] {
-            fin += v;
+        for k in vec_size * vec_numel..n {
+            fin += get(k);
         }
         for a in acc {
             fin += a;
         }
-        0.0 + fin
+        fin
     } else {
-        let load = |v: usize, _l: usize| -> f32 { x[v] };
-        0.0 + row_sum(&load, n, 1).first().copied().unwrap_or(0.0)
+        // Shorter than one vector: the scalar kernel, the same interleaving on one lane.
+        let [s] = row_sum::<1>(|i, _| get(i), n);
+        s
+    };
+    // The kernel accumulates into a zero-filled output, so -0 is stored as +0.
+    0.0 + s
+}
+
+/// `x.sum()` of a contiguous tensor of `dtype` as PyTorch's single-threaded CPU kernel computes
+/// it, in f32 before the final rounding to the dtype (`x` holds the dtype's values widened to
+/// f32), with vectors of `lanes` f32 lanes ([`torch_float_lanes`] to match PyTorch).
+///
+/// `lanes` is taken as the largest power of two not above it, at most 64 (PyTorch's vector
+/// widths are powers of two); 0 counts as 1.
+pub fn torch_sum(x: &[f32], dtype: DType, lanes: usize) -> f32 {
+    let get = |i: usize| x.get(i).copied().unwrap_or(0.0);
+    let (n, reduced) = (x.len(), is_reduced(dtype));
+    let lanes = lanes.clamp(1, MAX_LANES);
+    match 1usize << (usize::BITS - 1 - lanes.leading_zeros()) {
+        1 => inner_sum::<1>(get, n, reduced),
+        2 => inner_sum::<2>(get, n, reduced),
+        4 => inner_sum::<4>(get, n, reduced),
+        8 => inner_sum::<8>(get, n, reduced),
+        16 => inner_sum::<16>(get, n, reduced),
+        32 => inner_sum::<32>(get, n, reduced),
+        _ => inner_sum::<MAX_LANES>(get, n, reduced),
     }
+}
+
+/// [`torch_sum`] of `n` values given by `get` (e.g. the products of a dot product, which are
+/// never materialised), with PyTorch's 8 lanes; `dtype` is the dtype of the summed tensor.
+pub fn torch_sum_with(get: impl Fn(usize) -> f32, n: usize, dtype: DType) -> f32 {
+    inner_sum::<LANES>(get, n, is_reduced(dtype))
 }
 
 /// How PyTorch's `t.sum(dim=0)` orders the additions for one output column.
@@ -146,6 +199,9 @@ pub fn torch_sum(x: &[f32], dtype: DType, lanes: usize) -> f32 {
 pub struct Dim0Sum {
     /// Columns below this index are summed in plain sequence (with the 16-step cascade).
     multi_end: usize,
+    /// `Some((dtype, lanes))` when there is a single column: the reduced axis is then
+    /// contiguous and PyTorch takes the contiguous kernel ([`torch_sum`]).
+    contiguous: Option<(DType, usize)>,
 }
 
 impl Dim0Sum {
@@ -154,9 +210,10 @@ impl Dim0Sum {
     /// With `cols` at least one SIMD vector of the dtype, PyTorch's outer-sum kernel sums blocks of
     /// `4·lanes` columns with `multi_row_sum` (sequential over dim 0) and the remaining columns with
     /// `row_sum` (four-way interleaved over dim 0); otherwise blocks of 4 columns and `row_sum` for
-    /// the rest. The orders differ only once dim 0 has five or more entries.
+    /// the rest. The orders differ only once dim 0 has five or more entries. A single column is a
+    /// contiguous reduction (PyTorch coalesces the dimensions), summed as [`torch_sum`] does.
     pub fn new(cols: usize, dtype: DType, lanes: usize) -> Self {
-        let lanes = lanes.max(1);
+        let lanes = lanes.clamp(1, MAX_LANES);
         let vec_t = if is_reduced(dtype) { 2 * lanes } else { lanes };
         let block = if cols >= vec_t && cols > 1 {
             4 * lanes
@@ -165,80 +222,118 @@ impl Dim0Sum {
         };
         Dim0Sum {
             multi_end: cols / block * block,
+            contiguous: (cols == 1).then_some((dtype, lanes)),
         }
     }
 
     /// The f32 sum (before rounding) of `vals` (the dim-0 entries of column `col`).
     #[inline]
     pub fn sum(&self, col: usize, vals: &[f32]) -> f32 {
+        if let Some((dtype, lanes)) = self.contiguous {
+            return torch_sum(vals, dtype, lanes);
+        }
+        self.sum_with(col, |i| vals.get(i).copied().unwrap_or(0.0), vals.len())
+    }
+
+    /// [`Dim0Sum::sum`] of the `n` entries given by `get`, which are typically computed on the
+    /// fly from several model tensors.
+    #[inline]
+    pub fn sum_with(&self, col: usize, get: impl Fn(usize) -> f32, n: usize) -> f32 {
+        if let Some((dtype, lanes)) = self.contiguous {
+            if lanes == LANES {
+                return inner_sum::<LANES>(get, n, is_reduced(dtype));
+            }
+            let vals: Vec<f32> = (0..n).map(get).collect();
+            return torch_sum(&vals, dtype, lanes);
+        }
         // Up to four entries every path adds in plain sequence (the orders differ only in the
         // sign of intermediate zeros, which the final store normalises).
-        let s = if vals.len() <= ILP {
-            vals.iter().fold(0f32, |a, &v| a + v)
+        let s = if n <= ILP {
+            (0..n).fold(0f32, |a, i| a + get(i))
         } else if col < self.multi_end {
-            multi_row_sum_scalar::<1>(&|i, _| vals[i], vals.len())[0]
+            let [[s]] = multi_row_sum::<1, 1>(|i, _, _| get(i), n);
+            s
         } else {
-            row_sum_scalar(vals)
+            let [s] = row_sum::<1>(|i, _| get(i), n);
+            s
         };
         // The kernel stores `out += s` into a zero-filled output: -0 becomes +0.
         0.0 + s
     }
 }
 
-/// [`multi_row_sum`] for one lane, without allocation (it runs once per output element).
-#[inline]
-fn multi_row_sum_scalar<const R: usize>(
-    load: &dyn Fn(usize, usize) -> f32,
-    size: usize,
-) -> [f32; R] {
-    let level_power = 4.max(ceil_log2(size) / LEVELS);
-    let level_step = 1usize << level_power;
-    let level_mask = level_step - 1;
-    let mut acc = [[0f32; R]; LEVELS];
-    let mut i = 0usize;
-    while i + level_step <= size {
-        for _ in 0..level_step {
-            for (k, a) in acc[0].iter_mut().enumerate() {
-                *a += load(i, k);
-            }
-            i += 1;
-        }
-        for j in 1..LEVELS {
-            let (lo, hi) = acc.split_at_mut(j);
-            for (s, d) in lo[j - 1].iter_mut().zip(hi[0].iter_mut()) {
-                *d += *s;
-                *s = 0.0;
-            }
-            let mask = level_mask << (j * level_power);
-            if i & mask != 0 {
-                break;
-            }
-        }
-    }
-    while i < size {
-        for (k, a) in acc[0].iter_mut().enumerate() {
-            *a += load(i, k);
-        }
-        i += 1;
-    }
-    let (first, rest) = acc.split_at_mut(1);
-    for level in rest.iter() {
-        for (d, s) in first[0].iter_mut().zip(level) {
-            *d += *s;
-        }
-    }
-    first[0]
+/// `t.sum(dim=0)` for column `col` of a contiguous `(n, cols)` tensor of `dtype` whose entries
+/// `get(0..n)` are computed on the fly, unrounded f32 (see [`Dim0Sum`]).
+pub(crate) fn outer_sum(
+    get: impl Fn(usize) -> f32,
+    n: usize,
+    col: usize,
+    cols: usize,
+    dtype: DType,
+) -> f32 {
+    Dim0Sum::new(cols, dtype, LANES).sum_with(col, get, n)
 }
 
-/// [`row_sum`] for one lane, without allocation.
-#[inline]
-fn row_sum_scalar(vals: &[f32]) -> f32 {
-    let size_ilp = vals.len() / ILP;
-    let mut p = multi_row_sum_scalar::<ILP>(&|i, k| vals[i * ILP + k], size_ilp);
-    for &v in &vals[size_ilp * ILP..] {
-        p[0] += v;
+/// Sum of squares as PyTorch's vectorised 2-norm kernel computes it for a contiguous row
+/// (`norm_two_reduce_step`): 8 f32 lanes accumulate `x*x` (separate multiply and add), the lanes
+/// are folded left to right, then the remaining `n % step` elements are added one by one with a
+/// fused multiply-add. For BF16 rows each step loads 16 values and adds the squares of the lower
+/// then the upper 8 to the lanes. Verified bit-exact against torch 2.15 on f32 rows from 100 to
+/// 1,048,576 elements.
+pub(crate) fn sum_sq_lastdim(get: impl Fn(usize) -> f32, n: usize, bf16: bool) -> f32 {
+    let step = if bf16 { 2 * LANES } else { LANES };
+    let full = n - n % step;
+    let mut lanes = [0f32; LANES];
+    let mut d = 0;
+    while d < full {
+        for (l, acc) in lanes.iter_mut().enumerate() {
+            let v = get(d + l);
+            *acc += v * v;
+        }
+        if bf16 {
+            for (l, acc) in lanes.iter_mut().enumerate() {
+                let v = get(d + LANES + l);
+                *acc += v * v;
+            }
+        }
+        d += step;
     }
-    ((p[0] + p[1]) + p[2]) + p[3]
+    let [first, rest @ ..] = lanes;
+    let mut acc = first;
+    for l in rest {
+        acc += l;
+    }
+    for k in full..n {
+        let v = get(k);
+        acc = v.mul_add(v, acc);
+    }
+    acc
+}
+
+/// Sum of squares by PyTorch's generic norm reduction (F16 tensors, or a reduction over a strided
+/// axis): one accumulator, `acc + x*x` contracted to a fused multiply-add, in index order.
+pub(crate) fn sum_sq_seq(get: impl Fn(usize) -> f32, n: usize) -> f32 {
+    (0..n).fold(0f32, |acc, i| {
+        let v = get(i);
+        v.mul_add(v, acc)
+    })
+}
+
+/// `torch.norm(x)` / `torch.linalg.vector_norm(x)` over a contiguous row of a tensor of `dtype`,
+/// rounded to `dtype`. F32 and BF16 take PyTorch's vectorised fast path, F16 the generic one.
+pub fn norm2(x: &[f32], dtype: DType) -> f32 {
+    let get = |i: usize| x.get(i).copied().unwrap_or(0.0);
+    let s = match dtype {
+        DType::F16 => sum_sq_seq(get, x.len()),
+        DType::BF16 => sum_sq_lastdim(get, x.len(), true),
+        _ => sum_sq_lastdim(get, x.len(), false),
+    };
+    round(dtype, s.sqrt())
+}
+
+/// The 2-norm over a strided axis (e.g. columns after a transpose): the generic reduction.
+pub(crate) fn norm2_strided(get: impl Fn(usize) -> f32, n: usize, dtype: DType) -> f32 {
+    round(dtype, sum_sq_seq(get, n).sqrt())
 }
 
 #[cfg(test)]
@@ -246,12 +341,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ceil_log2_matches_definition() {
+        assert_eq!(ceil_log2(0), 0);
+        assert_eq!(ceil_log2(1), 0);
+        assert_eq!(ceil_log2(2), 1);
+        assert_eq!(ceil_log2(3), 2);
+        assert_eq!(ceil_log2(1024), 10);
+        assert_eq!(ceil_log2(1025), 11);
+    }
+
+    #[test]
     fn small_sums() {
         assert_eq!(torch_sum(&[1.0, 2.0, 3.0], DType::F32, 16), 6.0);
         let x: Vec<f32> = (0..1000).map(|i| i as f32).collect();
         assert_eq!(torch_sum(&x, DType::F32, 16), 499_500.0);
         assert_eq!(torch_sum(&x, DType::BF16, 8), 499_500.0);
+        assert_eq!(torch_sum(&x[..7], DType::BF16, 8), 21.0);
         assert_eq!(torch_sum(&[], DType::F32, 16), 0.0);
+        assert_eq!(torch_sum_with(|_| 1.0, 0, DType::F32), 0.0);
+    }
+
+    #[test]
+    fn odd_lane_counts_do_not_panic() {
+        let x: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        for lanes in [0, 1, 3, 5, 7, 9, 63, 64, 65, 1000, usize::MAX] {
+            assert_eq!(torch_sum(&x, DType::F32, lanes), 4950.0, "lanes {lanes}");
+            let plan = Dim0Sum::new(7, DType::BF16, lanes);
+            assert_eq!(plan.sum(3, &x), 4950.0, "lanes {lanes}");
+        }
+    }
+
+    #[test]
+    fn short_rows_interleave_four_ways() {
+        // torch.tensor([1, 1e8, -1e8, 1, 1]).sum() == 1: element 4 joins accumulator 0 first.
+        let v = [1.0f32, 1e8, -1e8, 1.0, 1.0];
+        assert_eq!(torch_sum(&v, DType::F32, 8), 1.0);
     }
 
     #[test]
@@ -263,5 +387,15 @@ mod tests {
         let plan = Dim0Sum::new(3, DType::F32, 16);
         assert_eq!(plan.sum(0, &v), 1.0);
         assert!(plan.sum(0, &[-0.0, -0.0]).is_sign_positive());
+        assert_eq!(plan.sum(0, &[]), 0.0);
+    }
+
+    #[test]
+    fn norms_of_empty_rows_are_zero() {
+        for dt in [DType::F32, DType::BF16, DType::F16] {
+            assert_eq!(norm2(&[], dt), 0.0);
+            assert_eq!(norm2_strided(|_| 1.0, 0, dt), 0.0);
+        }
+        assert_eq!(norm2(&[3.0, 4.0], DType::F32), 5.0);
     }
 }

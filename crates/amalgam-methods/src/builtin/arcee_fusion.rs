@@ -4,8 +4,8 @@
 use amalgam_io::DType;
 
 use super::common::{check_same_shape, split_base};
-use super::torchops::cascade_sum_with;
 use crate::numerics::round;
+use crate::reduce::torch_sum_with;
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, Tensor,
 };
@@ -155,7 +155,7 @@ impl MergeMethod for ArceeFusion {
                 .collect();
             let kl = round(
                 dt,
-                cascade_sum_with(
+                torch_sum_with(
                     |i| match (p.get(i), q.get(i)) {
                         (Some(&pv), Some(&qv)) => {
                             round(dt, pv * round(dt, round(dt, pv / qv).ln()))
@@ -163,7 +163,7 @@ impl MergeMethod for ArceeFusion {
                         _ => 0.0,
                     },
                     p.len(),
-                    dt != DType::F32,
+                    dt,
                 ),
             );
             for ((o, &a), &c) in ir.iter_mut().zip(xr).zip(br) {

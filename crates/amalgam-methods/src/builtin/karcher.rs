@@ -4,8 +4,8 @@
 use amalgam_io::DType;
 
 use super::common::check_same_shape;
-use super::torchops::{cascade_sum_with, norm2};
 use crate::numerics::{round, scalar};
+use crate::reduce::{norm2, torch_sum_with};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -72,13 +72,13 @@ fn norm_f32(x: &[f32]) -> f32 {
 
 fn dot(a: &[f32], b: &[f32], dt: DType) -> f32 {
     let n = a.len().min(b.len());
-    let s = cascade_sum_with(
+    let s = torch_sum_with(
         |i| match (a.get(i), b.get(i)) {
             (Some(&x), Some(&y)) => x * y,
             _ => 0.0,
         },
         n,
-        false,
+        DType::F32,
     );
     round(dt, s)
 }

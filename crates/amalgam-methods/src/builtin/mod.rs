@@ -19,7 +19,6 @@ mod ram;
 mod ramplus_tl;
 mod sce;
 mod slerp;
-pub(crate) mod torchops;
 
 /// Every built-in method. Adding a method: one file in this folder, one line here.
 pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {

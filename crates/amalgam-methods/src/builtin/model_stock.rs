@@ -2,8 +2,8 @@
 //! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
 
 use super::common::{check_same_shape, compat_unsupported, split_base};
-use super::torchops::{cascade_sum_with, norm2};
 use crate::numerics::round;
+use crate::reduce::{norm2, torch_sum_with};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -105,13 +105,13 @@ impl MergeMethod for ModelStock {
                     let np = if np < floor { floor } else { np };
                     let dot = round(
                         dt,
-                        cascade_sum_with(
+                        torch_sum_with(
                             |k| match (ra.get(k), rb.get(k)) {
                                 (Some(&x), Some(&y)) => round(dt, x * y),
                                 _ => 0.0,
                             },
                             row_len,
-                            dt != amalgam_io::DType::F32,
+                            dt,
                         ),
                     );
                     let c = round(dt, dot / np);

@@ -1,11 +1,9 @@
 //! `multislerp`: barycentric interpolation of any number of models on the hypersphere (tangent
 //! space at the weighted mean direction), optionally relative to a base.
 
-use amalgam_io::DType;
-
 use super::common::{check_same_shape, input_required, split_base};
-use super::torchops::{cascade_sum, cascade_sum_with, norm2, outer_sum};
 use crate::numerics::{round, scalar};
+use crate::reduce::{norm2, outer_sum, torch_float_lanes, torch_sum, torch_sum_with};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -107,7 +105,7 @@ impl MergeMethod for MultiSlerp {
             .collect::<Result<_, _>>()?;
         let mut w: Vec<f32> = raw_w.iter().map(|&v| round(dt, v as f32)).collect();
         if normalize {
-            let s = round(dt, cascade_sum(&w, dt));
+            let s = round(dt, torch_sum(&w, dt, torch_float_lanes()));
             w = w.iter().map(|&v| round(dt, v / s)).collect();
         }
         let x: Vec<Vec<f32>> = xs
@@ -179,13 +177,13 @@ impl MergeMethod for MultiSlerp {
             .map(|u| {
                 let dot = round(
                     dt,
-                    cascade_sum_with(
+                    torch_sum_with(
                         |i| match (u.get(i), mean.get(i)) {
                             (Some(&a), Some(&b)) => round(dt, a * b),
                             _ => 0.0,
                         },
                         d,
-                        dt != DType::F32,
+                        dt,
                     ),
                 );
                 u.iter()
@@ -203,7 +201,7 @@ impl MergeMethod for MultiSlerp {
             .zip(&w)
             .map(|(&a, &b)| round(dt, a * b))
             .collect();
-        let avg_norm = round(dt, cascade_sum(&nw, dt));
+        let avg_norm = round(dt, torch_sum(&nw, dt, torch_float_lanes()));
         let r: Vec<f32> = mean
             .iter()
             .zip(&tr)

@@ -4,8 +4,8 @@
 use amalgam_io::DType;
 
 use super::common::{check_same_shape, input_required, split_base};
-use super::torchops::{cascade_sum_with, norm2, norm2_strided, outer_sum};
 use crate::numerics::{round, scalar};
+use crate::reduce::{norm2, norm2_strided, outer_sum, torch_sum_with};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -109,7 +109,7 @@ fn nuslerp_spans(
         let n1 = if n1 < floor { floor } else { n1 };
         let prod = |i: usize| round(dt, round(dt, g0(i) / n0) * round(dt, g1(i) / n1));
         let s = if contiguous {
-            cascade_sum_with(prod, sp.len, dt != DType::F32)
+            torch_sum_with(prod, sp.len, dt)
         } else {
             outer_sum(prod, sp.len, col, cols, dt)
         };

@@ -4,8 +4,8 @@
 use amalgam_io::DType;
 
 use super::common::{check_same_shape, shared_or, split_base};
-use super::torchops::outer_sum;
 use crate::numerics::round;
+use crate::reduce::outer_sum;
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Tensor as T, Value,

@@ -4,8 +4,8 @@
 use amalgam_io::DType;
 
 use super::common::{check_same_shape, shared_or, split_base};
-use super::torchops::{cascade_sum, outer_sum};
 use crate::numerics::{round, scalar};
+use crate::reduce::{outer_sum, torch_float_lanes, torch_sum};
 use crate::stdsort::topk_largest;
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
@@ -171,10 +171,13 @@ impl MergeMethod for Sce {
             .iter()
             .map(|t| {
                 let sq: Vec<f32> = t.iter().map(|&v| round(dt, v * v)).collect();
-                round(dt, cascade_sum(&sq, dt) / n.max(1) as f32)
+                round(
+                    dt,
+                    torch_sum(&sq, dt, torch_float_lanes()) / n.max(1) as f32,
+                )
             })
             .collect();
-        let total = round(dt, cascade_sum(&energy, dt)) as f64;
+        let total = round(dt, torch_sum(&energy, dt, torch_float_lanes())) as f64;
         let weights: Vec<f32> = if total.abs() < 1e-6 {
             energy.iter().map(|_| round(dt, 1.0 / nm as f32)).collect()
         } else {

@@ -3,8 +3,8 @@
 use amalgam_io::DType;
 
 use super::common::{check_same_shape, compat_unsupported, shared_required};
-use super::torchops::{cascade_sum_with, sum_sq_lastdim};
 use crate::numerics::round;
+use crate::reduce::{sum_sq_lastdim, torch_sum_with};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor,
@@ -139,7 +139,7 @@ pub(crate) fn slerp_015_with(
     }
     let dot_parts = chunks
         .iter()
-        .map(|&(s, e)| cascade_sum_with(|i| (at(s + i) / na) * (bt(s + i) / nb), e - s, false));
+        .map(|&(s, e)| torch_sum_with(|i| (at(s + i) / na) * (bt(s + i) / nb), e - s, DType::F32));
     let dot_sum = dot_parts.fold(0f32, |acc, p| acc + p);
     let dot = if dot_sum.is_nan() {
         dot_sum

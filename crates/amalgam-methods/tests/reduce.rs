@@ -1,0 +1,102 @@
+//! The PyTorch reductions replayed by `amalgam_methods::reduce` give PyTorch's bits.
+//!
+//! Fixture: `tests/fixtures/reduce.safetensors`, built by `tests/fixtures/reduce.py` with torch
+//! 2.15 on CPU. Every length and model count around the kernels' switch points is covered for
+//! bf16, f16 and f32, so a change of association order in any branch fails here.
+
+use std::path::Path;
+
+use amalgam_io::{convert, DType, SafetensorsFile};
+use amalgam_methods::numerics::round;
+use amalgam_methods::reduce::{norm2, torch_float_lanes, torch_sum, Dim0Sum};
+
+fn open() -> SafetensorsFile {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reduce.safetensors");
+    SafetensorsFile::open(&p).expect("open reduce fixture")
+}
+
+fn load(f: &SafetensorsFile, name: &str) -> (DType, Vec<usize>, Vec<f32>) {
+    let r = f.get(name).unwrap_or_else(|| panic!("{name} missing"));
+    let mut data = vec![0f32; r.info.numel()];
+    convert::decode_f32(r.info.dtype, r.data, &mut data).expect("decode");
+    (r.info.dtype, r.info.shape.clone(), data)
+}
+
+/// The fixture cases (`<kind>/<dt>/<case>`) of one kind, sorted by name.
+fn cases(f: &SafetensorsFile, kind: &str) -> Vec<String> {
+    let mut v: Vec<String> = f
+        .tensors()
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| n.starts_with(kind) && n.ends_with("/out"))
+        .map(|n| n.trim_end_matches("/out").to_string())
+        .collect();
+    v.sort();
+    assert!(v.len() > 100, "{kind}: only {} cases", v.len());
+    v
+}
+
+#[test]
+fn whole_tensor_sums_match_torch() {
+    let f = open();
+    let mut bad = Vec::new();
+    for case in cases(&f, "sum/") {
+        let (dt, _, x) = load(&f, &format!("{case}/x"));
+        let (_, _, want) = load(&f, &format!("{case}/out"));
+        let got = round(dt, torch_sum(&x, dt, torch_float_lanes()));
+        if want.first().map(|w| w.to_bits()) != Some(got.to_bits()) {
+            bad.push(format!("{case}: torch {want:?}, ours {got}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn model_axis_sums_match_torch() {
+    let f = open();
+    let mut bad = Vec::new();
+    for case in cases(&f, "dim0/") {
+        let (dt, shape, x) = load(&f, &format!("{case}/x"));
+        let (_, _, want) = load(&f, &format!("{case}/out"));
+        let (m, cols) = (shape[0], shape[1]);
+        let plan = Dim0Sum::new(cols, dt, torch_float_lanes());
+        for (c, w) in want.iter().enumerate() {
+            let vals: Vec<f32> = (0..m).map(|k| x[k * cols + c]).collect();
+            let got = round(dt, plan.sum(c, &vals));
+            if got.to_bits() != w.to_bits() {
+                bad.push(format!("{case} column {c}: torch {w}, ours {got}"));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn vector_norms_match_torch() {
+    let f = open();
+    let mut bad = Vec::new();
+    for case in cases(&f, "norm/") {
+        let (dt, _, x) = load(&f, &format!("{}/x", case.replacen("norm/", "sum/", 1)));
+        let (_, _, want) = load(&f, &format!("{case}/out"));
+        let got = norm2(&x, dt);
+        if want.first().map(|w| w.to_bits()) != Some(got.to_bits()) {
+            bad.push(format!("{case}: torch {want:?}, ours {got}"));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} mismatches:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
