@@ -3,7 +3,7 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, split_base};
+use super::common::{check_same_shape, not_in_0_0_4_2, split_base};
 use crate::numerics::round;
 use crate::reduce::torch_sum_with;
 use crate::{
@@ -116,9 +116,7 @@ impl MergeMethod for ArceeFusion {
         let mut args = args;
         let rng = args.rng.take();
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "arcee_fusion is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("arcee_fusion"));
         }
         check_same_shape(&args)?;
         let (base, xs) = split_base(&args);

@@ -1,5 +1,8 @@
 //! Small helpers shared by the methods in this folder (argument access, shape checks, messages).
 
+use amalgam_io::DType;
+
+use crate::numerics::round;
 use crate::{MergeArgs, MethodError, ParamValues, Tensor};
 
 /// The refusal for a method whose 2024 arithmetic is not implemented: computing 0.1.5 arithmetic
@@ -8,6 +11,27 @@ pub(crate) fn compat_unsupported(method: &str) -> MethodError {
     MethodError::Other(format!(
         "{method} with --mergekit-version 0.0.4.2 is not supported yet"
     ))
+}
+
+/// The refusal for a method mergekit 0.0.4.2 did not have: under the 0.0.4.2 flag a config
+/// naming it must fail as the old mergekit would, not merge with newer arithmetic.
+pub(crate) fn not_in_0_0_4_2(method: &str) -> MethodError {
+    MethodError::Other(format!("{method} is not available in mergekit 0.0.4.2"))
+}
+
+/// The base tensor of a method that cannot run without one (mergekit's message).
+pub(crate) fn require_base(base: Option<&Tensor>) -> Result<&Tensor, MethodError> {
+    base.ok_or_else(|| MethodError::Contract("Merge method requires a base input".into()))
+}
+
+/// The task vector `x − b`, rounded to `dtype` element by element as PyTorch's subtraction of
+/// two `dtype` tensors is.
+pub(crate) fn task_vector(x: &Tensor, b: &Tensor, dtype: DType) -> Vec<f32> {
+    x.data
+        .iter()
+        .zip(&b.data)
+        .map(|(&v, &w)| round(dtype, v - w))
+        .collect()
 }
 
 /// A required shared float parameter.

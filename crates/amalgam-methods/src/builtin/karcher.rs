@@ -3,7 +3,7 @@
 
 use amalgam_io::DType;
 
-use super::common::check_same_shape;
+use super::common::{check_same_shape, not_in_0_0_4_2};
 use crate::numerics::{round, scalar};
 use crate::reduce::{norm2, torch_sum_with};
 use crate::{
@@ -90,9 +90,7 @@ impl MergeMethod for Karcher {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "karcher is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("karcher"));
         }
         check_same_shape(&args)?;
         let max_iter = args

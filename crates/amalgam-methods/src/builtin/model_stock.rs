@@ -1,7 +1,7 @@
 //! `model_stock`: interpolates between the base and the average of the fine-tuned models by a
 //! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
 
-use super::common::{check_same_shape, compat_unsupported, split_base};
+use super::common::{check_same_shape, compat_unsupported, require_base, split_base};
 use crate::numerics::round;
 use crate::reduce::{norm2, torch_sum_with};
 use crate::{
@@ -64,8 +64,7 @@ impl MergeMethod for ModelStock {
         check_same_shape(&args)?;
         let filter_wise = args.shared_bool("filter_wise").unwrap_or(false);
         let (base, ws) = split_base(&args);
-        let w0 =
-            base.ok_or_else(|| MethodError::Contract("Merge method requires a base input".into()))?;
+        let w0 = require_base(base)?;
         if ws.is_empty() {
             return Ok(w0.clone());
         }

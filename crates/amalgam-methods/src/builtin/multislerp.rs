@@ -1,7 +1,7 @@
 //! `multislerp`: barycentric interpolation of any number of models on the hypersphere (tangent
 //! space at the weighted mean direction), optionally relative to a base.
 
-use super::common::{check_same_shape, input_required, split_base};
+use super::common::{check_same_shape, input_required, not_in_0_0_4_2, split_base, task_vector};
 use crate::numerics::{round, scalar};
 use crate::reduce::{norm2, outer_sum, torch_float_lanes, torch_sum, torch_sum_with};
 use crate::{
@@ -79,9 +79,7 @@ impl MergeMethod for MultiSlerp {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "multislerp is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("multislerp"));
         }
         check_same_shape(&args)?;
         let normalize = args.shared_bool("normalize_weights").unwrap_or(true);
@@ -111,12 +109,7 @@ impl MergeMethod for MultiSlerp {
         let x: Vec<Vec<f32>> = xs
             .iter()
             .map(|t| match base {
-                Some(b) => t
-                    .data
-                    .iter()
-                    .zip(&b.data)
-                    .map(|(&v, &c)| round(dt, v - c))
-                    .collect(),
+                Some(b) => task_vector(t, b, dt),
                 None => t.data.clone(),
             })
             .collect();

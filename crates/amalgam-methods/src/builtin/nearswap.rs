@@ -1,7 +1,7 @@
 //! `nearswap`: take the other model's value where it is close to the base, keep the base where
 //! they are far apart.
 
-use super::common::{check_same_shape, shared_required, split_base};
+use super::common::{check_same_shape, not_in_0_0_4_2, shared_required, split_base};
 use crate::numerics::{round, scalar};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
@@ -59,9 +59,7 @@ impl MergeMethod for NearSwap {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "nearswap is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("nearswap"));
         }
         let t = scalar(shared_required(&args, "t")?);
         check_same_shape(&args)?;

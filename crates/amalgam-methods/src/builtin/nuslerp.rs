@@ -3,7 +3,7 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, input_required, split_base};
+use super::common::{check_same_shape, input_required, not_in_0_0_4_2, split_base};
 use crate::numerics::{round, scalar};
 use crate::reduce::{norm2, norm2_strided, outer_sum, torch_sum_with};
 use crate::{
@@ -149,9 +149,7 @@ impl MergeMethod for NuSlerp {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "nuslerp is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("nuslerp"));
         }
         check_same_shape(&args)?;
         let row_wise = args.shared_bool("nuslerp_row_wise").unwrap_or(false);

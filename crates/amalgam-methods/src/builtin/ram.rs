@@ -3,7 +3,9 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, shared_or, split_base};
+use super::common::{
+    check_same_shape, not_in_0_0_4_2, require_base, shared_or, split_base, task_vector,
+};
 use crate::numerics::round;
 use crate::reduce::outer_sum;
 use crate::{
@@ -25,16 +27,7 @@ pub(crate) struct RamPrep {
 pub(crate) fn prepare(xs: &[&T], b: &T, eps: f64) -> RamPrep {
     let dt = b.dtype;
     let e = round(dt, eps as f32);
-    let tv: Vec<Vec<f32>> = xs
-        .iter()
-        .map(|x| {
-            x.data
-                .iter()
-                .zip(&b.data)
-                .map(|(&v, &w)| round(dt, v - w))
-                .collect()
-        })
-        .collect();
+    let tv: Vec<Vec<f32>> = xs.iter().map(|x| task_vector(x, b, dt)).collect();
     let nonzero: Vec<Vec<bool>> = tv
         .iter()
         .map(|t| t.iter().map(|&v| v.abs() > e).collect())
@@ -126,15 +119,12 @@ impl MergeMethod for Ram {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "ram is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("ram"));
         }
         check_same_shape(&args)?;
         let eps = shared_or(&args, "epsilon", 1e-5);
         let (base, xs) = split_base(&args);
-        let b =
-            base.ok_or_else(|| MethodError::Contract("Merge method requires a base input".into()))?;
+        let b = require_base(base)?;
         if xs.is_empty() {
             return Ok(b.clone());
         }

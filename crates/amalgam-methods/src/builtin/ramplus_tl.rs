@@ -3,7 +3,7 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, shared_or, split_base};
+use super::common::{check_same_shape, not_in_0_0_4_2, require_base, shared_or, split_base};
 use super::ram::{prepare, sum_models};
 use crate::numerics::round;
 use crate::{
@@ -82,17 +82,14 @@ impl MergeMethod for RamPlusTl {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "ramplus_tl is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("ramplus_tl"));
         }
         check_same_shape(&args)?;
         let r = shared_or(&args, "r", 0.1) as f32;
         let alpha = shared_or(&args, "alpha", 0.2) as f32;
         let eps = shared_or(&args, "epsilon", 1e-5);
         let (base, xs) = split_base(&args);
-        let b =
-            base.ok_or_else(|| MethodError::Contract("Merge method requires a base input".into()))?;
+        let b = require_base(base)?;
         if xs.is_empty() {
             // mergekit returns the base tensor itself (its dtype).
             return Ok(b.clone());

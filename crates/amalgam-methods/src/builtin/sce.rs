@@ -3,7 +3,9 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, shared_or, split_base};
+use super::common::{
+    check_same_shape, not_in_0_0_4_2, require_base, shared_or, split_base, task_vector,
+};
 use crate::numerics::{round, scalar};
 use crate::reduce::{outer_sum, torch_float_lanes, torch_sum};
 use crate::stdsort::topk_largest;
@@ -87,31 +89,19 @@ impl MergeMethod for Sce {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         if args.compat == Compat::V0_0_4_2 {
-            return Err(MethodError::Other(
-                "sce is not available in mergekit 0.0.4.2".into(),
-            ));
+            return Err(not_in_0_0_4_2("sce"));
         }
         check_same_shape(&args)?;
         let topk = shared_or(&args, "select_topk", 1.0);
         let (base, xs) = split_base(&args);
-        let b =
-            base.ok_or_else(|| MethodError::Contract("Merge method requires a base input".into()))?;
+        let b = require_base(base)?;
         if xs.is_empty() {
             return Ok(b.clone());
         }
         let dt = b.dtype;
         let n = b.data.len();
         let nm = xs.len();
-        let mut tv: Vec<Vec<f32>> = xs
-            .iter()
-            .map(|x| {
-                x.data
-                    .iter()
-                    .zip(&b.data)
-                    .map(|(&v, &w)| round(dt, v - w))
-                    .collect()
-            })
-            .collect();
+        let mut tv: Vec<Vec<f32>> = xs.iter().map(|x| task_vector(x, b, dt)).collect();
         if topk < 1.0 {
             let mut keep = vec![false; n];
             if topk > 0.0 {
