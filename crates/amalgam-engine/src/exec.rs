@@ -1,12 +1,15 @@
-//! The streaming executor: tensors flow from the mapped inputs through the method into their
+//! The streaming executor: tensors flow from the inputs through the method into their
 //! precomputed places in the output shards.
 //!
-//! Work is split into items: an elementwise method's tensor is cut into chunks of
-//! [`CHUNK_ELEMS`] elements, any other tensor is one item. Items run on the rayon pool in any
-//! order and write at fixed offsets, so the output bytes never depend on the thread count, and
-//! memory is bounded by (threads x item size) whatever the model size. Methods that draw random
-//! numbers run their tensors one after another in save order, because the random stream is
-//! consumed in that order (mergekit's order), and only then can a seed reproduce a run.
+//! Work is split into items: an elementwise method's tensor is cut into items of
+//! [`ITEM_ELEMS`] elements, merged in chunks of [`CHUNK_ELEMS`]; any other tensor is one item.
+//! Items run on the rayon pool in any order and write at fixed offsets, so the output bytes never
+//! depend on the thread count. Input bytes are read with positioned reads into per-thread
+//! buffers (the memory maps serve only the validated headers), so memory is bounded by
+//! (threads x item size) whatever the model size, with no page cache mapped into the process.
+//! Methods that draw random numbers run their tensors one after another in save order, because
+//! the random stream is consumed in that order (mergekit's order), and only then can a seed
+//! reproduce a run.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,8 +25,7 @@ use crate::{EngineError, Result};
 /// the CPU cache between decoding and merging.
 pub const CHUNK_ELEMS: usize = 1 << 15;
 
-/// Elements per work item of an elementwise merge (a run of chunks handled by one thread, whose
-/// input pages are released together).
+/// Elements per work item of an elementwise merge (a run of chunks handled by one thread).
 pub const ITEM_ELEMS: usize = 1 << 20;
 
 /// Progress callback: (output bytes done, tensors done).
@@ -66,21 +68,40 @@ fn load(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result
                 inp.name
             ))
         })?;
-    let n = range.len();
+    // Read the bytes with positioned reads into a per-thread buffer rather than touching the
+    // mapping: no page faults, nothing left resident.
+    READ_BUF.with(|cell| -> Result<Tensor> {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < bytes.len() {
+            buf.resize(bytes.len(), 0);
+        }
+        let buf = &mut buf[..bytes.len()];
+        model.source.folder_ref().read_part(bytes, buf)?;
+        decode(op, buf, raw.dtype, range.len())
+    })
+}
+
+thread_local! {
+    /// Reused read buffer of each worker thread.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Converts `bytes` (`n` elements of `dtype`) to the op's working dtype.
+fn decode(op: &Op, bytes: &[u8], raw_dtype: DType, n: usize) -> Result<Tensor> {
     let work = op.work_dtype;
-    let data = if raw.dtype == DType::F64 && work != DType::F64 {
+    let data = if raw_dtype == DType::F64 && work != DType::F64 {
         // The cast as PyTorch's `.to()` does it from f64 (see amalgam_io::convert).
         let mut tmp = vec![0u8; n * work.size()];
         convert::convert_bytes(DType::F64, bytes, work, &mut tmp)?;
         convert::decode_f32_vec(work, &tmp)?
     } else {
-        let mut data = convert::decode_f32_vec(raw.dtype, bytes)?;
-        if raw.dtype != work {
+        let mut data = convert::decode_f32_vec(raw_dtype, bytes)?;
+        if raw_dtype != work {
             amalgam_methods::numerics::round_slice(work, &mut data);
         }
         data
     };
-    let shape = if range.len() == op.shape.iter().product::<usize>() {
+    let shape = if n == op.shape.iter().product::<usize>() {
         op.shape.clone()
     } else {
         vec![n]
@@ -142,28 +163,15 @@ fn merge_range(
     sink.put(op, (range.start * op.out_dtype.size()) as u64, &bytes)
 }
 
-/// Merges an elementwise item chunk by chunk (cache-sized pieces), then releases the item's
-/// input pages: items are disjoint, so nobody needs them again. Releasing per item rather than
-/// per chunk keeps the number of `madvise` calls (each a TLB shootdown across threads) small.
+/// Merges an elementwise work item chunk by chunk: each chunk's inputs fit in the CPU cache
+/// between decoding and merging.
 fn merge_item(plan: &Plan, op: &Op, range: std::ops::Range<usize>, sink: &dyn Sink) -> Result<()> {
-    let parts = |f: &dyn Fn(&amalgam_io::ModelFolder, &[u8])| {
-        for inp in &op.inputs {
-            let m = &plan.models[inp.model];
-            if let Some(raw) = m.source.get(&inp.name) {
-                let es = raw.dtype.size();
-                if let Some(part) = raw.data.get(range.start * es..range.end * es) {
-                    f(m.source.folder_ref(), part);
-                }
-            }
-        }
-    };
     let mut s = range.start;
     while s < range.end {
         let e = (s + CHUNK_ELEMS).min(range.end);
         merge_range(plan, op, s..e, None, sink)?;
         s = e;
     }
-    parts(&|folder, part| folder.release_bytes(part));
     Ok(())
 }
 
@@ -209,7 +217,6 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             } else {
                 copy_buffer(plan, op, sink)?;
             }
-            release(plan, op);
             report(op, nbytes(op), true);
         }
         return Ok(());
@@ -230,7 +237,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             items.push((i, 0..n, false));
         }
     }
-    // Chunks still to do per op: the last one to finish releases the op's input pages.
+    // Items still to do per op, to count finished tensors for progress.
     let remaining: Vec<AtomicUsize> = plan.ops.iter().map(|_| AtomicUsize::new(0)).collect();
     for (i, _, _) in &items {
         remaining[*i].fetch_add(1, Ordering::Relaxed);
@@ -245,19 +252,9 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             copy_buffer(plan, op, sink)?;
         }
         let finished = remaining[*i].fetch_sub(1, Ordering::AcqRel) == 1;
-        if finished {
-            release(plan, op);
-        }
         report(op, (range.len() * op.out_dtype.size()) as u64, finished);
         Ok(())
     })
-}
-
-/// Drops the input pages of a finished op.
-fn release(plan: &Plan, op: &Op) {
-    for inp in &op.inputs {
-        plan.models[inp.model].source.release(&inp.name);
-    }
 }
 
 fn nbytes(op: &Op) -> u64 {

@@ -294,21 +294,6 @@ impl Source {
         self.folder.shard_of(&storage).map(String::from)
     }
 
-    /// Drops this mapping's pages of `name` (the page cache keeps them): called once a tensor
-    /// is merged, so resident memory stays bounded by the tensors in flight, not the model.
-    pub fn release(&self, name: &str) {
-        if let Some(storage) = self.storage_name(name) {
-            if let Some(f) = self
-                .folder
-                .files()
-                .iter()
-                .find(|f| f.get(&storage).is_some())
-            {
-                f.release(&storage);
-            }
-        }
-    }
-
     /// The model folder path.
     pub fn path(&self) -> &Path {
         self.folder.path()

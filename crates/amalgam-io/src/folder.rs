@@ -142,10 +142,18 @@ impl ModelFolder {
         })
     }
 
-    /// Drops the pages of `part` (a slice of one of this folder's tensors); see
-    /// [`SafetensorsFile::release_bytes`].
-    pub fn release_bytes(&self, part: &[u8]) {
-        let _ = self.files().iter().any(|f| f.release_bytes(part));
+    /// Copies `part` (a slice of one of this folder's tensors) into `buf` with positioned reads;
+    /// see [`SafetensorsFile::read_part`]. Falls back to copying from the mapping.
+    pub fn read_part(&self, part: &[u8], buf: &mut [u8]) -> Result<()> {
+        for f in self.files() {
+            if f.read_part(part, buf)? {
+                return Ok(());
+            }
+        }
+        if buf.len() == part.len() {
+            buf.copy_from_slice(part);
+        }
+        Ok(())
     }
 
     /// The shard files, in index order (order of first appearance in the index's

@@ -50,6 +50,7 @@ pub struct TensorRef<'a> {
 /// A memory-mapped safetensors file whose header has been validated.
 pub struct SafetensorsFile {
     path: PathBuf,
+    file: File,
     mmap: Mmap,
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
@@ -89,6 +90,7 @@ impl SafetensorsFile {
             .collect();
         Ok(SafetensorsFile {
             path,
+            file,
             mmap,
             tensors,
             by_name,
@@ -146,33 +148,27 @@ impl SafetensorsFile {
         }
     }
 
-    /// Like [`SafetensorsFile::release`] for any byte range of this file's mapping, given as a
-    /// slice previously handed out by [`SafetensorsFile::get`] (or a part of one). Only pages
-    /// lying entirely inside `part` are dropped. Returns false if `part` is not in this file.
-    /// Used to release a large tensor chunk by chunk, so resident memory stays bounded by the
-    /// chunks in flight rather than by the largest tensor.
-    pub fn release_bytes(&self, part: &[u8]) -> bool {
+    /// Copies the bytes of `part` (a slice of this file's mapping, as handed out by
+    /// [`SafetensorsFile::get`]) into `buf` with positioned reads instead of touching the
+    /// mapping. Streaming a large tensor this way, chunk by chunk, costs no page faults and
+    /// leaves nothing mapped, so resident memory stays at the size of the buffers. Returns
+    /// `Ok(false)` if `part` is not in this file or `buf` has another length.
+    pub fn read_part(&self, part: &[u8], buf: &mut [u8]) -> Result<bool> {
         let base = self.mmap.as_ptr() as usize;
         let p = part.as_ptr() as usize;
-        if p < base || p + part.len() > base + self.mmap.len() {
-            return false;
+        if p < base || p + part.len() > base + self.mmap.len() || buf.len() != part.len() {
+            return Ok(false);
         }
-        let page = 4096;
-        let start = (p - base).div_ceil(page) * page;
-        let end = (p - base + part.len()) / page * page;
-        if end > start {
-            // SAFETY: as in `release`: a read-only, file-backed, never-written mapping has no
-            // private pages, so MADV_DONTNEED only drops clean page-cache references; the bytes
-            // any live slice points to read back identically.
-            let _ = unsafe {
-                self.mmap.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.file
+                .read_exact_at(buf, (p - base) as u64)
+                .map_err(|e| Error::io(&self.path, e))?;
         }
-        true
+        #[cfg(not(unix))]
+        buf.copy_from_slice(part);
+        Ok(true)
     }
 
     /// Asks the kernel to map `name`'s pages now, in one call (`MADV_POPULATE_READ`, Linux
