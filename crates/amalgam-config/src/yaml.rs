@@ -101,6 +101,11 @@ fn loc(m: &Marker) -> Location {
     }
 }
 
+/// Most nodes a config may expand to, aliases counted at their expanded size. Aliases are
+/// copied into the tree, so without a bound a few lines of nested aliases (the "billion laughs"
+/// pattern) would exhaust memory; real configs have a few thousand nodes at most.
+pub(crate) const MAX_NODES: usize = 1_000_000;
+
 /// Parses `text` as exactly one YAML document.
 pub(crate) fn load(text: &str) -> Result<Document, YamlError> {
     let mut parser = Parser::new_from_str(text);
@@ -108,14 +113,18 @@ pub(crate) fn load(text: &str) -> Result<Document, YamlError> {
         parser: &mut parser,
         anchors: Vec::new(),
         duplicates: Vec::new(),
+        nodes: 0,
     };
     b.stream()
 }
 
 struct Builder<'p, 'a> {
     parser: &'p mut Parser<std::str::Chars<'a>>,
-    anchors: Vec<(usize, Node)>,
+    /// Anchored nodes: (anchor id, node, its size in nodes).
+    anchors: Vec<(usize, Node, usize)>,
     duplicates: Vec<Duplicate>,
+    /// Nodes built so far (see [`MAX_NODES`]).
+    nodes: usize,
 }
 
 impl Builder<'_, '_> {
@@ -170,34 +179,64 @@ impl Builder<'_, '_> {
         })
     }
 
-    fn remember(&mut self, anchor: usize, node: &Node) {
+    /// Keeps an anchored node for later aliases; `start` is [`Builder::nodes`] before it was
+    /// built, so its size is what it added.
+    fn remember(&mut self, anchor: usize, node: &Node, start: usize) {
         if anchor > 0 {
-            self.anchors.push((anchor, node.clone()));
+            let size = self.nodes.saturating_sub(start);
+            self.anchors.push((anchor, node.clone(), size));
         }
+    }
+
+    /// Counts `n` more nodes, failing past [`MAX_NODES`].
+    fn count(&mut self, n: usize, at: Location) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(YamlError {
+                loc: at,
+                message: format!(
+                    "the config expands to more than {MAX_NODES} YAML values (aliases `*name` \
+                     copy their anchor's value each time they are used); a merge config needs \
+                     far fewer: remove the nested aliases"
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn node(&mut self, ev: Event, m: Marker) -> Result<Node, YamlError> {
         let at = loc(&m);
+        let start = self.nodes;
+        if !matches!(ev, Event::Alias(_)) {
+            self.count(1, at)?;
+        }
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 let kind = scalar_kind(text, style, tag.as_ref(), at)?;
                 let node = Node { kind, loc: at };
-                self.remember(anchor, &node);
+                self.remember(anchor, &node, start);
                 Ok(node)
             }
-            Event::Alias(id) => self
-                .anchors
-                .iter()
-                .rev()
-                .find(|(a, _)| *a == id)
-                .map(|(_, n)| Node {
-                    kind: n.kind.clone(),
-                    loc: at,
-                })
-                .ok_or(YamlError {
+            Event::Alias(id) => {
+                let unknown = || YamlError {
                     loc: at,
                     message: "unknown alias".into(),
-                }),
+                };
+                let found = self.anchors.iter().rposition(|(a, _, _)| *a == id);
+                let size = found
+                    .and_then(|i| self.anchors.get(i))
+                    .map(|(_, _, size)| *size)
+                    .ok_or_else(unknown)?;
+                // Counted before the copy is made.
+                self.count(size, at)?;
+                found
+                    .and_then(|i| self.anchors.get(i))
+                    .map(|(_, n, _)| Node {
+                        kind: n.kind.clone(),
+                        loc: at,
+                    })
+                    .ok_or_else(unknown)
+            }
             Event::SequenceStart(anchor, _) => {
                 let mut items = Vec::new();
                 loop {
@@ -214,7 +253,7 @@ impl Builder<'_, '_> {
                     kind: Kind::Seq(items),
                     loc,
                 };
-                self.remember(anchor, &node);
+                self.remember(anchor, &node, start);
                 Ok(node)
             }
             Event::MappingStart(anchor, _) => {
@@ -262,7 +301,7 @@ impl Builder<'_, '_> {
                     kind: Kind::Map(all),
                     loc,
                 };
-                self.remember(anchor, &node);
+                self.remember(anchor, &node, start);
                 Ok(node)
             }
             other => Err(YamlError {
