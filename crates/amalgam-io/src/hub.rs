@@ -80,7 +80,11 @@ pub fn resolve_in(
                 Ok(sha) => {
                     let sha = sha.trim();
                     let snap = repo.join("snapshots").join(sha);
-                    if !sha.is_empty() && snap.is_dir() {
+                    // A ref file holds a commit id; anything with a path separator (`/etc`,
+                    // `../x`) would lead `join` out of the snapshots folder.
+                    let plain =
+                        !sha.is_empty() && !sha.contains(['/', '\\']) && sha != "." && sha != "..";
+                    if plain && snap.is_dir() {
                         return Ok(snap);
                     }
                     let _ = writeln!(

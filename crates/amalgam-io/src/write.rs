@@ -138,6 +138,19 @@ impl ShardLayout {
             }
         }
 
+        // Every offset below is at most the total plus the shard headers: checking the total
+        // here (with room for the headers) keeps all later sums in range.
+        let headroom = 1u64 << 40;
+        if sizes
+            .iter()
+            .try_fold(headroom, |acc, s| acc.checked_add(s.1))
+            .is_none()
+        {
+            return Err(Error::Invalid(
+                "the planned output tensors total more than 2^64 bytes".into(),
+            ));
+        }
+
         // Shard assignment, as mergekit's TensorWriter.save_tensor does it.
         let mut groups: Vec<Vec<usize>> = Vec::new();
         let mut current: Vec<usize> = Vec::new();

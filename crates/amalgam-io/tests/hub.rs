@@ -121,3 +121,23 @@ fn cache_dir_from_environment() {
         PathBuf::from("/home/u/.cache/huggingface/hub")
     );
 }
+
+/// A ref file whose content is a path (absolute, or climbing out with `..`) is not followed:
+/// only a snapshot inside the repository's `snapshots/` folder can be the answer.
+#[test]
+fn ref_file_cannot_escape_the_snapshots_folder() {
+    let (tmp, hub) = cache();
+    let base = tmp.path().join("work");
+    std::fs::create_dir_all(&base).unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let refs = hub.join("models--org--name/refs");
+    std::fs::write(refs.join("abs"), outside.to_string_lossy().as_bytes()).unwrap();
+    std::fs::write(refs.join("up"), "../../../outside").unwrap();
+    for rev in ["abs", "up"] {
+        match hub::resolve_in("org/name", Some(rev), &base, &hub) {
+            Err(Error::Unresolved { .. }) => {}
+            other => panic!("ref `{rev}` resolved to {other:?}"),
+        }
+    }
+}

@@ -406,3 +406,16 @@ proptest! {
         }
     }
 }
+
+/// Tensors that each fit but together pass 2^64 bytes are refused, not summed with overflow.
+#[test]
+fn total_size_overflow_is_an_error() {
+    let big = 1usize << 62;
+    let ts: Vec<PlannedTensor> = (0..5)
+        .map(|i| t(&format!("t{i}"), DType::U8, &[big]))
+        .collect();
+    match ShardLayout::plan(ts, &modern(0)) {
+        Err(e) => assert!(e.to_string().contains("2^64"), "{e}"),
+        Ok(_) => panic!("a layout of 5 x 2^62 bytes was planned"),
+    }
+}
