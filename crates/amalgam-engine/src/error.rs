@@ -20,6 +20,20 @@ pub enum EngineError {
         /// Why.
         source: amalgam_methods::MethodError,
     },
+    /// A merge method panicked on a tensor (a bug in the method, reported as an error so the
+    /// merge stops cleanly and says where).
+    #[error(
+        "{tensor}: merge method `{method}` panicked: {message} (this is a bug in the method; \
+         please report it with the config and the tensor's shape)"
+    )]
+    MethodPanicked {
+        /// Output tensor.
+        tensor: String,
+        /// Method name.
+        method: String,
+        /// The panic message.
+        message: String,
+    },
     /// The plan is inconsistent with the inputs (missing tensors, shape mismatch, contract...).
     #[error("{0}")]
     Plan(String),

@@ -142,13 +142,24 @@ fn merge_range(
         rng,
         compat: plan.compat,
     };
-    let out = plan
-        .method
-        .merge(args)
-        .map_err(|source| EngineError::Method {
+    // A method is third-party code as far as the engine is concerned: a panic in it (a bug,
+    // but one a user may meet on an odd tensor) becomes an error naming the tensor and the
+    // method, instead of tearing down the rayon pool and the process. Nothing observable is
+    // left half-updated: the method's inputs are owned here and its output is discarded.
+    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.method.merge(args)))
+        .map_err(|payload| EngineError::MethodPanicked {
             tensor: op.out_name.clone(),
-            source,
+            method: plan.method.info().name.to_string(),
+            message: payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".into()),
         })?;
+    let out = merged.map_err(|source| EngineError::Method {
+        tensor: op.out_name.clone(),
+        source,
+    })?;
     if out.data.len() != range.len() {
         return Err(EngineError::Plan(format!(
             "{}: method `{}` returned {} elements, expected {}",

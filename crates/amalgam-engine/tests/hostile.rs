@@ -457,7 +457,7 @@ impl Failing {
                 pretty_name: "Failing",
                 reference_url: None,
                 summary: "copies its first input; fails on tensors named `*.boom` and on \
-                          chunks whose first value is -1",
+                          chunks whose first value is -1; panics on tensors named `*.panic`",
                 params: vec![ParamSpec {
                     name: "weight",
                     scope: ParamScope::Input,
@@ -495,6 +495,9 @@ impl MergeMethod for Failing {
             .ok_or_else(|| MethodError::Contract("no inputs".into()))?;
         if args.tensor_name.ends_with(".boom") || first.tensor.data.first() == Some(&-1.0) {
             return Err(MethodError::Other("injected failure".into()));
+        }
+        if args.tensor_name.ends_with(".panic") {
+            panic!("injected panic");
         }
         Ok(first.tensor.clone())
     }
@@ -574,4 +577,30 @@ fn failing_method_control() {
         f32_values(m.get("model.w").expect("model.w").data),
         [1.0, 2.0, 3.0, 4.0]
     );
+}
+
+/// A method that panics: the merge ends with an error naming the tensor and the method (not a
+/// panic out of `merge`), and no output is left.
+#[test]
+fn panicking_method_is_an_error() {
+    let fx = fixture();
+    let mut t = Vec::new();
+    for i in 0..50 {
+        t.push(f32s(&format!("model.w{i:03}"), &[4], &[i as f32; 4]));
+    }
+    t.push(f32s("model.x.panic", &[4], &[0.0; 4]));
+    write_model(&fx.dir.join("p"), &t);
+    let mut reg = Registry::builtin();
+    reg.register(Arc::new(Failing::new(false)));
+    let (out, r) = run(&fx, "merge_method: failing\nmodels:\n  - model: p\n", &reg);
+    match r {
+        Err(e @ EngineError::MethodPanicked { .. }) => {
+            let msg = e.to_string();
+            for part in ["model.x.panic", "failing", "injected panic"] {
+                assert!(msg.contains(part), "`{msg}` does not mention `{part}`");
+            }
+        }
+        other => panic!("expected a MethodPanicked error, got {other:?}"),
+    }
+    assert_no_output(&fx, &out);
 }
