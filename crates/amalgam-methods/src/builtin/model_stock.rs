@@ -1,9 +1,9 @@
 //! `model_stock`: interpolates between the base and the average of the fine-tuned models by a
 //! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
 
-use super::common::{check_same_shape, compat_unsupported, require_base, split_base};
+use super::common::{check_same_shape, compat_unsupported, require_base, split_base, task_vector};
 use crate::numerics::round;
-use crate::reduce::{norm2, torch_sum_with};
+use crate::reduce::{norm2, outer_sum, torch_sum_with};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -76,54 +76,57 @@ impl MergeMethod for ModelStock {
             n.max(1)
         };
         let rows = n / row_len;
-        let offsets: Vec<Vec<f32>> = ws
-            .iter()
-            .map(|w| {
-                w.data
-                    .iter()
-                    .zip(&w0.data)
-                    .map(|(&a, &b)| round(dt, a - b))
-                    .collect()
-            })
-            .collect();
+        let offsets: Vec<Vec<f32>> = ws.iter().map(|w| task_vector(w, w0, dt)).collect();
         let count = ws.len();
         let floor = round(dt, 1e-6);
-        // cos per pair and row, then the mean over pairs (sum over the pair axis, then division).
-        let mut cos_sum = vec![0f32; rows];
-        let mut pairs = 0usize;
+        // cos per pair and row: `torch.stack(cos_thetas)` is a (pairs, rows) tensor.
+        let mut cos: Vec<Vec<f32>> = Vec::new();
         for (i, oa) in offsets.iter().enumerate() {
             for ob in offsets.iter().skip(i + 1) {
-                pairs += 1;
-                for (r, acc) in cos_sum.iter_mut().enumerate() {
-                    let s = r * row_len;
-                    let (ra, rb) = match (oa.get(s..s + row_len), ob.get(s..s + row_len)) {
-                        (Some(a), Some(b)) => (a, b),
-                        _ => continue,
-                    };
-                    let np = round(dt, norm2(ra, dt) * norm2(rb, dt));
-                    let np = if np < floor { floor } else { np };
-                    let dot = round(
-                        dt,
-                        torch_sum_with(
-                            |k| match (ra.get(k), rb.get(k)) {
-                                (Some(&x), Some(&y)) => round(dt, x * y),
-                                _ => 0.0,
-                            },
-                            row_len,
+                let row_cos = (0..rows)
+                    .map(|r| {
+                        let s = r * row_len;
+                        let (ra, rb) = match (oa.get(s..s + row_len), ob.get(s..s + row_len)) {
+                            (Some(a), Some(b)) => (a, b),
+                            _ => return 0.0,
+                        };
+                        let np = round(dt, norm2(ra, dt) * norm2(rb, dt));
+                        let np = if np < floor { floor } else { np };
+                        let dot = round(
                             dt,
-                        ),
-                    );
-                    let c = round(dt, dot / np);
-                    let c = if c.is_nan() { c } else { c.clamp(-1.0, 1.0) };
-                    *acc += c;
-                }
+                            torch_sum_with(
+                                |k| match (ra.get(k), rb.get(k)) {
+                                    (Some(&x), Some(&y)) => round(dt, x * y),
+                                    _ => 0.0,
+                                },
+                                row_len,
+                                dt,
+                            ),
+                        );
+                        let c = round(dt, dot / np);
+                        if c.is_nan() {
+                            c
+                        } else {
+                            c.clamp(-1.0, 1.0)
+                        }
+                    })
+                    .collect();
+                cos.push(row_cos);
             }
         }
+        let pairs = cos.len();
         let cm1 = (count as f32) - 1.0;
-        let t: Vec<f32> = cos_sum
-            .iter()
-            .map(|&s| {
-                // mean(): f32 sum over the pair axis, divided in f32, rounded once.
+        let t: Vec<f32> = (0..rows)
+            .map(|r| {
+                // `.mean(dim=0)`: PyTorch's CPU mean sums 16-bit tensors in f32 (in the sum
+                // kernel's order over the pair axis), divides in f32 and rounds once.
+                let s = outer_sum(
+                    |p| cos.get(p).and_then(|c| c.get(r)).copied().unwrap_or(0.0),
+                    pairs,
+                    r,
+                    rows,
+                    dt,
+                );
                 let cos = round(dt, s / pairs.max(1) as f32);
                 let den = round(dt, 1.0 + round(dt, cm1 * cos));
                 if round(dt, den.abs()) < floor {

@@ -3,7 +3,7 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, input_required, not_in_0_0_4_2, split_base};
+use super::common::{check_same_shape, input_required, not_in_0_0_4_2, split_base, task_vector};
 use crate::numerics::{round, scalar};
 use crate::reduce::{norm2, norm2_strided, outer_sum, torch_sum_with};
 use crate::{
@@ -215,18 +215,8 @@ impl MergeMethod for NuSlerp {
         };
         let data = match base {
             Some(b) => {
-                let d0: Vec<f32> = x0
-                    .data
-                    .iter()
-                    .zip(&b.data)
-                    .map(|(&x, &y)| round(dt, x - y))
-                    .collect();
-                let d1: Vec<f32> = x1
-                    .data
-                    .iter()
-                    .zip(&b.data)
-                    .map(|(&x, &y)| round(dt, x - y))
-                    .collect();
+                let d0 = task_vector(x0, b, dt);
+                let d1 = task_vector(x1, b, dt);
                 let r = nuslerp_spans(t, &d0, &d1, dt, &spans, contiguous);
                 b.data
                     .iter()
