@@ -200,6 +200,13 @@ models:
     parameters: {weight: 0.5}
 ";
 
+/// The models have no config.json, so amalgam infers the layout from tensor names and merges
+/// every tensor it finds, substituting `b`'s embeddings for its missing LM head. This pins
+/// amalgam's current behaviour, which is robust but not mergekit's: mergekit 0.1.5 cannot load
+/// a folder without config.json, and with a config.json of an unknown architecture (inferred
+/// through transformers, `tie_word_embeddings: false`) it was seen to drop the tensors a
+/// transformers Llama does not declare (`position_ids`, `mlp.scale`, `mlp.empty`) and to merge
+/// `lm_head` from `a` alone (100.0) instead of substituting `b`'s embeddings.
 #[test]
 fn odd_tensors_merge() {
     let fx = fixture();
