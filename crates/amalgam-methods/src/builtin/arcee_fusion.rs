@@ -103,6 +103,16 @@ fn lane_tree_sum(x: &[f32]) -> f32 {
     acc[0]
 }
 
+/// `torch.sort(x).values` on CPU: ascending, every NaN last whatever its sign bit (x86 produces
+/// NaNs with the sign bit set, which `f32::total_cmp` would put first and so shift the
+/// quantiles). Only values are used, so the order among equal keys is irrelevant.
+fn sort_like_torch(xs: &mut [f32]) {
+    xs.sort_by(|a, c| match (a.is_nan(), c.is_nan()) {
+        (false, false) => a.partial_cmp(c).unwrap_or(std::cmp::Ordering::Equal),
+        (a_nan, c_nan) => a_nan.cmp(&c_nan),
+    });
+}
+
 impl MergeMethod for ArceeFusion {
     fn info(&self) -> &MethodInfo {
         &self.info
@@ -185,8 +195,7 @@ impl MergeMethod for ArceeFusion {
         } else {
             importance.clone()
         };
-        // Ascending sort; only values are used, so tie order is irrelevant. NaN sorts last.
-        sample.sort_by(|a, c| a.total_cmp(c));
+        sort_like_torch(&mut sample);
         if sample.is_empty() {
             return Ok(Tensor::new(DType::F32, b.shape.clone(), Vec::new()));
         }
@@ -208,5 +217,20 @@ impl MergeMethod for ArceeFusion {
             })
             .collect();
         Ok(Tensor::new(DType::F32, b.shape.clone(), data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nans_sort_last_whatever_their_sign() {
+        // torch.sort(torch.tensor([1.0, -nan, -2.0, nan, 0.5])).values == [-2, 0.5, 1, nan, nan]
+        let neg_nan = f32::from_bits(0xffc0_0000);
+        let mut x = [1.0, neg_nan, -2.0, f32::NAN, 0.5];
+        sort_like_torch(&mut x);
+        assert_eq!(&x[..3], &[-2.0, 0.5, 1.0]);
+        assert!(x[3].is_nan() && x[4].is_nan());
     }
 }

@@ -58,6 +58,34 @@ pub(crate) fn input_required(p: &ParamValues, name: &str, label: &str) -> Result
         })
 }
 
+/// Refuses a tensor whose data length is not the product of its shape. [`Tensor`]'s fields are
+/// public, so a library caller can build one; indexing rows by the shape would then read past
+/// the data or leave output elements unset.
+pub(crate) fn check_well_formed(t: &Tensor, tensor_name: &str) -> Result<(), MethodError> {
+    let want = t
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if want == Some(t.data.len()) {
+        return Ok(());
+    }
+    Err(MethodError::Other(format!(
+        "{tensor_name}: {} values do not fill shape {}",
+        t.data.len(),
+        shape_str(&t.shape)
+    )))
+}
+
+/// A shape as Python prints a tuple: `(6,)`, `(2, 3)`, `()`.
+pub(crate) fn shape_str(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    if dims.len() == 1 {
+        format!("({},)", dims.join(", "))
+    } else {
+        format!("({})", dims.join(", "))
+    }
+}
+
 /// Refuses inputs whose shapes differ, with mergekit's message shape list.
 pub(crate) fn check_same_shape(args: &MergeArgs<'_>) -> Result<(), MethodError> {
     let first = match args.inputs.first() {
@@ -72,25 +100,18 @@ pub(crate) fn check_same_shape(args: &MergeArgs<'_>) -> Result<(), MethodError> 
     let bad = args.inputs.iter().any(|i| {
         i.tensor.shape != first.tensor.shape || i.tensor.data.len() != first.tensor.data.len()
     });
-    if bad || first.tensor.data.len() != first.tensor.shape.iter().product::<usize>() {
+    if bad {
         let shapes: Vec<String> = args
             .inputs
             .iter()
-            .map(|i| {
-                let dims: Vec<String> = i.tensor.shape.iter().map(|d| d.to_string()).collect();
-                if dims.len() == 1 {
-                    format!("({},)", dims.join(", "))
-                } else {
-                    format!("({})", dims.join(", "))
-                }
-            })
+            .map(|i| shape_str(&i.tensor.shape))
             .collect();
         return Err(MethodError::Shape {
             tensor: args.tensor_name.into(),
             shapes: format!("[{}]", shapes.join(", ")),
         });
     }
-    Ok(())
+    check_well_formed(first.tensor, args.tensor_name)
 }
 
 /// The base tensor and the non-base tensors in input order (mergekit's `group.base` and

@@ -10,6 +10,7 @@
 
 use amalgam_io::DType;
 
+use super::common::{check_well_formed, shape_str};
 use crate::numerics::{as_dtype, round, scalar};
 use crate::reduce::{torch_float_lanes, Dim0Sum};
 use crate::sparsify;
@@ -298,20 +299,6 @@ fn per_input(input: &MergeInput<'_>, name: &str, default: Option<f64>) -> Result
     }
 }
 
-fn shape_str(shape: &[usize]) -> String {
-    match shape {
-        [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 /// PyTorch's `sign(v) == majority` for the election mask: zero and NaN never match.
 #[inline]
 fn agrees(v: f32, majority_positive: bool) -> bool {
@@ -350,6 +337,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             MethodError::Contract(format!("{}: base index out of range", self.name()))
         })?;
         let base = base_input.tensor;
+        check_well_formed(base, args.tensor_name)?;
         let normalize = args.shared_bool("normalize").unwrap_or(false);
         let rescale = args.shared_bool("rescale").unwrap_or(false);
         let lambda = args.shared_f64("lambda").unwrap_or(1.0);

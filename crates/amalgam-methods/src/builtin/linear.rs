@@ -1,5 +1,6 @@
 //! `linear`: weighted average of the inputs (Wortsman et al., model soups).
 
+use super::common::check_same_shape;
 use crate::numerics::{as_dtype, div_slice, fma_accumulate, round, round_slice};
 use crate::{
     BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
@@ -67,6 +68,7 @@ impl MergeMethod for Linear {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        check_same_shape(&args)?;
         let dtype = args.dtype();
         let normalize = args.shared_bool("normalize").unwrap_or(true);
         let first = args
