@@ -9,7 +9,12 @@
 //! All arithmetic that must match mergekit bit for bit lives in [`numerics`]: values are kept in
 //! `f32` and rounded to the working dtype after every operation, which is exactly what PyTorch
 //! does on CPU for bfloat16 and float16 tensors.
+//!
+//! The crate has no `unsafe` code and forbids it: methods run on data read from untrusted model
+//! files, and everything they need (including SIMD, through `multiversion`) is available in safe
+//! Rust, so a malformed tensor can at worst produce a [`MethodError`].
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod docs;
 mod error;

@@ -200,7 +200,9 @@ impl<'a> MergeArgs<'a> {
         self.shared.get(name).map(|v| v.as_bool())
     }
 
-    /// The working dtype (the inputs' common dtype).
+    /// The working dtype (the inputs' common dtype; the engine casts every input to it before
+    /// merging, so the first input's dtype is everyone's). F32 when there are no inputs, so a
+    /// method can still build its refusal without a special case.
     pub fn dtype(&self) -> DType {
         self.inputs
             .first()

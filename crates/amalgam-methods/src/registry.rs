@@ -4,6 +4,9 @@ use std::sync::Arc;
 use crate::MergeMethod;
 
 /// The set of merge methods a run can use, by name.
+///
+/// A `BTreeMap` so that listings, generated docs and error suggestions come out in the same
+/// (sorted) order on every run.
 #[derive(Clone, Default)]
 pub struct Registry {
     methods: BTreeMap<&'static str, Arc<dyn MergeMethod>>,
@@ -16,7 +19,7 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// An empty registry.
+    /// An empty registry, for a binary that wants only its own methods.
     pub fn empty() -> Self {
         Self::default()
     }
@@ -30,7 +33,8 @@ impl Registry {
         r
     }
 
-    /// Adds (or replaces) a method under its declared name.
+    /// Adds (or replaces) a method under its declared name. Replacing is allowed so that a
+    /// third-party crate can substitute its own implementation of a built-in name.
     pub fn register(&mut self, method: Arc<dyn MergeMethod>) {
         self.methods.insert(method.info().name, method);
     }
@@ -45,7 +49,7 @@ impl Registry {
         self.methods.values()
     }
 
-    /// All names, sorted.
+    /// All names, sorted (listed, in a stable order, when a config names an unknown method).
     pub fn names(&self) -> Vec<&'static str> {
         self.methods.keys().copied().collect()
     }

@@ -17,12 +17,16 @@ pub struct Tensor {
 
 impl Tensor {
     /// A tensor from parts; `data.len()` must equal the product of `shape`.
+    ///
+    /// Checked only in debug builds because methods build outputs in hot paths: the methods
+    /// validate their inputs (a `MethodError`, never a panic, on inconsistent tensors), so a
+    /// failure here is a bug in a method, which the test suite is meant to catch.
     pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor { dtype, shape, data }
     }
 
-    /// Number of elements.
+    /// Number of elements (the data length, which is what indexing is bounded by).
     pub fn numel(&self) -> usize {
         self.data.len()
     }
