@@ -215,3 +215,106 @@ fn a_good_config_still_merges() {
     );
     assert!(tmp.path().join("out/config.json").exists());
 }
+
+/// Rewrites `src` into `dst` with `extra` tensors added and `drop` removed (config copied).
+fn rewrite(src: &Path, dst: &Path, extra: &[(&str, Vec<usize>)], drop: &[&str]) {
+    use amalgam_io::{
+        DType, IndexStyle, ModelFolder, OutputWriter, PlannedTensor, ShardLayout, ShardRule,
+        ShardSpec,
+    };
+    let f = ModelFolder::open(src).unwrap();
+    let mut tensors: Vec<(String, DType, Vec<usize>, Vec<u8>)> = f
+        .names()
+        .into_iter()
+        .filter(|n| !drop.contains(n))
+        .map(|n| {
+            let t = f.get(n).unwrap();
+            (
+                n.to_string(),
+                t.info.dtype,
+                t.info.shape.clone(),
+                t.data.to_vec(),
+            )
+        })
+        .collect();
+    for (n, shape) in extra {
+        let len: usize = shape.iter().product::<usize>() * 4;
+        tensors.push((n.to_string(), DType::F32, shape.clone(), vec![0u8; len]));
+    }
+    let planned = tensors
+        .iter()
+        .map(|(n, d, s, _)| PlannedTensor {
+            name: n.clone(),
+            dtype: *d,
+            shape: s.clone(),
+        })
+        .collect();
+    let spec = ShardSpec {
+        rule: ShardRule::Bytes(0),
+        style: IndexStyle::Modern,
+        mergekit_version: "0.1.5".into(),
+    };
+    let w = OutputWriter::create(dst, ShardLayout::plan(planned, &spec).unwrap()).unwrap();
+    for (n, _, _, b) in &tensors {
+        w.write_tensor(n, b).unwrap();
+    }
+    w.copy_file("config.json", &src.join("config.json"))
+        .unwrap();
+    w.finish().unwrap();
+}
+
+#[test]
+fn known_architecture_merges_its_template_only() {
+    // mergekit's Llama definition names the tensors it merges: a checkpoint's extra buffers are
+    // ignored, and a missing required one stops planning with mergekit's message.
+    let tmp = setup();
+    rewrite(
+        &models().join("ft-a"),
+        &tmp.path().join("extra"),
+        &[
+            ("model.layers.0.self_attn.rotary_emb.inv_freq", vec![4]),
+            ("model.position_ids", vec![8]),
+        ],
+        &[],
+    );
+    std::fs::write(
+        tmp.path().join("e.yml"),
+        "models:\n  - model: ./a\n    parameters: {weight: 0.5}\n  - model: ./extra\n    parameters: {weight: 0.5}\nmerge_method: linear\n",
+    )
+    .unwrap();
+    let out = amalgam(tmp.path(), &["merge", "e.yml", "out", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = amalgam_io::ModelFolder::open(tmp.path().join("out")).unwrap();
+    assert!(merged.get("model.position_ids").is_none());
+    assert!(merged
+        .get("model.layers.0.self_attn.rotary_emb.inv_freq")
+        .is_none());
+    assert!(merged
+        .get("model.layers.0.self_attn.q_proj.weight")
+        .is_some());
+
+    drop(merged);
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    rewrite(
+        &models().join("ft-a"),
+        &tmp.path().join("holey"),
+        &[],
+        &["model.layers.2.post_attention_layernorm.weight"],
+    );
+    std::fs::write(
+        tmp.path().join("h.yml"),
+        "models:\n  - model: ./a\n    parameters: {weight: 0.5}\n  - model: ./holey\n    parameters: {weight: 0.5}\nmerge_method: linear\n",
+    )
+    .unwrap();
+    let err = fails(tmp.path(), "h.yml");
+    assert!(
+        err.contains(
+            "Tensor model.layers.2.post_attention_layernorm.weight required but not present"
+        ),
+        "{err}"
+    );
+}

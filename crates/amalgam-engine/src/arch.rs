@@ -140,18 +140,45 @@ const PHI3_ORDER: &[&str] = &[
     ".mlp.down_proj.weight",
 ];
 
-/// The layer template order for a config.json `architectures[0]` class name, if known.
-pub fn template_order(architecture: Option<&str>) -> Option<&'static [&'static str]> {
-    match architecture? {
-        "LlamaForCausalLM" | "LLaMaForCausalLM" | "MistralForCausalLM" | "GemmaForCausalLM"
-        | "MixtralForCausalLM" => Some(LLAMA_ORDER),
-        "Qwen2ForCausalLM" => Some(QWEN2_ORDER),
-        "Qwen3ForCausalLM" => Some(QWEN3_ORDER),
-        "Gemma2ForCausalLM" => Some(GEMMA2_ORDER),
-        "Gemma3ForCausalLM" => Some(GEMMA3_ORDER),
-        "Phi3ForCausalLM" => Some(PHI3_ORDER),
-        _ => None,
-    }
+/// What mergekit's architecture definition says about a known architecture: the layer tensors
+/// in template order, the tensors before and after the layers (with "optional" flags). mergekit
+/// merges exactly these names, requires the non-optional ones, and ignores any other tensor a
+/// checkpoint may hold.
+#[derive(Debug)]
+pub struct Known {
+    /// Layer tensor suffixes, in template order.
+    pub layer: &'static [&'static str],
+    /// Tensors before the layers.
+    pub pre: &'static [&'static str],
+    /// Tensors after the layers, in template order, with whether each is optional.
+    pub post: &'static [(&'static str, bool)],
+}
+
+const PRE: &[&str] = &["model.embed_tokens.weight"];
+const POST: &[(&str, bool)] = &[("model.norm.weight", false), ("lm_head.weight", true)];
+
+/// The definition for a config.json `architectures[0]` class name, if known.
+pub fn known(architecture: Option<&str>) -> Option<Known> {
+    let (layer, post): (&'static [&'static str], &'static [(&'static str, bool)]) =
+        match architecture? {
+            "LlamaForCausalLM" | "LLaMaForCausalLM" | "MistralForCausalLM"
+            | "MixtralForCausalLM" => (LLAMA_ORDER, POST),
+            "GemmaForCausalLM" => (LLAMA_ORDER, &[("model.norm.weight", false)]),
+            "Qwen2ForCausalLM" => (QWEN2_ORDER, POST),
+            "Qwen3ForCausalLM" => (QWEN3_ORDER, POST),
+            "Gemma2ForCausalLM" => (GEMMA2_ORDER, POST),
+            "Gemma3ForCausalLM" => (GEMMA3_ORDER, POST),
+            "Phi3ForCausalLM" => (
+                PHI3_ORDER,
+                &[("lm_head.weight", false), ("model.norm.weight", false)],
+            ),
+            _ => return None,
+        };
+    Some(Known {
+        layer,
+        pre: PRE,
+        post,
+    })
 }
 
 /// The class name in a config.json.

@@ -186,6 +186,8 @@ struct Planner<'a> {
     config_dtype: Option<DType>,
     config_out_dtype: Option<DType>,
     layer_index: Vec<HashMap<usize, Vec<(String, String)>>>,
+    /// mergekit's definition of each model's architecture, when known.
+    known: Vec<Option<arch::Known>>,
 }
 
 impl<'a> Planner<'a> {
@@ -227,13 +229,23 @@ impl<'a> Planner<'a> {
         } else {
             arch::architecture_of(config.as_ref())
         };
-        if let Some(order) = arch::template_order(arch_name) {
+        // A known architecture's layers are exactly its template: every listed tensor is
+        // required (a missing one fails planning with mergekit's message), others are ignored.
+        let known = arch::known(arch_name);
+        if let Some(k) = &known {
             for v in index.values_mut() {
-                v.retain(|(_, s)| order.contains(&s.as_str()));
-                v.sort_by_key(|(_, s)| order.iter().position(|t| t == s));
+                let prefix = v
+                    .first()
+                    .map_or_else(|| "model.layers.".to_string(), |(p, _)| p.clone());
+                *v = k
+                    .layer
+                    .iter()
+                    .map(|s| (prefix.clone(), s.to_string()))
+                    .collect();
             }
         }
         self.layer_index.push(index);
+        self.known.push(known);
         let i = self.models.len();
         self.models.push(Model {
             reference: r.clone(),
@@ -578,6 +590,20 @@ impl<'a> Planner<'a> {
 
     /// Non-layer tensor names of the given models, in first-seen order.
     fn non_layer_names(&self, models: &[usize], post: bool) -> Vec<String> {
+        // A known architecture lists them; an optional one is planned only if some input has it.
+        if let Some(Some(k)) = models.first().map(|&m| &self.known[m]) {
+            return if post {
+                k.post
+                    .iter()
+                    .filter(|(n, optional)| {
+                        !optional || models.iter().any(|&m| self.models[m].source.has(n))
+                    })
+                    .map(|(n, _)| n.to_string())
+                    .collect()
+            } else {
+                k.pre.iter().map(|n| n.to_string()).collect()
+            };
+        }
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for &m in models {
@@ -590,8 +616,10 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        // A model with an LM head next to tied ones still yields one lm_head output; a tied
-        // embedding never becomes a separate output.
+        // As in mergekit's usual templates, the final norm comes before the LM head.
+        if post {
+            out.sort_by_key(|n| n.starts_with("lm_head"));
+        }
         out
     }
 }
@@ -634,6 +662,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         config_dtype,
         config_out_dtype,
         layer_index: Vec::new(),
+        known: Vec::new(),
     };
     let slices = p.normalize()?;
     // The config parser rejects empty lists, but a `MergeConfig` can be built by hand: these
@@ -735,9 +764,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             .collect(),
         Compat::V0_0_4_2 => last_models.clone(),
     };
-    let mut post = p.non_layer_names(&post_models, true);
-    // mergekit's templates list the final norm before the LM head.
-    post.sort_by_key(|n| n.starts_with("lm_head"));
+    let post = p.non_layer_names(&post_models, true);
     for name in post {
         let inputs = post_models.iter().map(|&m| (m, name.clone())).collect();
         p.plan_tensor(name, inputs, last, post_t)?;
