@@ -16,7 +16,7 @@ use amalgam_io::DType;
 use crate::numerics::{as_dtype, round, scalar};
 use crate::reduce::{torch_float_lanes, torch_sum};
 use crate::rng::Mt19937;
-use crate::stdsort::{less_asc, less_desc, std_sort, topk_largest, Keyed};
+use crate::stdsort::{argsort_keys, less_asc, std_sort, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
 
 /// The message mergekit raises when della's `density ± epsilon` leaves (0, 1).
@@ -283,20 +283,7 @@ fn index_u32(i: usize) -> Result<u32, MethodError> {
 /// Flat argsort of `|x|` as `torch.argsort(|x|.float(), descending=...)`.
 fn sorted(x: &[f32], descending: bool) -> Result<Vec<u32>, MethodError> {
     index_u32(x.len())?;
-    let mut v: Vec<Keyed> = x
-        .iter()
-        .enumerate()
-        .map(|(i, &k)| Keyed {
-            key: k.abs(),
-            index: i as u32,
-        })
-        .collect();
-    if descending {
-        std_sort(&mut v, less_desc);
-    } else {
-        std_sort(&mut v, less_asc);
-    }
-    Ok(v.into_iter().map(|k| k.index).collect())
+    Ok(argsort_keys(x.iter().map(|k| k.abs()), descending))
 }
 
 /// Python's `int(x)` for a float: truncation, refusing NaN/inf as Python does.

@@ -47,16 +47,27 @@ pub fn std_sort<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
     final_insertion_sort(v, comp);
 }
 
-/// The argsort of `keys` as `torch.argsort(keys, descending=...)` returns it on CPU.
-pub fn argsort(keys: &[f32], descending: bool) -> Vec<u32> {
-    let mut v: Vec<Keyed> = keys
-        .iter()
+/// `(key, position)` pairs, as PyTorch's sort copies them before sorting. Positions are `u32`
+/// like PyTorch's CPU sort indices for these sizes; callers with more than `u32::MAX` elements
+/// must refuse first (see `sparsify`).
+fn keyed(keys: impl IntoIterator<Item = f32>) -> Vec<Keyed> {
+    keys.into_iter()
         .enumerate()
-        .map(|(i, &key)| Keyed {
+        .map(|(i, key)| Keyed {
             key,
             index: i as u32,
         })
-        .collect();
+        .collect()
+}
+
+/// The argsort of `keys` as `torch.argsort(keys, descending=...)` returns it on CPU.
+pub fn argsort(keys: &[f32], descending: bool) -> Vec<u32> {
+    argsort_keys(keys.iter().copied(), descending)
+}
+
+/// [`argsort`] of keys computed on the fly (e.g. magnitudes), without materialising them first.
+pub fn argsort_keys(keys: impl IntoIterator<Item = f32>, descending: bool) -> Vec<u32> {
+    let mut v = keyed(keys);
     if descending {
         std_sort(&mut v, less_desc);
     } else {
@@ -77,14 +88,7 @@ pub fn topk_largest(keys: &[f32], k: usize) -> Vec<u32> {
     if k == 0 {
         return Vec::new();
     }
-    let mut v: Vec<Keyed> = keys
-        .iter()
-        .enumerate()
-        .map(|(i, &key)| Keyed {
-            key,
-            index: i as u32,
-        })
-        .collect();
+    let mut v = keyed(keys.iter().copied());
     if k.saturating_mul(64) <= n {
         heap_select(&mut v, k, less_desc);
         heap_sort_prefix(&mut v[..k], less_desc);

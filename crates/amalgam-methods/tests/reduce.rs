@@ -36,14 +36,15 @@ fn cases(f: &SafetensorsFile, kind: &str) -> Vec<String> {
     v
 }
 
-#[test]
-fn whole_tensor_sums_match_torch() {
+/// Checks every `<kind>/…` case whose output is one value: `ours` gets the dtype and the values
+/// of the case's input `sum/…/x` (the sums and norms share their inputs).
+fn check_scalar_cases(kind: &str, ours: impl Fn(DType, &[f32]) -> f32) {
     let f = open();
     let mut bad = Vec::new();
-    for case in cases(&f, "sum/") {
-        let (dt, _, x) = load(&f, &format!("{case}/x"));
+    for case in cases(&f, kind) {
+        let (dt, _, x) = load(&f, &format!("{}/x", case.replacen(kind, "sum/", 1)));
         let (_, _, want) = load(&f, &format!("{case}/out"));
-        let got = round(dt, torch_sum(&x, dt, torch_float_lanes()));
+        let got = ours(dt, &x);
         if want.first().map(|w| w.to_bits()) != Some(got.to_bits()) {
             bad.push(format!("{case}: torch {want:?}, ours {got}"));
         }
@@ -54,6 +55,13 @@ fn whole_tensor_sums_match_torch() {
         bad.len(),
         bad.join("\n")
     );
+}
+
+#[test]
+fn whole_tensor_sums_match_torch() {
+    check_scalar_cases("sum/", |dt, x| {
+        round(dt, torch_sum(x, dt, torch_float_lanes()))
+    });
 }
 
 #[test]
@@ -83,20 +91,5 @@ fn model_axis_sums_match_torch() {
 
 #[test]
 fn vector_norms_match_torch() {
-    let f = open();
-    let mut bad = Vec::new();
-    for case in cases(&f, "norm/") {
-        let (dt, _, x) = load(&f, &format!("{}/x", case.replacen("norm/", "sum/", 1)));
-        let (_, _, want) = load(&f, &format!("{case}/out"));
-        let got = norm2(&x, dt);
-        if want.first().map(|w| w.to_bits()) != Some(got.to_bits()) {
-            bad.push(format!("{case}: torch {want:?}, ours {got}"));
-        }
-    }
-    assert!(
-        bad.is_empty(),
-        "{} mismatches:\n{}",
-        bad.len(),
-        bad.join("\n")
-    );
+    check_scalar_cases("norm/", |dt, x| norm2(x, dt));
 }
