@@ -327,15 +327,14 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
         seed: a.random_seed,
         progress: None,
     };
-    // Plan once up front for the progress total; planning is cheap (headers only).
-    let (cb, pb) = match amalgam_engine::plan(&loaded, registry, &opts.plan) {
-        Ok(p) => progress(a.common.quiet, Some(p.output_bytes()), p.ops.len()),
-        Err(_) => (None, None),
-    };
-    let report = amalgam_engine::merge(
-        &loaded,
+    // Plan first (headers only) so the progress bar knows the total, then run that plan.
+    let plan = amalgam_engine::plan(&loaded, registry, &opts.plan)
+        .with_context(|| format!("merging {}", a.config.display()))?;
+    let (cb, pb) = progress(a.common.quiet, Some(plan.output_bytes()), plan.ops.len());
+    let report = amalgam_engine::merge_plan(
+        plan,
+        &loaded.text,
         &a.out_path,
-        registry,
         &MergeOptions {
             progress: cb,
             ..opts

@@ -109,8 +109,20 @@ pub fn merge(
     registry: &Registry,
     opts: &MergeOptions,
 ) -> Result<MergeReport> {
-    let started = std::time::Instant::now();
     let plan = plan::plan(loaded, registry, &opts.plan)?;
+    merge_plan(plan, &loaded.text, out, opts)
+}
+
+/// Runs an already built plan into `out` (`config_text` is written as `mergekit_config.yml`):
+/// lets a caller inspect the plan first (for a progress total, a dry run...) without planning
+/// twice.
+pub fn merge_plan(
+    plan: Plan,
+    config_text: &str,
+    out: &Path,
+    opts: &MergeOptions,
+) -> Result<MergeReport> {
+    let started = std::time::Instant::now();
     for m in &plan.models {
         tracing::info!("model {} -> {}", m.label, m.source.path().display());
     }
@@ -155,9 +167,9 @@ pub fn merge(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "Untitled Model (1)".into());
-        let card = side::model_card(&plan, &loaded.text, &name, &opts.plan.base_dir);
+        let card = side::model_card(&plan, config_text, &name, &opts.plan.base_dir);
         writer.write_file("README.md", card.as_bytes())?;
-        writer.write_file("mergekit_config.yml", loaded.text.as_bytes())?;
+        writer.write_file("mergekit_config.yml", config_text.as_bytes())?;
     }
     if opts.copy_tokenizer {
         let donor = plan.models[plan.donor].source.folder_ref();
