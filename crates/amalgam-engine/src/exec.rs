@@ -23,7 +23,7 @@ use crate::{EngineError, Result};
 
 /// Elements per chunk of an elementwise merge: small enough that every input's chunk stays in
 /// the CPU cache between decoding and merging.
-pub const CHUNK_ELEMS: usize = 1 << 15;
+pub const CHUNK_ELEMS: usize = 1 << 14;
 
 /// Elements per work item of an elementwise merge (a run of chunks handled by one thread).
 pub const ITEM_ELEMS: usize = 1 << 20;
