@@ -456,3 +456,62 @@ fn unmix_reads_the_fused_transformers_5_layout_too() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("expert 8"));
 }
+
+/// A Hugging Face cache holding the seed Mixtral as `mistral-community/Mixtral-8x22B-v0.1`.
+fn mixtral_cache(tmp: &Path) -> PathBuf {
+    let cache = tmp.join("hub");
+    let repo = cache.join("models--mistral-community--Mixtral-8x22B-v0.1");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(sha);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), sha).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        let blob = repo.join("blobs").join(f);
+        std::fs::copy(seed().join("models/mixtral").join(f), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(f)).unwrap();
+    }
+    cache
+}
+
+#[test]
+fn hub_ids_through_the_cache_for_unmix_and_the_verbatim_one_pass_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = mixtral_cache(tmp.path());
+    let h = cache.to_str().unwrap();
+    let out = tmp.path().join("e2");
+    ok(amalgam(
+        tmp.path(),
+        &[
+            "unmix",
+            "mistral-community/Mixtral-8x22B-v0.1",
+            out.to_str().unwrap(),
+            "--expert",
+            "2",
+            "--dtype",
+            "float16",
+            "--hf-cache",
+            h,
+            "--quiet",
+        ],
+    ));
+    assert_same_tensors(&out, &seed().join("models/expert-2"));
+    // The committed one-pass config, as is.
+    let config = root().join("configs/unmixtraled-22b-lerp-onepass.yml");
+    let lerp = tmp.path().join("lerp");
+    ok(amalgam(
+        tmp.path(),
+        &[
+            "merge",
+            config.to_str().unwrap(),
+            lerp.to_str().unwrap(),
+            "--mergekit-version",
+            "0.0.4.2",
+            "--hf-cache",
+            h,
+            "--quiet",
+        ],
+    ));
+    assert_same_tensors(&lerp, &seed().join("expected-0.0.4.2"));
+}
