@@ -210,13 +210,12 @@ fn copy_buffer(plan: &Plan, op: &Op, sink: &dyn Sink) -> Result<()> {
 pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     let bytes_done = AtomicU64::new(0);
     let tensors_done = AtomicUsize::new(0);
-    let report = |op: &Op, n: u64, finished: bool| {
+    let report = |n: u64, finished: bool| {
         let b = bytes_done.fetch_add(n, Ordering::Relaxed) + n;
         let t = tensors_done.fetch_add(finished as usize, Ordering::Relaxed) + finished as usize;
         if let Some(p) = &opts.progress {
             p(b, t);
         }
-        let _ = op;
     };
     let info = plan.method.info();
     if info.random {
@@ -228,7 +227,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             } else {
                 copy_buffer(plan, op, sink)?;
             }
-            report(op, nbytes(op), true);
+            report(nbytes(op), true);
         }
         return Ok(());
     }
@@ -263,7 +262,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             copy_buffer(plan, op, sink)?;
         }
         let finished = remaining[*i].fetch_sub(1, Ordering::AcqRel) == 1;
-        report(op, (range.len() * op.out_dtype.size()) as u64, finished);
+        report((range.len() * op.out_dtype.size()) as u64, finished);
         Ok(())
     })
 }
