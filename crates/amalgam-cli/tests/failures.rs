@@ -318,3 +318,25 @@ fn known_architecture_merges_its_template_only() {
         "{err}"
     );
 }
+
+#[test]
+fn whole_mixtral_merges_are_refused_by_name() {
+    // mergekit 0.1.5 would write the transformers-5 fused expert layout; amalgam does not
+    // implement it and must not write the old layout instead.
+    let tmp = setup();
+    let mixtral = models().join("../../fixtures/seed-lerp/models/mixtral");
+    std::fs::write(
+        tmp.path().join("x.yml"),
+        format!(
+            "models:\n  - model: {}\n    parameters: {{weight: 1.0}}\nmerge_method: linear\n",
+            mixtral.display()
+        ),
+    )
+    .unwrap();
+    let err = fails(tmp.path(), "x.yml");
+    assert!(
+        err.contains("Mixtral") && err.contains("not supported yet"),
+        "{err}"
+    );
+    assert!(err.contains("#expert=K"), "{err}");
+}

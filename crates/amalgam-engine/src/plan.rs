@@ -229,6 +229,17 @@ impl<'a> Planner<'a> {
         } else {
             arch::architecture_of(config.as_ref())
         };
+        // mergekit 0.1.5 rewrites Mixtral checkpoints into the transformers-5 fused expert layout
+        // when it merges them; amalgam does not implement that conversion, so it refuses rather
+        // than write the old layout (its experts can be merged as dense models with `#expert=K`).
+        if arch_name.is_some_and(|a| a.contains("Mixtral")) {
+            return Err(EngineError::Plan(format!(
+                "{}: merging Mixtral (mixture-of-experts) checkpoints is not supported yet \
+                 (mergekit 0.1.5 writes them in the transformers-5 fused expert layout); to merge \
+                 its experts as dense Mistral models, use `{}#expert=K` references",
+                r, r.path
+            )));
+        }
         // A known architecture's layers are exactly its template: every listed tensor is
         // required (a missing one fails planning with mergekit's message), others are ignored.
         let known = arch::known(arch_name);
