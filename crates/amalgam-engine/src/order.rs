@@ -455,6 +455,28 @@ mod tests {
         *state
     }
 
+    /// A planned output with only what the scheduler looks at: its name and inputs (the label,
+    /// as the planner sets it, is the largest input name).
+    fn test_op(out_name: String, inputs: Vec<crate::plan::OpInput>) -> Op {
+        let label = inputs
+            .iter()
+            .map(|i| i.name.clone())
+            .max()
+            .unwrap_or_default();
+        Op {
+            out_name,
+            per_input: vec![amalgam_methods::ParamValues::new(); inputs.len()],
+            inputs,
+            base: None,
+            shared: amalgam_methods::ParamValues::new(),
+            shape: vec![1],
+            work_dtype: amalgam_io::DType::BF16,
+            out_dtype: amalgam_io::DType::BF16,
+            float: true,
+            label,
+        }
+    }
+
     #[test]
     fn pyset_pops_every_key_once() {
         let mut s = PySet::new();
@@ -540,23 +562,7 @@ mod tests {
                     assert_eq!(requested, expected_request, "{name}: {out_name}");
                     inputs.push(OpInput { model, name: found });
                 }
-                let label = inputs
-                    .iter()
-                    .map(|i| i.name.clone())
-                    .max()
-                    .unwrap_or_default();
-                ops.push(Op {
-                    out_name,
-                    per_input: vec![amalgam_methods::ParamValues::new(); inputs.len()],
-                    inputs,
-                    base: None,
-                    shared: amalgam_methods::ParamValues::new(),
-                    shape: vec![1],
-                    work_dtype: amalgam_io::DType::BF16,
-                    out_dtype: amalgam_io::DType::BF16,
-                    float: true,
-                    label,
-                });
+                ops.push(test_op(out_name, inputs));
             }
             let want: Vec<usize> = case["order"]
                 .as_array()
@@ -582,23 +588,10 @@ mod tests {
                     name: format!("model.layers.{layer}.t{}.weight", k % 9),
                 })
                 .collect();
-            let label = inputs
-                .iter()
-                .map(|i| i.name.clone())
-                .max()
-                .unwrap_or_default();
-            ops.push(Op {
-                out_name: format!("model.layers.{}.t{}.weight", k / 9, k % 9),
-                per_input: vec![amalgam_methods::ParamValues::new(); inputs.len()],
+            ops.push(test_op(
+                format!("model.layers.{}.t{}.weight", k / 9, k % 9),
                 inputs,
-                base: None,
-                shared: amalgam_methods::ParamValues::new(),
-                shape: vec![1],
-                work_dtype: amalgam_io::DType::BF16,
-                out_dtype: amalgam_io::DType::BF16,
-                float: true,
-                label,
-            });
+            ));
         }
         let order = save_order(&ops);
         let mut seen = order.clone();
