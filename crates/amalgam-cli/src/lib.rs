@@ -57,6 +57,9 @@ enum Command {
         /// Treat warnings as errors.
         #[arg(long)]
         strict: bool,
+        /// Check against this mergekit release's methods: 0.1.5 or 0.0.4.2.
+        #[arg(long, default_value = "0.1.5", value_parser = parse_compat)]
+        mergekit_version: Compat,
     },
     /// List the merge methods and their parameters.
     Methods,
@@ -313,7 +316,7 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
         }
     }
     setup_threads(a.common.num_threads)?;
-    let (loaded, printed) = load_config(&a.config, a.strict, registry)?;
+    let (loaded, printed) = load_config(&a.config, a.strict, a.common.mergekit_version, registry)?;
     let opts = MergeOptions {
         plan: PlanOptions {
             compat: a.common.mergekit_version,
@@ -367,11 +370,11 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
 fn load_config(
     path: &Path,
     strict: bool,
+    compat: Compat,
     registry: &Registry,
 ) -> Result<(amalgam_config::LoadedConfig, Vec<String>)> {
     let loaded = amalgam_config::load(path).map_err(|e| anyhow!("{e}"))?;
-    let schemas = amalgam_engine::method_schemas(registry);
-    let diags = amalgam_config::validate(&loaded, &schemas, strict);
+    let diags = amalgam_config::validate(&loaded, &registry.infos(), strict, compat);
     let errors: Vec<String> = diags
         .iter()
         .filter(|d| d.severity == amalgam_config::Severity::Error)
@@ -484,7 +487,12 @@ fn count_experts(src: &Path) -> Result<usize> {
 
 fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
     setup_threads(a.num_threads)?;
-    let (loaded, _) = load_config(&a.config, a.strict, registry)?;
+    let (loaded, _) = load_config(
+        &a.config,
+        a.strict,
+        a.mergekit_version.unwrap_or_default(),
+        registry,
+    )?;
     let opts = PlanOptions {
         compat: Compat::default(),
         strict: a.strict,
@@ -558,7 +566,11 @@ where
         .try_init();
     let result = match cli.command {
         Command::Merge(a) => run_merge(a, &registry).map(|_| true),
-        Command::Validate { configs, strict } => Ok(validate::run(&configs, strict, &registry)),
+        Command::Validate {
+            configs,
+            strict,
+            mergekit_version,
+        } => Ok(validate::run(&configs, strict, mergekit_version, &registry)),
         Command::Methods => {
             run_methods(&registry);
             Ok(true)

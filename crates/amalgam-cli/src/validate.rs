@@ -3,16 +3,16 @@
 use std::path::PathBuf;
 
 use amalgam_config::Severity;
-use amalgam_methods::Registry;
+use amalgam_methods::{Compat, Registry};
 
 /// Validates each file, printing one line per file (then its diagnostics, indented); true if
 /// all are valid.
-pub fn run(configs: &[PathBuf], strict: bool, registry: &Registry) -> bool {
-    let schemas = amalgam_engine::method_schemas(registry);
+pub fn run(configs: &[PathBuf], strict: bool, compat: Compat, registry: &Registry) -> bool {
+    let schemas = registry.infos();
     let mut all_ok = true;
     for path in configs {
         let diags = match amalgam_config::load(path) {
-            Ok(loaded) => amalgam_config::validate(&loaded, &schemas, strict),
+            Ok(loaded) => amalgam_config::validate(&loaded, &schemas, strict, compat),
             Err(amalgam_config::ConfigError::Invalid { diagnostics, .. }) => diagnostics,
             Err(e) => {
                 all_ok = false;

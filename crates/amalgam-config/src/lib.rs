@@ -20,16 +20,13 @@ mod yaml;
 pub use model_ref::{ModelPath, ModelRef};
 pub use params::{
     coerce, evaluate, evaluate_as, missing_parameter_message, py_float_repr, resolve, resolve_as,
-    CoerceError, ParamKind, ParamScopes, ParamValue, Parameters, Scalar,
+    resolve_value, CoerceError, ParamKind, ParamScopes, ParamValue, Parameters, Scalar,
 };
 pub use types::{
     InputModel, InputSlice, MergeConfig, OutputModule, OutputSlice, TokenEmbedding,
     TokenEmbeddingSource, TokenizerConfig, TokenizerSource,
 };
-pub use validate::{
-    linear_weight_fallback, unsupported_features, validate, BasePolicy, InputContract,
-    MethodSchema, ParamSchema, ParamScope,
-};
+pub use validate::{uniform_fallback, unsupported_features, validate};
 pub use yaml::Location;
 
 /// The dtype names mergekit 0.1.5 accepts for `dtype`/`out_dtype` (`dtype_from_name`; an

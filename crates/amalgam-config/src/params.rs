@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use amalgam_schema::{ParamSpec, Value};
+
 use crate::{MergeConfig, ModelRef, OutputSlice};
 
 /// A YAML scalar as given in a parameter.
@@ -61,27 +63,7 @@ pub enum ParamValue {
 /// Parameters at one level (looked up by name; their order never matters).
 pub type Parameters = BTreeMap<String, ParamValue>;
 
-/// The declared type of a parameter, which decides how config values are coerced
-/// (pydantic's lax mode, as mergekit 0.1.5 validates every value with the parameter's type).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ParamKind {
-    /// `float` (also mergekit's `Optional[float]`: a config cannot give `null`).
-    Float,
-    /// `bool`.
-    Bool,
-    /// `int`.
-    Int,
-}
-
-impl std::fmt::Display for ParamKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ParamKind::Float => "a number",
-            ParamKind::Bool => "a boolean",
-            ParamKind::Int => "an integer",
-        })
-    }
-}
+pub use amalgam_schema::ParamKind;
 
 /// A value that cannot be coerced to the parameter's type (mergekit: pydantic
 /// `ValidationError`, raised while planning).
@@ -459,6 +441,28 @@ pub fn resolve_as(
     t: f64,
 ) -> Result<Option<Scalar>, CoerceError> {
     resolve_with(scopes, key, input_tensor, output_tensor, t, &kind)
+}
+
+/// [`resolve_as`] for a declared parameter, as the planner needs it: the value in the
+/// parameter's type, or `None` when no scope gives one (the caller then applies the declared
+/// default or mergekit's "Missing required parameter"). The one resolver of the workspace:
+/// tests check it bit for bit against mergekit's.
+pub fn resolve_value(
+    scopes: &ParamScopes,
+    spec: &ParamSpec,
+    input_tensor: &str,
+    output_tensor: &str,
+    t: f64,
+) -> Result<Option<Value>, CoerceError> {
+    let got = resolve_as(scopes, spec.name, spec.kind, input_tensor, output_tensor, t)?;
+    match got {
+        None => Ok(None),
+        Some(Scalar::Float(f)) => Ok(Some(Value::Float(f))),
+        Some(Scalar::Int(i)) => Ok(Some(Value::Int(i))),
+        Some(Scalar::Bool(b)) => Ok(Some(Value::Bool(b))),
+        // `coerce` never yields a string for a declared kind; kept as an error, not a panic.
+        Some(s @ Scalar::Str(_)) => Err(fail(spec.kind, &s, "")),
+    }
 }
 
 fn resolve_with(

@@ -1,78 +1,18 @@
-//! Method-aware validation, the features amalgam refuses at merge time, and the `linear`
-//! missing-weight decision.
+//! Method-aware validation, the features amalgam refuses at merge time, and the uniform-weight
+//! decision.
 //!
-//! This crate does not depend on the methods crate: the engine describes each method it
-//! knows as a [`MethodSchema`] (built from its registry) and passes them to [`validate`].
+//! The methods are described by their schemas ([`MethodInfo`], from `amalgam-schema`): the same
+//! data the methods declare and the planner resolves with, so what `validate` checks is what
+//! `merge` does.
 
-use crate::params::{coerce, ParamKind};
+use amalgam_schema::{Compat, Contract, ContractViolation, MethodInfo, ParamScope};
+
+use crate::params::coerce;
 use crate::schema::closest;
 use crate::{
     Diagnostic, LoadedConfig, MergeConfig, ModelRef, ParamScopes, ParamValue, Parameters, Scalar,
     Severity, TokenEmbeddingSource, TokenizerSource, Warning,
 };
-
-/// Along which inputs a parameter is bound (mergekit 0.1.5's `ParameterScope`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ParamScope {
-    /// One value per tensor, resolved with the output tensor name.
-    Shared,
-    /// One value per input, the base model included.
-    Input,
-    /// One value per input except the base model.
-    NonBase,
-}
-
-/// One parameter a method declares.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamSchema {
-    /// Its name in configs.
-    pub name: String,
-    /// Its type.
-    pub kind: ParamKind,
-    /// Shared or per input.
-    pub scope: ParamScope,
-    /// No default: mergekit stops with "Missing required parameter" when no scope gives it.
-    pub required: bool,
-}
-
-/// How a method treats the base model (mergekit 0.1.5's `BasePolicy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BasePolicy {
-    /// May or may not have one.
-    Optional,
-    /// Must have one, among the inputs.
-    Required,
-    /// Must not have one.
-    Forbidden,
-    /// `base_model` is not looked at.
-    Ignored,
-}
-
-/// What inputs each output slice must have (mergekit 0.1.5's `InputContract`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct InputContract {
-    /// Base model policy.
-    pub base: BasePolicy,
-    /// Fewest inputs (base included).
-    pub min_inputs: usize,
-    /// Most inputs.
-    pub max_inputs: Option<usize>,
-    /// Fewest non-base inputs.
-    pub min_non_base: Option<usize>,
-    /// Most non-base inputs.
-    pub max_non_base: Option<usize>,
-}
-
-/// What [`validate`] needs to know about a merge method.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MethodSchema {
-    /// Registry name (`merge_method:`).
-    pub name: String,
-    /// Declared parameters.
-    pub params: Vec<ParamSchema>,
-    /// Input contract, when the engine enforces mergekit 0.1.5's.
-    pub contract: Option<InputContract>,
-}
 
 /// A Parameters map with its YAML path.
 struct ParamsAt<'a> {
@@ -266,16 +206,26 @@ fn is_per_model_path(path: &str) -> bool {
 ///   it there);
 /// * values that cannot be coerced to the parameter's type (mergekit stops while planning);
 /// * required parameters that no scope gives for some input (mergekit: "Missing required
-///   parameter"); for `linear`'s `weight` missing everywhere see [`linear_weight_fallback`];
+///   parameter"); for a parameter missing everywhere that the method fills uniformly (linear's
+///   `weight`) see [`uniform_fallback`];
 /// * the method's input contract per output slice, with mergekit's own texts;
+/// * a method that `compat` (the `--mergekit-version`) lacks;
 /// * plus the warnings found while parsing (unknown and duplicate keys).
 ///
 /// With `strict`, every warning becomes an error (and `linear` without weights gets mergekit's
 /// error).
-pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -> Vec<Diagnostic> {
+pub fn validate(
+    loaded: &LoadedConfig,
+    methods: &[&MethodInfo],
+    strict: bool,
+    compat: Compat,
+) -> Vec<Diagnostic> {
     let config = &loaded.config;
     let mut out: Vec<Diagnostic> = Vec::new();
-    let method = methods.iter().find(|m| m.name == config.merge_method);
+    let method = methods
+        .iter()
+        .copied()
+        .find(|m| m.name == config.merge_method);
     let mut push_at =
         |severity: Severity, path: &str, at: Option<crate::Location>, message: String| {
             let severity = if strict { Severity::Error } else { severity };
@@ -298,7 +248,7 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
         };
     for d in &loaded.diagnostics {
         let key = d.path.rsplit('.').next().unwrap_or(&d.path);
-        let param = method.and_then(|m| m.params.iter().find(|p| p.name == key));
+        let param = method.and_then(|m| m.param(key));
         let message = match param {
             Some(_) if d.message.starts_with("unknown key") => format!(
                 "`{key}` is a parameter of `{}`, but mergekit only reads it under a \
@@ -311,7 +261,7 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
     }
 
     let Some(method) = method else {
-        let names: Vec<&str> = methods.iter().map(|m| m.name.as_str()).collect();
+        let names: Vec<&str> = methods.iter().map(|m| m.name).collect();
         let hint = closest(&config.merge_method, names.iter().copied())
             .map(|c| format!("did you mean `{c}`? "))
             .unwrap_or_default();
@@ -331,11 +281,14 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
     };
 
     // Parameter names and value types, wherever they are given.
-    let declared: Vec<&str> = method.params.iter().map(|p| p.name.as_str()).collect();
+    if let Err(e) = method.check_version(compat) {
+        push_at(Severity::Error, "merge_method", None, e.to_string());
+    }
+    let declared: Vec<&str> = method.params.iter().map(|p| p.name).collect();
     for at in all_params(config) {
         for (key, value) in at.params {
             let path = format!("{}.{key}", at.path);
-            let Some(schema) = method.params.iter().find(|p| &p.name == key) else {
+            let Some(schema) = method.param(key) else {
                 let hint = closest(key, declared.iter().copied())
                     .map(|c| format!("did you mean `{c}`? "))
                     .unwrap_or_default();
@@ -382,15 +335,13 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
         }
     }
 
-    let fallback = linear_weight_fallback(config);
+    let fallback = uniform_fallback(config, method);
     let slices = views(config);
     for view in &slices {
-        if let Some(c) = &method.contract {
-            if let Err((path, msg)) = check_contract(c, view) {
-                push_at(Severity::Error, path.unwrap_or(&view.path), None, msg);
-            }
+        if let Err((path, msg)) = check_contract(&method.contract, view) {
+            push_at(Severity::Error, path.unwrap_or(&view.path), None, msg);
         }
-        for p in method.params.iter().filter(|p| p.required) {
+        for p in method.params.iter().filter(|p| p.is_required()) {
             let shared_scopes = ParamScopes {
                 sources: Vec::new(),
                 slice: view.slice_params,
@@ -399,7 +350,7 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
                 per_model: false,
             };
             if p.scope == ParamScope::Shared {
-                if !shared_scopes.mentions(&p.name) {
+                if !shared_scopes.mentions(p.name) {
                     push_at(
                         Severity::Error,
                         &view.path,
@@ -414,11 +365,11 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
                 }
                 continue;
             }
-            if fallback.is_some() && p.name == "weight" {
+            if fallback.is_some() && method.uniform_fallback == Some(p.name) {
                 continue;
             }
             for (model, path, _) in &view.sources {
-                if p.scope == ParamScope::NonBase && Some(model) == view.base.as_ref() {
+                if !MethodInfo::binds(p, Some(model) == view.base.as_ref(), compat) {
                     continue;
                 }
                 let mut scopes = shared_scopes.clone();
@@ -429,7 +380,7 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
                     .filter(|(m, _, _)| m == model)
                     .filter_map(|(_, _, params)| *params)
                     .collect();
-                if !scopes.mentions(&p.name) {
+                if !scopes.mentions(p.name) {
                     push_at(
                         Severity::Error,
                         path,
@@ -465,7 +416,7 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
                 location: loaded.location("merge_method"),
                 path: w.path,
                 message: crate::missing_parameter_message(
-                    "weight",
+                    method.uniform_fallback.unwrap_or_default(),
                     Some(&ModelRef::new(first)),
                     "model.embed_tokens.weight",
                 ),
@@ -483,98 +434,45 @@ pub fn validate(loaded: &LoadedConfig, methods: &[MethodSchema], strict: bool) -
     out
 }
 
-/// mergekit 0.1.5's `InputContract.validate_ids`, with its messages and a hint each.
-///
-/// The error carries the YAML path of the offending source when there is one.
-fn check_contract<'v>(
-    c: &InputContract,
-    view: &'v SliceView,
-) -> Result<(), (Option<&'v str>, String)> {
+/// The contract of `c` on one output slice ([`Contract::check`]), with mergekit's message and
+/// a hint. The error carries the YAML path of the offending source when there is one.
+fn check_contract<'v>(c: &Contract, view: &'v SliceView) -> Result<(), (Option<&'v str>, String)> {
     let group = &view.group;
     let ids: Vec<&ModelRef> = view.sources.iter().map(|(m, _, _)| m).collect();
-    for (i, (m, path, _)) in view.sources.iter().enumerate() {
-        if ids.iter().take(i).any(|o| *o == m) {
-            return Err((
-                Some(path),
-                format!(
-                    "`{m}` is listed twice among the inputs of this slice (mergekit: \"Duplicate \
-                     merge inputs for {group}\"); list each model once"
-                ),
-            ));
-        }
-    }
-    check_base_and_counts(c, view, &ids).map_err(|m| (None, m))
-}
-
-fn check_base_and_counts(
-    c: &InputContract,
-    view: &SliceView,
-    ids: &[&ModelRef],
-) -> Result<(), String> {
-    let group = &view.group;
-    let base = if c.base == BasePolicy::Ignored {
-        None
-    } else {
-        view.base.as_ref()
+    let base = view.base.as_ref();
+    let Err(v) = c.check(&ids, base.as_ref()) else {
+        return Ok(());
     };
-    let has_base = base.is_some_and(|b| ids.contains(&b));
-    if let (Some(b), false) = (base, has_base) {
-        return Err(format!(
-            "the base model `{b}` is not among the inputs of this slice (mergekit: \"Base input \
-             is not present in merge inputs for {group}\"); add it as a source with the same \
-             `layer_range`"
-        ));
-    }
-    if c.base == BasePolicy::Required && !has_base {
-        return Err(format!(
-            "this method needs a `base_model` (mergekit: \"Merge method requires a base input \
-             for {group}\")"
-        ));
-    }
-    if c.base == BasePolicy::Forbidden && has_base {
-        return Err(format!(
-            "this method takes no `base_model` (mergekit: \"Merge method does not accept a base \
-             input for {group}\")"
-        ));
-    }
-    let count = ids.len();
-    let non_base = count - usize::from(has_base);
-    count_check("inputs", count, c.min_inputs, c.max_inputs, group)?;
-    if c.min_non_base.is_some() || c.max_non_base.is_some() {
-        count_check(
-            "non-base inputs",
-            non_base,
-            c.min_non_base.unwrap_or(0),
-            c.max_non_base,
-            group,
-        )?;
-    }
-    Ok(())
-}
-
-fn count_check(
-    what: &str,
-    count: usize,
-    min: usize,
-    max: Option<usize>,
-    group: &str,
-) -> Result<(), String> {
-    if count < min {
-        return Err(format!(
-            "Merge method requires at least {min} {what} for {group}; got {count}"
-        ));
-    }
-    if let Some(max) = max.filter(|&m| count > m) {
-        let expect = if min == max {
-            format!("exactly {min}")
-        } else {
-            format!("at most {max}")
-        };
-        return Err(format!(
-            "Merge method requires {expect} {what} for {group}; got {count}"
-        ));
-    }
-    Ok(())
+    let mk = v.mergekit_message(group);
+    Err(match v {
+        ContractViolation::Duplicate { index } => {
+            let (m, path, _) = &view.sources[index];
+            (
+                Some(path.as_str()),
+                format!(
+                    "`{m}` is listed twice among the inputs of this slice (mergekit: \"{mk}\"); \
+                     list each model once"
+                ),
+            )
+        }
+        ContractViolation::BaseNotPresent => (
+            None,
+            format!(
+                "the base model `{}` is not among the inputs of this slice (mergekit: \"{mk}\"); \
+                 add it as a source with the same `layer_range`",
+                base.map(|b| b.to_string()).unwrap_or_default()
+            ),
+        ),
+        ContractViolation::BaseRequired => (
+            None,
+            format!("this method needs a `base_model` (mergekit: \"{mk}\")"),
+        ),
+        ContractViolation::BaseForbidden => (
+            None,
+            format!("this method takes no `base_model` (mergekit: \"{mk}\")"),
+        ),
+        ContractViolation::Count { .. } => (None, mk),
+    })
 }
 
 /// What amalgam does not implement yet and refuses at merge time ("not supported yet"):
@@ -663,25 +561,25 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     out
 }
 
-/// amalgam's answer to a `linear` merge that gives no `weight` anywhere.
+/// amalgam's answer to a merge that gives a uniformly-fillable parameter nowhere (the method's
+/// [`MethodInfo::uniform_fallback`]: linear's `weight`).
 ///
 /// mergekit (every version) stops while planning with `Missing required parameter weight for
 /// <first model>.model.embed_tokens.weight`. amalgam instead weights every input 1/N (the
 /// obvious intent of such a config) and says so with this warning; `--strict` keeps mergekit's
-/// error (see [`validate`]). Returns `None` when the method is not `linear` or some scope
-/// mentions `weight` (then a model left without one is an error, as in mergekit).
-pub fn linear_weight_fallback(config: &MergeConfig) -> Option<Warning> {
-    if config.merge_method != "linear" {
-        return None;
-    }
+/// error (see [`validate`]). Returns `None` when the method declares no such parameter or some
+/// scope mentions it (then a model left without one is an error, as in mergekit).
+pub fn uniform_fallback(config: &MergeConfig, method: &MethodInfo) -> Option<Warning> {
+    let key = method.uniform_fallback?;
     if all_params(config)
         .iter()
-        .any(|p| p.params.contains_key("weight"))
+        .any(|p| p.params.contains_key(key))
     {
         return None;
     }
-    let n = views(config).first().map_or(0, |v| v.sources.len());
-    let first = views(config)
+    let slices = views(config);
+    let n = slices.first().map_or(0, |v| v.sources.len());
+    let first = slices
         .first()
         .and_then(|v| v.sources.first())
         .map(|(m, _, _)| m.to_string())
@@ -689,8 +587,8 @@ pub fn linear_weight_fallback(config: &MergeConfig) -> Option<Warning> {
     Some(Warning {
         path: "parameters".into(),
         message: format!(
-            "no `weight` is given anywhere: amalgam averages the {n} inputs with weight 1/{n} \
-             each; mergekit stops instead (\"Missing required parameter weight for \
+            "no `{key}` is given anywhere: amalgam averages the {n} inputs with {key} 1/{n} \
+             each; mergekit stops instead (\"Missing required parameter {key} for \
              {first}.model.embed_tokens.weight\"), and so does amalgam with --strict"
         ),
     })

@@ -10,7 +10,7 @@ use amalgam_config::{parse_str, validate, ConfigError, Diagnostic, Severity};
 fn amalgam_errors(text: &str) -> Vec<Diagnostic> {
     let methods = common::mergekit_methods();
     match parse_str(text) {
-        Ok(loaded) => validate(&loaded, &methods, false)
+        Ok(loaded) => validate(&loaded, &methods, false, amalgam_schema::Compat::V0_1_5)
             .into_iter()
             .filter(|d| d.severity == Severity::Error)
             .collect(),
@@ -112,7 +112,7 @@ fn findings_on_the_corpus_have_positions() {
     for p in names {
         let text = std::fs::read_to_string(&p).unwrap();
         let diags = match parse_str(&text) {
-            Ok(l) => validate(&l, &methods, false),
+            Ok(l) => validate(&l, &methods, false, amalgam_schema::Compat::V0_1_5),
             Err(ConfigError::Invalid { diagnostics, .. }) => diagnostics,
             Err(e) => panic!("{e}"),
         };

@@ -25,7 +25,7 @@ fn report(text: &str) -> String {
                 } else {
                     "--- default\n"
                 });
-                let diags = validate(&loaded, &methods, strict);
+                let diags = validate(&loaded, &methods, strict, amalgam_schema::Compat::V0_1_5);
                 if diags.is_empty() {
                     out.push_str("(no findings)\n");
                 }

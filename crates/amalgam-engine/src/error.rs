@@ -2,14 +2,16 @@ use std::path::PathBuf;
 
 /// Everything that can stop a merge, unmix or verify. Planning errors are raised before any byte
 /// is written; execution errors leave no finished-looking output (the writer works in a temporary
-/// folder).
+/// folder). Each variant carries the tensor, model, path or method it is about, so callers and
+/// tests can match on what went wrong rather than on message text; the messages keep mergekit's
+/// wording where mergekit has one.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
     /// Reading or writing tensors failed.
     #[error(transparent)]
     Io(#[from] amalgam_io::Error),
-    /// The configuration is invalid.
+    /// The configuration is invalid (the same diagnostics `amalgam validate` prints).
     #[error(transparent)]
     Config(#[from] amalgam_config::ConfigError),
     /// A merge method failed on a tensor.
@@ -34,25 +36,189 @@ pub enum EngineError {
         /// The panic message.
         message: String,
     },
-    /// The plan is inconsistent with the inputs (missing tensors, shape mismatch, contract...).
+    /// A merge method returned a tensor of the wrong size (a bug in the method).
+    #[error("{tensor}: method `{method}` returned {got} elements, expected {want}")]
+    MethodOutputSize {
+        /// Output tensor.
+        tensor: String,
+        /// Method name.
+        method: String,
+        /// Elements returned.
+        got: usize,
+        /// Elements expected.
+        want: usize,
+    },
+    /// `merge_method` names no registered method.
+    #[error("Unimplemented merge method {method}; known methods: {known}")]
+    UnknownMethod {
+        /// The name in the config.
+        method: String,
+        /// Registered names, comma-separated.
+        known: String,
+    },
+    /// `dtype` / `out_dtype` is not a dtype mergekit knows.
+    #[error(
+        "{key}: unknown dtype `{name}`; mergekit accepts bfloat16, float16, float32, float64, int64"
+    )]
+    UnknownDtype {
+        /// `dtype` or `out_dtype`.
+        key: &'static str,
+        /// The value given.
+        name: String,
+    },
+    /// A parameter value cannot be coerced to its declared type for a tensor.
+    #[error("parameter `{param}` for {tensor}: {source}")]
+    ParamValue {
+        /// Parameter name.
+        param: String,
+        /// Tensor (or `model.tensor`) being resolved.
+        tensor: String,
+        /// Why (boxed: the error type stays small on the hot paths that return it).
+        source: Box<amalgam_config::CoerceError>,
+    },
+    /// A required parameter has no value in any scope (mergekit's message).
+    #[error("{}", missing_param(param, model.as_deref(), tensor))]
+    MissingParam {
+        /// Parameter name.
+        param: String,
+        /// The model's label, for per-input parameters.
+        model: Option<String>,
+        /// The tensor name (the model's input tensor for per-input parameters).
+        tensor: String,
+    },
+    /// The config has neither a non-empty `models:` nor `slices:`.
     #[error("{0}")]
-    Plan(String),
+    NoSlices(&'static str),
+    /// An output slice has no sources.
+    #[error("slices[{slice}]: no input models (the `models:` or `sources:` list is empty)")]
+    EmptySlice {
+        /// Slice index.
+        slice: usize,
+    },
+    /// A `layer_range` is reversed or outside its model.
+    #[error("slices[{slice}]: layer_range [{start}, {end}] {problem}")]
+    LayerRange {
+        /// Slice index.
+        slice: usize,
+        /// Range start.
+        start: usize,
+        /// Range end.
+        end: usize,
+        /// What is wrong, with the model.
+        problem: String,
+    },
+    /// The sources of a slice cover different numbers of layers (mergekit's message).
+    #[error(
+        "slices[{slice}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
+    )]
+    LayerCounts {
+        /// Slice index.
+        slice: usize,
+        /// Layers per source.
+        lens: Vec<usize>,
+    },
+    /// A model has no tensors for a layer the config reads.
+    #[error("model {model} has no tensors for layer {layer}")]
+    MissingLayer {
+        /// Model label.
+        model: String,
+        /// Layer index.
+        layer: usize,
+    },
+    /// A tensor the plan needs is not in a model (mergekit's message).
+    #[error("Tensor {tensor} required but not present in model {model} ({})", path.display())]
+    MissingTensor {
+        /// Tensor name.
+        tensor: String,
+        /// Model label.
+        model: String,
+        /// Model folder.
+        path: PathBuf,
+    },
+    /// The inputs of a tensor have different shapes (mergekit's message, with a hint).
+    #[error("Tensor size mismatch for {tensor}: {}{hint}", shapes.join(", "))]
+    ShapeMismatch {
+        /// Output tensor.
+        tensor: String,
+        /// `model [shape]` per input.
+        shapes: Vec<String>,
+        /// Extra advice (vocabulary sizes), possibly empty.
+        hint: &'static str,
+    },
+    /// A tensor whose size cannot be addressed.
+    #[error("{tensor}: shape {shape:?} is too large to address")]
+    TooLarge {
+        /// Tensor name.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+    },
+    /// A working dtype amalgam cannot merge in.
+    #[error("{tensor}: {reason}")]
+    WorkDtype {
+        /// Output tensor.
+        tensor: String,
+        /// Which dtype and what to use instead.
+        reason: String,
+    },
+    /// An integer/bool buffer differs between inputs.
+    #[error(
+        "Non-floating buffer '{tensor}' differs between inputs; amalgam cannot merge integer tensors"
+    )]
+    BufferDiffers {
+        /// Output tensor.
+        tensor: String,
+    },
+    /// A tensor's bytes are shorter than its shape says.
+    #[error("{}: `{tensor}` is shorter than its shape", file.display())]
+    ShortTensor {
+        /// The shard.
+        file: PathBuf,
+        /// Tensor name.
+        tensor: String,
+    },
+    /// An `#expert=K` view cannot be built from a checkpoint.
+    #[error("{}: {reason}", path.display())]
+    Expert {
+        /// The model folder.
+        path: PathBuf,
+        /// What is missing or wrong.
+        reason: String,
+    },
     /// A feature mergekit has and amalgam does not implement yet.
-    #[error("`{key}` (at {path}) is not supported yet by amalgam; remove it or use mergekit for this config")]
+    #[error("`{key}` (at {path}) is not supported yet by amalgam; {advice}")]
     Unsupported {
-        /// YAML path.
+        /// YAML path (or the model, for checkpoint features).
         path: String,
-        /// The key.
+        /// The key or feature.
         key: String,
+        /// What to do instead.
+        advice: String,
     },
     /// A side file (config.json...) could not be read or written.
-    #[error("{path}: {reason}")]
+    #[error("{}: {reason}", path.display())]
     SideFile {
         /// File.
         path: PathBuf,
         /// Why.
         reason: String,
     },
+    /// `verify` was pointed at something it cannot compare with.
+    #[error("{}: {reason}", path.display())]
+    Verify {
+        /// The model folder.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// mergekit's text for a parameter no scope gives.
+fn missing_param(param: &str, model: Option<&str>, tensor: &str) -> String {
+    match model {
+        Some(m) => format!("Missing required parameter {param} for {m}.{tensor}"),
+        None => format!("Missing required parameter {param} for {tensor}"),
+    }
 }
 
 /// Result alias.

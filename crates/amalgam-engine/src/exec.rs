@@ -19,7 +19,7 @@ use amalgam_methods::{rng::Mt19937, MergeArgs, MergeInput, Tensor};
 use rayon::prelude::*;
 
 use crate::plan::{Op, Plan};
-use crate::{EngineError, Result};
+use crate::error::{EngineError, Result};
 
 /// Elements per chunk of an elementwise merge: small enough that every input's chunk stays in
 /// the CPU cache between decoding and merging.
@@ -61,12 +61,9 @@ fn load(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result
     let bytes = raw
         .data
         .get(range.start * es..range.end * es)
-        .ok_or_else(|| {
-            EngineError::Plan(format!(
-                "{}: `{}` is shorter than its shape",
-                raw.file.display(),
-                inp.name
-            ))
+        .ok_or_else(|| EngineError::ShortTensor {
+            file: raw.file.to_path_buf(),
+            tensor: inp.name.clone(),
         })?;
     // Read the bytes with positioned reads into a per-thread buffer rather than touching the
     // mapping: no page faults, nothing left resident.
@@ -119,6 +116,19 @@ fn merge_range(
     let tensors: Vec<Tensor> = (0..op.inputs.len())
         .map(|j| load(plan, op, j, range.clone()))
         .collect::<Result<_>>()?;
+    let Some(method) = &plan.method else {
+        // A method-less plan copies its one input, already converted to the working dtype.
+        let out = tensors
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::MethodOutputSize {
+                tensor: op.out_name.clone(),
+                method: plan.method_name().into(),
+                got: 0,
+                want: range.len(),
+            })?;
+        return put(op, &out, range, plan, sink);
+    };
     let labels: Vec<String> = op
         .inputs
         .iter()
@@ -146,10 +156,10 @@ fn merge_range(
     // but one a user may meet on an odd tensor) becomes an error naming the tensor and the
     // method, instead of tearing down the rayon pool and the process. Nothing observable is
     // left half-updated: the method's inputs are owned here and its output is discarded.
-    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.method.merge(args)))
+    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| method.merge(args)))
         .map_err(|payload| EngineError::MethodPanicked {
             tensor: op.out_name.clone(),
-            method: plan.method.info().name.to_string(),
+            method: plan.method_name().to_string(),
             message: payload
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
@@ -160,14 +170,24 @@ fn merge_range(
         tensor: op.out_name.clone(),
         source,
     })?;
+    put(op, &out, range, plan, sink)
+}
+
+/// Encodes a merged tensor to the output dtype and hands it to the sink at its offset.
+fn put(
+    op: &Op,
+    out: &Tensor,
+    range: std::ops::Range<usize>,
+    plan: &Plan,
+    sink: &dyn Sink,
+) -> Result<()> {
     if out.data.len() != range.len() {
-        return Err(EngineError::Plan(format!(
-            "{}: method `{}` returned {} elements, expected {}",
-            op.out_name,
-            plan.method.info().name,
-            out.data.len(),
-            range.len()
-        )));
+        return Err(EngineError::MethodOutputSize {
+            tensor: op.out_name.clone(),
+            method: plan.method_name().to_string(),
+            got: out.data.len(),
+            want: range.len(),
+        });
     }
     let mut bytes = vec![0u8; out.data.len() * op.out_dtype.size()];
     convert::encode_f32(op.out_dtype, &out.data, &mut bytes)?;
@@ -195,10 +215,9 @@ fn copy_buffer(plan: &Plan, op: &Op, sink: &dyn Sink) -> Result<()> {
         match first {
             None => first = Some(raw.data),
             Some(f) if f != raw.data => {
-                return Err(EngineError::Plan(format!(
-                    "Non-floating buffer '{}' differs between inputs; amalgam cannot merge integer tensors",
-                    op.out_name
-                )))
+                return Err(EngineError::BufferDiffers {
+                    tensor: op.out_name.clone(),
+                })
             }
             _ => {}
         }
@@ -217,8 +236,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             p(b, t);
         }
     };
-    let info = plan.method.info();
-    if info.random {
+    if plan.is_random() {
         let mut rng = Mt19937::new(opts.seed.unwrap_or(0));
         for op in &plan.ops {
             if op.float {
@@ -236,7 +254,11 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     for (i, op) in plan.ops.iter().enumerate() {
         let n: usize = op.shape.iter().product();
         let per: Vec<&amalgam_methods::ParamValues> = op.per_input.iter().collect();
-        if op.float && n > CHUNK_ELEMS && plan.method.is_elementwise(&op.shared, &per) {
+        let elementwise = plan
+            .method
+            .as_ref()
+            .is_none_or(|m| m.is_elementwise(&op.shared, &per));
+        if op.float && n > CHUNK_ELEMS && elementwise {
             let mut s = 0;
             while s < n {
                 let e = (s + ITEM_ELEMS).min(n);

@@ -1,18 +1,31 @@
-//! The amalgam merge engine.
+//! The amalgam merge engine: from a parsed config (or a Mixtral checkpoint) to an output folder.
+//!
+//! Layered so that every import points down:
+//! - [`plan`]: the data of a plan (models, output tensors, resolved parameters);
+//! - `model_config`: config.json reading and its edits, in one place;
+//! - `arch`, `source`: architecture knowledge and tensor sources (folders, `#expert=K` views);
+//! - `order`, `legacy_order`: mergekit 0.1.5's and 0.0.4.2's save orders;
+//! - [`exec`]: the streaming executor; [`side`]: config.json, tokenizer and model card;
+//! - `output`: one "write a plan to an output folder", used by merge and unmix;
+//! - `planner` and `unmix`: the two producers of a plan;
+//! - `verify`, on top: recompute a plan and compare instead of writing.
 //!
 //! [`plan()`] lowers a parsed config to output tensors (checking everything that can be checked
-//! without reading weights); [`merge`] writes the plan through the streaming executor into a
-//! temporary folder that becomes the output only when complete; [`verify`] recomputes a merge
-//! and compares it with an existing folder without writing a copy; [`unmix`] turns a Mixtral
-//! checkpoint into dense experts.
+//! without reading weights, the config against the method's schema first); [`merge`] writes the
+//! plan through the executor into a temporary folder that becomes the output only when
+//! complete; [`verify`] recomputes a merge and compares it with an existing folder without
+//! writing a copy; [`unmix`] turns a Mixtral checkpoint into dense experts.
 #![deny(missing_docs)]
 
 mod arch;
 mod error;
 pub mod exec;
 mod legacy_order;
+mod model_config;
 mod order;
+mod output;
 pub mod plan;
+mod planner;
 pub mod side;
 mod source;
 mod unmix;
@@ -21,17 +34,14 @@ mod verify;
 use std::path::{Path, PathBuf};
 
 use amalgam_config::LoadedConfig;
-use amalgam_io::{IndexStyle, OutputWriter, PlannedTensor, ShardLayout, ShardRule, ShardSpec};
-use amalgam_methods::{Compat, Registry};
+use amalgam_methods::Registry;
 
 pub use error::{EngineError, Result};
 pub use exec::{ExecOptions, ProgressFn};
-pub use plan::{plan, Plan, PlanOptions};
-pub use unmix::{mistral_config, unmix, UnmixOptions};
+pub use plan::{Plan, DEFAULT_SHARD_SIZE};
+pub use planner::{plan, PlanOptions};
+pub use unmix::{unmix, UnmixOptions};
 pub use verify::{verify, TensorDiff, VerifyReport};
-
-/// mergekit's default `--out-shard-size` (5B: bytes since 2024-05, elements before).
-pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
 
 /// Options of [`merge`].
 #[derive(Clone, Default)]
@@ -65,33 +75,6 @@ pub struct MergeReport {
     pub bytes: u64,
 }
 
-/// The shard layout mergekit would use for `plan`.
-pub fn layout(plan: &Plan, out_shard_size: Option<u64>) -> Result<ShardLayout> {
-    let size = out_shard_size.unwrap_or(DEFAULT_SHARD_SIZE);
-    let spec = match plan.compat {
-        Compat::V0_1_5 => ShardSpec {
-            rule: ShardRule::Bytes(size),
-            style: IndexStyle::Modern,
-            mergekit_version: "0.1.5".into(),
-        },
-        Compat::V0_0_4_2 => ShardSpec {
-            rule: ShardRule::Elements(size),
-            style: IndexStyle::Legacy,
-            mergekit_version: "0.0.4.2".into(),
-        },
-    };
-    let tensors = plan
-        .ops
-        .iter()
-        .map(|o| PlannedTensor {
-            name: o.out_name.clone(),
-            dtype: o.out_dtype,
-            shape: o.shape.clone(),
-        })
-        .collect();
-    Ok(ShardLayout::plan(tensors, &spec)?)
-}
-
 /// A seed for a random method when none was given: drawn from the clock, printed by the CLI so
 /// the run can be repeated.
 fn fresh_seed() -> u64 {
@@ -109,7 +92,7 @@ pub fn merge(
     registry: &Registry,
     opts: &MergeOptions,
 ) -> Result<MergeReport> {
-    let plan = plan::plan(loaded, registry, &opts.plan)?;
+    let plan = planner::plan(loaded, registry, &opts.plan)?;
     merge_plan(plan, &loaded.text, out, opts)
 }
 
@@ -126,10 +109,10 @@ pub fn merge_plan(
     for m in &plan.models {
         tracing::info!("model {} -> {}", m.label, m.source.path().display());
     }
-    let layout = layout(&plan, opts.out_shard_size)?;
+    let layout = plan.layout(opts.out_shard_size)?;
     tracing::info!(
         "plan: method {}, {} output tensors, {} bytes in {} shard(s), mergekit {} behaviour",
-        plan.method.info().name,
+        plan.method_name(),
         plan.ops.len(),
         plan.output_bytes(),
         layout.shard_names().len(),
@@ -145,53 +128,41 @@ pub fn merge_plan(
             op.shared
         );
     }
-    let seed = if plan.method.info().random {
+    let seed = if plan.is_random() {
         Some(opts.seed.unwrap_or_else(fresh_seed))
     } else {
         opts.seed
     };
-    let writer = OutputWriter::create(out, layout)?;
-    exec::execute(
-        &plan,
-        &writer,
-        &ExecOptions {
-            seed,
-            progress: opts.progress.clone(),
-        },
-    )?;
-    if let Some(cfg) = side::config_json(&plan) {
-        writer.write_file("config.json", &cfg)?;
-    }
+    let mut files = Vec::new();
     if opts.write_model_card {
         let name = out
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "Untitled Model (1)".into());
         let card = side::model_card(&plan, config_text, &name, &opts.plan.base_dir);
-        writer.write_file("README.md", card.as_bytes())?;
-        writer.write_file("mergekit_config.yml", config_text.as_bytes())?;
+        files.push(("README.md", card.into_bytes()));
+        files.push(("mergekit_config.yml", config_text.as_bytes().to_vec()));
     }
-    if opts.copy_tokenizer {
-        let donor = plan.models[plan.donor].source.folder_ref();
-        let has_cfg = donor.aux_file("tokenizer_config.json").is_some();
-        let has_tok = donor.aux_file("tokenizer.json").is_some()
-            || donor.aux_file("tokenizer.model").is_some();
-        if has_cfg && has_tok {
-            for f in side::TOKENIZER_FILES {
-                if let Some(p) = donor.aux_file(f) {
-                    writer.copy_file(f, &p)?;
-                }
-            }
-        } else {
-            tracing::warn!(
-                "donor model {} has no tokenizer files to copy; the output has no tokenizer",
-                plan.models[plan.donor].label
-            );
-        }
-    }
+    let path = output::write_plan(
+        &plan,
+        out,
+        &output::OutputFiles {
+            out_shard_size: opts.out_shard_size,
+            exec: ExecOptions {
+                seed,
+                progress: opts.progress.clone(),
+            },
+            config_json: side::config_json(&plan),
+            files,
+            tokenizer: if opts.copy_tokenizer {
+                output::TokenizerCopy::WhenComplete
+            } else {
+                output::TokenizerCopy::No
+            },
+        },
+    )?;
     let tensors = plan.ops.len();
     let bytes = plan.output_bytes();
-    let path = writer.finish()?;
     tracing::info!(
         "wrote {} in {:.2} s",
         path.display(),
@@ -204,56 +175,4 @@ pub fn merge_plan(
         tensors,
         bytes,
     })
-}
-
-/// What the config crate's validation needs to know of each registered method.
-pub fn method_schemas(registry: &Registry) -> Vec<amalgam_config::MethodSchema> {
-    use amalgam_config::{BasePolicy, InputContract, ParamSchema, ParamScope as CScope};
-    use amalgam_methods::{BaseRule, InputCount, ParamKind, ParamScope};
-    registry
-        .iter()
-        .map(|m| {
-            let info = m.info();
-            let (min_inputs, max_inputs, min_non_base, max_non_base) = match info.contract.count {
-                InputCount::Any => (1, None, None, None),
-                InputCount::Exactly(n) => (n, Some(n), None, None),
-                InputCount::AtLeast(n) => (n, None, None, None),
-                InputCount::ExactlyNonBase(n) => (1, None, Some(n), Some(n)),
-                InputCount::AtLeastNonBase(n) => (1, None, Some(n), None),
-            };
-            amalgam_config::MethodSchema {
-                name: info.name.to_string(),
-                params: info
-                    .params
-                    .iter()
-                    .map(|p| ParamSchema {
-                        name: p.name.to_string(),
-                        kind: match p.kind {
-                            ParamKind::Float => amalgam_config::ParamKind::Float,
-                            ParamKind::Bool => amalgam_config::ParamKind::Bool,
-                            ParamKind::Int => amalgam_config::ParamKind::Int,
-                        },
-                        scope: match p.scope {
-                            ParamScope::Shared => CScope::Shared,
-                            ParamScope::Input => CScope::Input,
-                            ParamScope::NonBase => CScope::NonBase,
-                        },
-                        required: p.default.is_none(),
-                    })
-                    .collect(),
-                contract: Some(InputContract {
-                    base: match info.contract.base {
-                        BaseRule::Required => BasePolicy::Required,
-                        BaseRule::Optional => BasePolicy::Optional,
-                        BaseRule::Forbidden => BasePolicy::Forbidden,
-                        BaseRule::Ignored => BasePolicy::Ignored,
-                    },
-                    min_inputs,
-                    max_inputs,
-                    min_non_base,
-                    max_non_base,
-                }),
-            }
-        })
-        .collect()
 }

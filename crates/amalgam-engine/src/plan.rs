@@ -1,34 +1,20 @@
-//! Planning: a config lowered to output tensors, each with its inputs, resolved parameters,
-//! method and dtypes. Everything that can be checked without reading tensor data is checked here,
-//! before any byte is written.
+//! The data of a plan: input models, output tensors with their inputs, resolved parameters and
+//! dtypes. Two producers build plans (the planner from a config, unmix from a Mixtral); the
+//! executor, the side-file writer and verify consume them. This module imports nothing else of
+//! the engine's, so every other module can depend on it.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use amalgam_config::{LoadedConfig, ModelRef, Parameters, Scalar};
-use amalgam_io::{DType, ModelFolder};
-use amalgam_methods::{
-    BaseRule, Compat, InputCount, MergeMethod, ParamKind, ParamScope, ParamValues, Registry, Value,
-};
+use amalgam_config::ModelRef;
+use amalgam_io::{DType, IndexStyle, PlannedTensor, ShardLayout, ShardRule, ShardSpec};
+use amalgam_methods::{Compat, MergeMethod, ParamValues};
 use serde_json::Value as Json;
 
-use crate::arch;
 use crate::source::Source;
-use crate::{EngineError, Result};
+use crate::error::Result;
 
-/// Options that change the plan.
-#[derive(Debug, Clone, Default)]
-pub struct PlanOptions {
-    /// Which mergekit release to reproduce.
-    pub compat: Compat,
-    /// Turn amalgam's lenient fallbacks (linear without weights) back into mergekit's errors.
-    pub strict: bool,
-    /// Folder relative model paths are taken from (mergekit uses the working directory).
-    pub base_dir: PathBuf,
-    /// Hugging Face cache folder; default from the environment.
-    pub hf_cache: Option<PathBuf>,
-}
+/// mergekit's default `--out-shard-size` (5B: bytes since 2024-05, elements before).
+pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
 
 /// One input model of the merge.
 #[derive(Debug)]
@@ -77,14 +63,27 @@ pub struct Op {
     pub label: String,
 }
 
-/// A validated merge plan.
+impl Op {
+    /// Elements of the output tensor.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Bytes of the output tensor.
+    pub fn out_bytes(&self) -> u64 {
+        self.numel() as u64 * self.out_dtype.size() as u64
+    }
+}
+
+/// A validated plan.
 pub struct Plan {
     /// Input models, in order of first appearance in the config.
     pub models: Vec<Model>,
     /// Output tensors in mergekit's save order.
     pub ops: Vec<Op>,
-    /// The method.
-    pub method: Arc<dyn MergeMethod>,
+    /// The merge method; `None` for a plan whose every tensor is its one input, converted to the
+    /// output dtype (unmix).
+    pub method: Option<Arc<dyn MergeMethod>>,
     /// The model whose config.json and tokenizer are copied.
     pub donor: usize,
     /// The base model, if any (global).
@@ -106,7 +105,7 @@ impl std::fmt::Debug for Plan {
         f.debug_struct("Plan")
             .field("models", &self.models.len())
             .field("ops", &self.ops.len())
-            .field("method", &self.method.info().name)
+            .field("method", &self.method_name())
             .finish()
     }
 }
@@ -114,702 +113,43 @@ impl std::fmt::Debug for Plan {
 impl Plan {
     /// Total bytes of output tensors.
     pub fn output_bytes(&self) -> u64 {
-        self.ops
+        self.ops.iter().map(Op::out_bytes).sum()
+    }
+
+    /// The method's name (`copy` for a method-less plan), for messages and logs.
+    pub fn method_name(&self) -> &'static str {
+        self.method.as_ref().map_or("copy", |m| m.info().name)
+    }
+
+    /// Whether the method draws random numbers.
+    pub fn is_random(&self) -> bool {
+        self.method.as_ref().is_some_and(|m| m.info().random)
+    }
+
+    /// The shard layout mergekit would use for this plan.
+    pub fn layout(&self, out_shard_size: Option<u64>) -> Result<ShardLayout> {
+        let size = out_shard_size.unwrap_or(DEFAULT_SHARD_SIZE);
+        let spec = match self.compat {
+            Compat::V0_1_5 => ShardSpec {
+                rule: ShardRule::Bytes(size),
+                style: IndexStyle::Modern,
+                mergekit_version: "0.1.5".into(),
+            },
+            Compat::V0_0_4_2 => ShardSpec {
+                rule: ShardRule::Elements(size),
+                style: IndexStyle::Legacy,
+                mergekit_version: "0.0.4.2".into(),
+            },
+        };
+        let tensors = self
+            .ops
             .iter()
-            .map(|o| o.shape.iter().product::<usize>() as u64 * o.out_dtype.size() as u64)
-            .sum()
-    }
-}
-
-/// A normalized output slice: what mergekit turns both `models:` and `slices:` into.
-struct NSlice {
-    sources: Vec<(usize, (usize, usize), Parameters)>,
-    base: Option<usize>,
-    params: Parameters,
-    /// linear without any weight: the 1/N fallback, if enabled.
-    fallback_weight: Option<f64>,
-}
-
-fn parse_dtype(key: &str, s: &Option<String>) -> Result<Option<DType>> {
-    let Some(s) = s else { return Ok(None) };
-    match DType::from_mergekit(s) {
-        Some(d) => Ok(Some(d)),
-        None => Err(EngineError::Plan(format!(
-            "{key}: unknown dtype `{s}`; mergekit accepts bfloat16, float16, float32, float64, int64"
-        ))),
-    }
-}
-
-/// Resolves `key` through `scopes` (highest precedence first) with mergekit 0.1.5's rules,
-/// coercing to the declared type (see [`amalgam_config::evaluate_as`]).
-fn resolve_in(
-    scopes: &[&Parameters],
-    key: &str,
-    kind: ParamKind,
-    tensor: &str,
-    t: f64,
-) -> Result<Option<Value>> {
-    let ckind = match kind {
-        ParamKind::Float => amalgam_config::ParamKind::Float,
-        ParamKind::Bool => amalgam_config::ParamKind::Bool,
-        ParamKind::Int => amalgam_config::ParamKind::Int,
-    };
-    for p in scopes {
-        if let Some(v) = p.get(key) {
-            let got = amalgam_config::evaluate_as(v, ckind, tensor, t)
-                .map_err(|e| EngineError::Plan(format!("parameter `{key}` for {tensor}: {e}")))?;
-            if let Some(s) = got {
-                return Ok(Some(match s {
-                    Scalar::Float(f) => Value::Float(f),
-                    Scalar::Int(i) => Value::Int(i),
-                    Scalar::Bool(b) => Value::Bool(b),
-                    Scalar::Str(_) => {
-                        return Err(EngineError::Plan(format!(
-                            "parameter `{key}` for {tensor}: expected {ckind}"
-                        )))
-                    }
-                }));
-            }
-        }
-    }
-    Ok(None)
-}
-
-struct Planner<'a> {
-    loaded: &'a LoadedConfig,
-    opts: &'a PlanOptions,
-    method: Arc<dyn MergeMethod>,
-    models: Vec<Model>,
-    by_ref: HashMap<ModelRef, usize>,
-    warnings: Vec<String>,
-    ops: Vec<Op>,
-    config_dtype: Option<DType>,
-    config_out_dtype: Option<DType>,
-    layer_index: Vec<HashMap<usize, Vec<(String, String)>>>,
-    /// mergekit's definition of each model's architecture, when known.
-    known: Vec<Option<arch::Known>>,
-}
-
-impl<'a> Planner<'a> {
-    fn model(&mut self, r: &ModelRef) -> Result<usize> {
-        if let Some(&i) = self.by_ref.get(r) {
-            return Ok(i);
-        }
-        let cache = self
-            .opts
-            .hf_cache
-            .clone()
-            .unwrap_or_else(amalgam_io::hub::cache_dir);
-        let dir = amalgam_io::hub::resolve_in(
-            &r.path,
-            r.revision.as_deref(),
-            &self.opts.base_dir,
-            &cache,
-        )?;
-        let folder = ModelFolder::open(&dir)?;
-        let config = crate::side::read_config(&folder)?;
-        let source = match r.expert {
-            Some(k) => Source::expert(folder, k)?,
-            None => Source::folder(folder),
-        };
-        let mut index: HashMap<usize, Vec<(String, String)>> = HashMap::new();
-        for n in source.names() {
-            if let Some((p, i, s)) = arch::split_layer(n) {
-                index
-                    .entry(i)
-                    .or_default()
-                    .push((p.to_string(), s.to_string()));
-            }
-        }
-        // mergekit's template order (it numbers tasks in that order, which breaks scheduling
-        // ties); unknown architectures keep checkpoint order, as mergekit's inference does.
-        // An expert view is a dense Mistral whatever its checkpoint says.
-        let arch_name = if source.is_expert_view() {
-            Some("MistralForCausalLM")
-        } else {
-            arch::architecture_of(config.as_ref())
-        };
-        // mergekit 0.1.5 rewrites Mixtral checkpoints into the transformers-5 fused expert layout
-        // when it merges them; amalgam does not implement that conversion, so it refuses rather
-        // than write the old layout (its experts can be merged as dense models with `#expert=K`).
-        if arch_name.is_some_and(|a| a.contains("Mixtral")) {
-            return Err(EngineError::Plan(format!(
-                "{}: merging Mixtral (mixture-of-experts) checkpoints is not supported yet \
-                 (mergekit 0.1.5 writes them in the transformers-5 fused expert layout); to merge \
-                 its experts as dense Mistral models, use `{}#expert=K` references",
-                r, r.path
-            )));
-        }
-        // A known architecture's layers are exactly its template: every listed tensor is
-        // required (a missing one fails planning with mergekit's message), others are ignored.
-        let known = arch::known(arch_name);
-        if let Some(k) = &known {
-            for v in index.values_mut() {
-                let prefix = v
-                    .first()
-                    .map_or_else(|| "model.layers.".to_string(), |(p, _)| p.clone());
-                *v = k
-                    .layer
-                    .iter()
-                    .map(|s| (prefix.clone(), s.to_string()))
-                    .collect();
-            }
-        }
-        self.layer_index.push(index);
-        self.known.push(known);
-        let i = self.models.len();
-        self.models.push(Model {
-            reference: r.clone(),
-            label: r.to_string(),
-            source,
-            config,
-        });
-        self.by_ref.insert(r.clone(), i);
-        Ok(i)
-    }
-
-    fn num_layers(&self, m: usize) -> usize {
-        let model = &self.models[m];
-        if let Some((_, n)) = model.config.as_ref().and_then(arch::num_layers_from_config) {
-            // An expert view keeps the Mixtral's layer count.
-            return n;
-        }
-        // Saturating: a hostile checkpoint may name layer `usize::MAX`; planning then stops at
-        // the first missing layer with an error instead of overflowing here.
-        self.layer_index[m]
-            .keys()
-            .max()
-            .map_or(0, |&k| k.saturating_add(1))
-    }
-
-    fn normalize(&mut self) -> Result<Vec<NSlice>> {
-        let cfg = &self.loaded.config;
-        let global_base = match &cfg.base_model {
-            Some(b) => Some(self.model(b)?),
-            None => None,
-        };
-        let linear_fallback = if self.method.info().name == "linear" && !self.opts.strict {
-            amalgam_config::linear_weight_fallback(cfg)
-        } else {
-            None
-        };
-        let mut out = Vec::new();
-        match (&cfg.models, &cfg.slices) {
-            (Some(models), None) => {
-                let mut sources = Vec::new();
-                for m in models {
-                    let i = self.model(&m.model)?;
-                    let n = self.num_layers(i);
-                    sources.push((i, (0, n), m.parameters.clone()));
-                }
-                if let Some(b) = global_base {
-                    if !sources.iter().any(|s| s.0 == b) {
-                        let n = self.num_layers(b);
-                        sources.push((b, (0, n), Parameters::new()));
-                    }
-                }
-                out.push(NSlice {
-                    fallback_weight: None,
-                    sources,
-                    base: global_base,
-                    params: Parameters::new(),
-                });
-            }
-            (None, Some(slices)) => {
-                for s in slices {
-                    let mut sources = Vec::new();
-                    for src in &s.sources {
-                        let i = self.model(&src.model)?;
-                        sources.push((i, src.layer_range, src.parameters.clone()));
-                    }
-                    let base = match &s.base_model {
-                        Some(b) => Some(self.model(b)?),
-                        None => global_base,
-                    };
-                    out.push(NSlice {
-                        fallback_weight: None,
-                        sources,
-                        base,
-                        params: s.parameters.clone(),
-                    });
-                }
-            }
-            _ => {
-                return Err(EngineError::Plan(
-                    "Exactly one of 'models', 'slices', or 'modules' must be present".into(),
-                ))
-            }
-        }
-        if let Some(w) = linear_fallback {
-            for s in &mut out {
-                s.fallback_weight = Some(1.0 / s.sources.len() as f64);
-            }
-            self.warnings.push(w.message);
-        }
-        Ok(out)
-    }
-
-    fn check_contract(&self, idx: usize, s: &NSlice) -> Result<()> {
-        let info = self.method.info();
-        let label = format!(" for default.slices[{idx}]");
-        let ids: Vec<usize> = s.sources.iter().map(|x| x.0).collect();
-        let mut seen = std::collections::HashSet::new();
-        if !ids.iter().all(|i| seen.insert(*i)) {
-            return Err(EngineError::Plan(format!("Duplicate merge inputs{label}")));
-        }
-        let base = if info.contract.base == BaseRule::Ignored {
-            None
-        } else {
-            s.base
-        };
-        let has_base = base.is_some_and(|b| ids.contains(&b));
-        if base.is_some() && !has_base {
-            return Err(EngineError::Plan(format!(
-                "Base input is not present in merge inputs{label}"
-            )));
-        }
-        if info.contract.base == BaseRule::Required && !has_base {
-            return Err(EngineError::Plan(format!(
-                "Merge method requires a base input{label}"
-            )));
-        }
-        if info.contract.base == BaseRule::Forbidden && has_base {
-            return Err(EngineError::Plan(format!(
-                "Merge method does not accept a base input{label}"
-            )));
-        }
-        let count = ids.len();
-        let non_base = count - has_base as usize;
-        let check = |what: &str, n: usize, min: usize, max: Option<usize>| -> Result<()> {
-            if n < min {
-                return Err(EngineError::Plan(format!(
-                    "Merge method requires at least {min} {what}{label}; got {n}"
-                )));
-            }
-            if let Some(max) = max {
-                if n > max {
-                    let e = if min == max {
-                        format!("exactly {min}")
-                    } else {
-                        format!("at most {max}")
-                    };
-                    return Err(EngineError::Plan(format!(
-                        "Merge method requires {e} {what}{label}; got {n}"
-                    )));
-                }
-            }
-            Ok(())
-        };
-        match info.contract.count {
-            InputCount::Any => check("inputs", count, 1, None),
-            InputCount::Exactly(n) => check("inputs", count, n, Some(n)),
-            InputCount::AtLeast(n) => check("inputs", count, n, None),
-            InputCount::ExactlyNonBase(n) => {
-                check("inputs", count, 1, None)?;
-                check("non-base inputs", non_base, n, Some(n))
-            }
-            InputCount::AtLeastNonBase(n) => {
-                check("inputs", count, 1, None)?;
-                check("non-base inputs", non_base, n, None)
-            }
-        }
-    }
-
-    /// Plans one output tensor from `inputs` (model, input name) of slice `s` at position `t`.
-    fn plan_tensor(
-        &mut self,
-        out_name: String,
-        inputs: Vec<(usize, String)>,
-        s: &NSlice,
-        t: f64,
-    ) -> Result<()> {
-        let info = self.method.info().clone();
-        // Resolve tied names (lm_head <- embed_tokens) and check presence.
-        let mut resolved = Vec::with_capacity(inputs.len());
-        for (m, name) in inputs {
-            let src = &self.models[m].source;
-            let name = if src.has(&name) {
-                name
-            } else if let Some(tied) = arch::tied_name(&name).filter(|t| src.has(t)) {
-                tied.to_string()
-            } else {
-                return Err(EngineError::Plan(format!(
-                    "Tensor {name} required but not present in model {} ({})",
-                    self.models[m].label,
-                    src.path().display()
-                )));
-            };
-            resolved.push((m, name));
-        }
-        // Shapes and dtypes.
-        let mut shapes = Vec::new();
-        let mut dtypes = Vec::new();
-        for (m, name) in &resolved {
-            let raw = self.models[*m]
-                .source
-                .require(name, &self.models[*m].label)?;
-            shapes.push(raw.shape.to_vec());
-            dtypes.push(raw.dtype);
-        }
-        // The callers always pass the slice's sources, which `plan` has checked are not empty;
-        // this keeps a future caller from indexing into nothing.
-        let (Some(shape0), Some(&dtype0)) = (shapes.first().cloned(), dtypes.first()) else {
-            return Err(EngineError::Plan(format!(
-                "{out_name}: no input model provides this tensor"
-            )));
-        };
-        // Checked here so that no later size computation (shard layout, work items) can
-        // overflow: only an expert view's derived shapes are not already bounded by a file.
-        if shape0
-            .iter()
-            .try_fold(dtype0.size(), |acc, &d| acc.checked_mul(d))
-            .is_none()
-        {
-            return Err(EngineError::Plan(format!(
-                "{out_name}: shape {shape0:?} is too large to address"
-            )));
-        }
-        if shapes.iter().any(|s| s != &shape0) {
-            let list: Vec<String> = shapes
-                .iter()
-                .zip(&resolved)
-                .map(|(s, (m, _))| format!("{} {:?}", self.models[*m].label, s))
-                .collect();
-            let hint = if out_name.contains("embed") || out_name.starts_with("lm_head") {
-                " (vocabulary sizes differ: aligning vocabularies with `tokenizer:` is not supported yet)"
-            } else {
-                ""
-            };
-            return Err(EngineError::Plan(format!(
-                "Tensor size mismatch for {out_name}: {}{hint}",
-                list.join(", ")
-            )));
-        }
-        let float = dtypes.iter().all(|d| d.is_float());
-        let work_dtype = if !float {
-            dtype0
-        } else if let Some(d) = self.config_dtype {
-            d
-        } else {
-            dtypes.iter().copied().fold(dtype0, promote)
-        };
-        if float && work_dtype == DType::F64 {
-            return Err(EngineError::Plan(format!(
-                "{out_name}: float64 merge arithmetic is not supported yet (use dtype: float32)"
-            )));
-        }
-        if float && !matches!(work_dtype, DType::F16 | DType::BF16 | DType::F32) {
-            return Err(EngineError::Plan(format!(
-                "{out_name}: merging in {work_dtype} is not supported; use dtype: bfloat16, float16 or float32"
-            )));
-        }
-        let out_dtype = if float {
-            self.config_out_dtype
-                .unwrap_or_else(|| self.method.output_dtype(work_dtype))
-        } else {
-            work_dtype
-        };
-        // Parameters.
-        let mut shared = ParamValues::new();
-        let global = &self.loaded.config.parameters;
-        for p in info.params.iter().filter(|p| p.scope == ParamScope::Shared) {
-            match resolve_in(&[&s.params, global], p.name, p.kind, &out_name, t)? {
-                Some(v) => {
-                    shared.insert(p.name.to_string(), v);
-                }
-                None => match p.default {
-                    Some(d) => {
-                        shared.insert(p.name.to_string(), d);
-                    }
-                    None => {
-                        return Err(EngineError::Plan(format!(
-                            "Missing required parameter {} for {out_name}",
-                            p.name
-                        )))
-                    }
-                },
-            }
-        }
-        let base_in_inputs = s
-            .base
-            .and_then(|b| resolved.iter().position(|(m, _)| *m == b));
-        let method_base = if info.contract.base == BaseRule::Ignored {
-            None
-        } else {
-            base_in_inputs
-        };
-        let mut per_input = Vec::new();
-        for (j, (m, name)) in resolved.iter().enumerate() {
-            let mut values = ParamValues::new();
-            let src_params = s.sources.iter().find(|x| x.0 == *m).map(|x| &x.2);
-            let empty = Parameters::new();
-            let scopes = [src_params.unwrap_or(&empty), &s.params, global];
-            let is_base = base_in_inputs == Some(j);
-            for p in info.params.iter().filter(|p| p.scope != ParamScope::Shared) {
-                // 0.1.5 resolves only INPUT-scope parameters for the base; 0.0.4.2 exempts the
-                // base from every per-model parameter.
-                if is_base
-                    && (p.scope == ParamScope::NonBase || self.opts.compat == Compat::V0_0_4_2)
-                {
-                    continue;
-                }
-                match resolve_in(&scopes, p.name, p.kind, name, t)? {
-                    Some(v) => {
-                        values.insert(p.name.to_string(), v);
-                    }
-                    None => match (p.default, s.fallback_weight) {
-                        (Some(d), _) => {
-                            values.insert(p.name.to_string(), d);
-                        }
-                        (None, Some(w)) if p.name == "weight" => {
-                            values.insert(p.name.to_string(), Value::Float(w));
-                        }
-                        (None, _) => {
-                            return Err(EngineError::Plan(format!(
-                                "Missing required parameter {} for {}.{name}",
-                                p.name, self.models[*m].label
-                            )))
-                        }
-                    },
-                }
-            }
-            per_input.push(values);
-        }
-        let label = resolved
-            .iter()
-            .map(|(_, n)| n.as_str())
-            .max()
-            .unwrap_or("")
-            .to_string();
-        self.ops.push(Op {
-            out_name,
-            inputs: resolved
-                .into_iter()
-                .map(|(model, name)| OpInput { model, name })
-                .collect(),
-            base: method_base,
-            shared,
-            per_input,
-            shape: shape0,
-            work_dtype,
-            out_dtype,
-            float,
-            label,
-        });
-        Ok(())
-    }
-
-    /// Non-layer tensor names of the given models, in first-seen order.
-    fn non_layer_names(&self, models: &[usize], post: bool) -> Vec<String> {
-        // A known architecture lists them; an optional one is planned only if some input has it.
-        if let Some(Some(k)) = models.first().map(|&m| &self.known[m]) {
-            return if post {
-                k.post
-                    .iter()
-                    .filter(|(n, optional)| {
-                        !optional || models.iter().any(|&m| self.models[m].source.has(n))
-                    })
-                    .map(|(n, _)| n.to_string())
-                    .collect()
-            } else {
-                k.pre.iter().map(|n| n.to_string()).collect()
-            };
-        }
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for &m in models {
-            for n in self.models[m].source.names() {
-                if arch::split_layer(n).is_none()
-                    && arch::is_post_weight(n) == post
-                    && seen.insert(n.clone())
-                {
-                    out.push(n.clone());
-                }
-            }
-        }
-        // As in mergekit's usual templates, the final norm comes before the LM head.
-        if post {
-            out.sort_by_key(|n| n.starts_with("lm_head"));
-        }
-        out
-    }
-}
-
-/// PyTorch's type promotion for the float dtypes mergekit meets (bf16 + f16 -> f32).
-fn promote(a: DType, b: DType) -> DType {
-    use DType::*;
-    match (a, b) {
-        (x, y) if x == y => x,
-        (F64, _) | (_, F64) => F64,
-        (F32, _) | (_, F32) => F32,
-        (BF16, F16) | (F16, BF16) => F32,
-        (x, _) => x,
-    }
-}
-
-/// Builds and validates the plan for a config.
-pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> Result<Plan> {
-    let cfg = &loaded.config;
-    let method = registry.get(&cfg.merge_method).cloned().ok_or_else(|| {
-        EngineError::Plan(format!(
-            "Unimplemented merge method {}; known methods: {}",
-            cfg.merge_method,
-            registry.names().join(", ")
-        ))
-    })?;
-    if let Some((path, key)) = amalgam_config::unsupported_features(cfg).into_iter().next() {
-        return Err(EngineError::Unsupported { path, key });
-    }
-    let config_dtype = parse_dtype("dtype", &cfg.dtype)?;
-    let config_out_dtype = parse_dtype("out_dtype", &cfg.out_dtype)?;
-    let mut p = Planner {
-        loaded,
-        opts,
-        method,
-        models: Vec::new(),
-        by_ref: HashMap::new(),
-        warnings: Vec::new(),
-        ops: Vec::new(),
-        config_dtype,
-        config_out_dtype,
-        layer_index: Vec::new(),
-        known: Vec::new(),
-    };
-    let slices = p.normalize()?;
-    // The config parser rejects empty lists, but a `MergeConfig` can be built by hand: these
-    // checks keep the indexing below safe whatever the caller passes.
-    let (Some(first), Some(last)) = (slices.first(), slices.last()) else {
-        return Err(EngineError::Plan(
-            "the config has no slices: give a non-empty `models:` or `slices:` list".into(),
-        ));
-    };
-    for (i, s) in slices.iter().enumerate() {
-        if s.sources.is_empty() {
-            return Err(EngineError::Plan(format!(
-                "slices[{i}]: no input models (the `models:` or `sources:` list is empty)"
-            )));
-        }
-        p.check_contract(i, s)?;
-        for (m, (a, b), _) in &s.sources {
-            let n = p.num_layers(*m);
-            if a > b {
-                return Err(EngineError::Plan(format!(
-                    "slices[{i}]: layer_range [{a}, {b}] of model {} is reversed: it must be \
-                     [start, end] with start <= end (end excluded)",
-                    p.models[*m].label
-                )));
-            }
-            if *b > n {
-                return Err(EngineError::Plan(format!(
-                    "slices[{i}]: layer_range [{a}, {b}] is outside model {} which has {n} layers",
-                    p.models[*m].label
-                )));
-            }
-        }
-        let lens: Vec<usize> = s
-            .sources
-            .iter()
-            .map(|x| x.1 .1.saturating_sub(x.1 .0))
+            .map(|o| PlannedTensor {
+                name: o.out_name.clone(),
+                dtype: o.out_dtype,
+                shape: o.shape.clone(),
+            })
             .collect();
-        if lens.iter().any(|&l| Some(&l) != lens.first()) {
-            return Err(EngineError::Plan(format!(
-                "slices[{i}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
-            )));
-        }
+        Ok(ShardLayout::plan(tensors, &spec)?)
     }
-    let first_models: Vec<usize> = first.sources.iter().map(|x| x.0).collect();
-    let last_models: Vec<usize> = last.sources.iter().map(|x| x.0).collect();
-    for name in p.non_layer_names(&first_models, false) {
-        let inputs = first_models.iter().map(|&m| (m, name.clone())).collect();
-        p.plan_tensor(name, inputs, first, 0.0)?;
-    }
-    let mut out_layer = 0usize;
-    for s in &slices {
-        // Not empty, and start <= end: both checked above.
-        let Some(&(m0, (a0, b0), _)) = s.sources.first() else {
-            continue;
-        };
-        let len = b0.saturating_sub(a0);
-        for i in 0..len {
-            let t = if len > 1 {
-                i as f64 / (len - 1) as f64
-            } else {
-                1.0
-            };
-            let templates = p.layer_index[m0]
-                .get(&(a0 + i))
-                .cloned()
-                .unwrap_or_default();
-            if templates.is_empty() {
-                return Err(EngineError::Plan(format!(
-                    "model {} has no tensors for layer {}",
-                    p.models[m0].label,
-                    a0 + i
-                )));
-            }
-            for (prefix, suffix) in templates {
-                let inputs = s
-                    .sources
-                    .iter()
-                    .map(|(m, (a, _), _)| (*m, arch::layer_name(&prefix, a + i, &suffix)))
-                    .collect();
-                p.plan_tensor(arch::layer_name(&prefix, out_layer, &suffix), inputs, s, t)?;
-            }
-            out_layer += 1;
-        }
-    }
-    // Post-weights see t = 0 in 0.1.5 and t = 1 in 0.0.4.2 (its planner built their config
-    // reader with t=1).
-    let post_t = if opts.compat == Compat::V0_0_4_2 {
-        1.0
-    } else {
-        0.0
-    };
-    // mergekit 0.1.5 pairs the last slice's models with the first slice's source list, so only
-    // as many of them as the first slice has sources take part (0.0.4.2 used all of them).
-    let post_models: Vec<usize> = match opts.compat {
-        Compat::V0_1_5 => last_models
-            .iter()
-            .copied()
-            .take(first_models.len())
-            .collect(),
-        Compat::V0_0_4_2 => last_models.clone(),
-    };
-    let post = p.non_layer_names(&post_models, true);
-    for name in post {
-        let inputs = post_models.iter().map(|&m| (m, name.clone())).collect();
-        p.plan_tensor(name, inputs, last, post_t)?;
-    }
-    let num_layers = cfg.slices.as_ref().map(|_| out_layer);
-    let base_model = match &cfg.base_model {
-        Some(b) => p.by_ref.get(b).copied(),
-        None => None,
-    };
-    let donor = match (base_model, first_models.first()) {
-        (Some(b), _) => b,
-        (None, Some(&m)) => m,
-        (None, None) => {
-            return Err(EngineError::Plan(
-                "slices[0] has no source model to take config.json from".into(),
-            ))
-        }
-    };
-    let mut ops = std::mem::take(&mut p.ops);
-    match opts.compat {
-        // Replays mergekit's scheduler: sorted by label, ties as its task graph breaks them.
-        Compat::V0_1_5 => crate::order::sort(&mut ops),
-        Compat::V0_0_4_2 => crate::legacy_order::sort(&mut ops, &p.models),
-    }
-    Ok(Plan {
-        models: p.models,
-        ops,
-        method: p.method,
-        donor,
-        base_model,
-        num_layers,
-        config_dtype,
-        config_out_dtype,
-        compat: opts.compat,
-        warnings: p.warnings,
-    })
 }

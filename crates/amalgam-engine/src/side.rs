@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use amalgam_io::DType;
 use serde_json::Value as Json;
 
 use crate::plan::Plan;
@@ -21,37 +20,6 @@ pub const TOKENIZER_FILES: [&str; 10] = [
     "video_preprocessor_config.json",
 ];
 
-/// A model folder's config.json, parsed (None when the folder has none).
-pub fn read_config(folder: &amalgam_io::ModelFolder) -> crate::Result<Option<Json>> {
-    let Some(p) = folder.aux_file("config.json") else {
-        return Ok(None);
-    };
-    let err = |reason: String| crate::EngineError::SideFile {
-        path: p.clone(),
-        reason,
-    };
-    let text = std::fs::read_to_string(&p).map_err(|e| err(e.to_string()))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| err(format!("invalid JSON: {e}")))
-}
-
-/// Sets the dtype key of a config.json: `dtype` if the donor uses the transformers-5 spelling,
-/// else `torch_dtype` (kept where it is, or added).
-pub fn set_dtype(cfg: &mut Json, dtype: DType) {
-    if let Some(obj) = cfg.as_object_mut() {
-        let key = if obj.contains_key("dtype") {
-            "dtype"
-        } else {
-            "torch_dtype"
-        };
-        obj.insert(
-            key.to_string(),
-            Json::String(dtype.torch_name().to_string()),
-        );
-    }
-}
-
 /// The output config.json: the donor's, with the dtype and (for `slices`) the layer count
 /// updated, serialised like transformers' `save_pretrained` (sorted keys, indent 2, trailing
 /// newline). The donor's own keys are kept (no transformers-5 rewriting of `rope_theta`), so
@@ -61,10 +29,10 @@ pub fn config_json(plan: &Plan) -> Option<Vec<u8>> {
     let mut cfg = donor.config.clone()?;
     if donor.source.is_expert_view() {
         // `#expert=K` of a Mixtral: the output is a dense Mistral.
-        cfg = crate::unmix::mistral_config(&cfg, None);
+        cfg = crate::model_config::mistral_config(&cfg, None);
     }
     if let Some(d) = plan.config_out_dtype.or(plan.config_dtype) {
-        set_dtype(&mut cfg, d);
+        crate::model_config::set_dtype(&mut cfg, d);
     }
     if let (Some(n), Some(obj)) = (plan.num_layers, cfg.as_object_mut()) {
         let key = crate::arch::NUM_LAYERS_KEYS
@@ -116,16 +84,17 @@ fn model_md(path: &str, base_dir: &Path) -> String {
 /// The README.md model card, as mergekit writes it. Models are listed in config order (mergekit
 /// uses a Python set, whose order changes from run to run).
 pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -> String {
-    let info = plan.method.info();
-    let method = match info.reference_url {
-        Some(u) if !u.trim().is_empty() => format!("[{}]({u})", info.pretty_name),
-        _ => info.pretty_name.to_string(),
+    let info = plan.method.as_ref().map(|m| m.info());
+    let method = match info {
+        Some(i) => match i.reference_url {
+            Some(u) if !u.trim().is_empty() => format!("[{}]({u})", i.pretty_name),
+            _ => i.pretty_name.to_string(),
+        },
+        None => "Copy".to_string(),
     };
-    let base = if info.name == "slerp" {
-        None
-    } else {
-        plan.base_model
-    };
+    let base = plan
+        .base_model
+        .filter(|_| info.is_some_and(|i| i.card_names_base));
     let hf: Vec<&str> = plan
         .models
         .iter()

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use amalgam_io::{DType, ModelFolder, TensorRef};
 
-use crate::{EngineError, Result};
+use crate::error::{EngineError, Result};
 
 /// A tensor's bytes and description, borrowed from a mapped file.
 #[derive(Debug, Clone, Copy)]
@@ -52,16 +52,20 @@ fn check_fused(t: &TensorRef<'_>, name: &str, k: usize) -> Result<()> {
     let s = &t.info.shape;
     let experts = s.first().copied().unwrap_or(0);
     if k >= experts {
-        return Err(EngineError::Plan(format!(
-            "{}: `{name}` has shape {s:?}, which holds {experts} experts; expert {k} was requested",
-            t.path.display()
-        )));
+        return Err(EngineError::Expert {
+            path: t.path.to_path_buf(),
+            reason: format!(
+                "`{name}` has shape {s:?}, which holds {experts} experts; expert {k} was requested"
+            ),
+        });
     }
     if checked_bytes(s.get(1..).unwrap_or(&[]), t.info.dtype.size()).is_none() {
-        return Err(EngineError::Plan(format!(
-            "{}: `{name}` has shape {s:?}, too large for one expert's block to be addressed",
-            t.path.display()
-        )));
+        return Err(EngineError::Expert {
+            path: t.path.to_path_buf(),
+            reason: format!(
+                "`{name}` has shape {s:?}, too large for one expert's block to be addressed"
+            ),
+        });
     }
     Ok(())
 }
@@ -98,11 +102,13 @@ impl Source {
             (true, false) => MoeLayout::PerExpert,
             (false, true) => MoeLayout::Fused,
             _ => {
-                return Err(EngineError::Plan(format!(
-                "{}: not a Mixtral checkpoint (expected `block_sparse_moe.experts.E.w1.weight` or \
-                     `mlp.experts.gate_up_proj` tensors) so `#expert={k}` cannot be applied",
-                folder.path().display()
-            )))
+                return Err(EngineError::Expert {
+                    path: folder.path().to_path_buf(),
+                    reason: format!(
+                    "not a Mixtral checkpoint (expected `block_sparse_moe.experts.E.w1.weight` or \
+                     `mlp.experts.gate_up_proj` tensors) so `#expert={k}` cannot be applied"
+                ),
+                })
             }
         };
         let mut names = Vec::new();
@@ -139,17 +145,17 @@ impl Source {
                         let t = folder.require(n)?;
                         let s = &t.info.shape;
                         let &[e, two_i, h] = s.as_slice() else {
-                            return Err(EngineError::Plan(format!(
-                                "{}: `{n}` has shape {s:?}, expected [experts, 2*intermediate, hidden]",
-                                t.path.display()
-                            )));
+                            return Err(EngineError::Expert {
+                path: t.path.to_path_buf(),
+                reason: format!("`{n}` has shape {s:?}, expected [experts, 2*intermediate, hidden]"),
+            });
                         };
                         if two_i % 2 != 0 {
-                            return Err(EngineError::Plan(format!(
-                                "{}: `{n}` has shape {s:?}, expected [experts, 2*intermediate, hidden] \
-                                 (an even middle dimension)",
-                                t.path.display()
-                            )));
+                            return Err(EngineError::Expert {
+                path: t.path.to_path_buf(),
+                reason: format!("`{n}` has shape {s:?}, expected [experts, 2*intermediate, hidden] \
+                                 (an even middle dimension)"),
+            });
                         }
                         n_experts = Some(e);
                         fused.push(n);
@@ -164,10 +170,10 @@ impl Source {
                         let t = folder.require(n)?;
                         let s = &t.info.shape;
                         let &[_, h, i] = s.as_slice() else {
-                            return Err(EngineError::Plan(format!(
-                                "{}: `{n}` has shape {s:?}, expected [experts, hidden, intermediate]",
-                                t.path.display()
-                            )));
+                            return Err(EngineError::Expert {
+                path: t.path.to_path_buf(),
+                reason: format!("`{n}` has shape {s:?}, expected [experts, hidden, intermediate]"),
+            });
                         };
                         fused.push(n);
                         let d = format!("{prefix}mlp.down_proj.weight");
@@ -181,11 +187,13 @@ impl Source {
         }
         let n_experts = n_experts.unwrap_or(0);
         if k >= n_experts {
-            return Err(EngineError::Plan(format!(
-                "{}: expert {k} requested but the checkpoint has {n_experts} experts (0..{})",
-                folder.path().display(),
-                n_experts.saturating_sub(1)
-            )));
+            return Err(EngineError::Expert {
+                path: folder.path().to_path_buf(),
+                reason: format!(
+                    "expert {k} requested but the checkpoint has {n_experts} experts (0..{__X__})",
+                    __X__ = n_experts.saturating_sub(1)
+                ),
+            });
         }
         for n in fused {
             check_fused(&folder.require(n)?, n, k)?;
@@ -280,11 +288,10 @@ impl Source {
 
     /// Like [`Source::get`], erroring with the model named.
     pub fn require(&self, name: &str, model: &str) -> Result<RawTensor<'_>> {
-        self.get(name).ok_or_else(|| {
-            EngineError::Plan(format!(
-                "tensor `{name}` required but not present in model `{model}` ({})",
-                self.folder.path().display()
-            ))
+        self.get(name).ok_or_else(|| EngineError::MissingTensor {
+            tensor: name.to_string(),
+            model: model.to_string(),
+            path: self.folder.path().to_path_buf(),
         })
     }
 

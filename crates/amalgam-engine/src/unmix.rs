@@ -3,27 +3,16 @@
 //! dropping the router. Streamed like every merge: nothing is held in memory.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use amalgam_io::{DType, ModelFolder, OutputWriter};
-use amalgam_methods::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
-    ParamValues, Tensor,
-};
-use serde_json::Value as Json;
+use amalgam_io::{DType, ModelFolder};
+use amalgam_methods::{Compat, ParamValues};
 
+use crate::exec::ExecOptions;
+use crate::model_config::{mistral_config, read_config};
+use crate::output::{write_plan, OutputFiles, TokenizerCopy};
 use crate::plan::{Model, Op, OpInput, Plan};
 use crate::source::Source;
-use crate::Result;
-
-/// The MoE-only keys of a Mixtral config.json, removed for a dense Mistral.
-pub const MOE_KEYS: [&str; 5] = [
-    "num_local_experts",
-    "num_experts_per_tok",
-    "output_router_logits",
-    "router_aux_loss_coef",
-    "router_jitter_noise",
-];
+use crate::error::Result;
 
 /// Options of [`unmix`].
 #[derive(Clone, Default)]
@@ -39,67 +28,13 @@ pub struct UnmixOptions {
     /// Write a model card.
     pub write_model_card: bool,
     /// Progress callback.
-    pub progress: Option<crate::ProgressFn>,
-}
-
-/// The identity "method" used to stream tensors through the executor with a dtype cast.
-struct Copy(MethodInfo);
-
-impl MergeMethod for Copy {
-    fn info(&self) -> &MethodInfo {
-        &self.0
-    }
-    fn is_elementwise(&self, _: &ParamValues, _: &[&ParamValues]) -> bool {
-        true
-    }
-    fn merge(&self, args: MergeArgs<'_>) -> std::result::Result<Tensor, MethodError> {
-        args.inputs
-            .first()
-            .map(|i| i.tensor.clone())
-            .ok_or_else(|| MethodError::Contract("copy: no input".into()))
-    }
-}
-
-fn copy_method() -> Arc<dyn MergeMethod> {
-    Arc::new(Copy(MethodInfo {
-        name: "copy",
-        pretty_name: "Copy",
-        reference_url: None,
-        summary: "identity",
-        params: vec![],
-        contract: Contract {
-            base: BaseRule::Forbidden,
-            count: InputCount::Exactly(1),
-        },
-        random: false,
-        deviations: "",
-    }))
-}
-
-/// A Mixtral config.json turned into a dense Mistral one: the MoE keys removed, architecture and
-/// model type replaced in place (key order kept), dtype updated.
-pub fn mistral_config(mixtral: &Json, dtype: Option<DType>) -> Json {
-    let mut cfg = mixtral.clone();
-    if let Some(obj) = cfg.as_object_mut() {
-        for k in MOE_KEYS {
-            obj.shift_remove(k);
-        }
-        obj.insert(
-            "architectures".into(),
-            Json::Array(vec![Json::String("MistralForCausalLM".into())]),
-        );
-        obj.insert("model_type".into(), Json::String("mistral".into()));
-    }
-    if let Some(d) = dtype {
-        crate::side::set_dtype(&mut cfg, d);
-    }
-    cfg
+    pub progress: Option<crate::exec::ProgressFn>,
 }
 
 /// Writes expert `k` of the Mixtral at `src` as a dense Mistral into `out`.
 pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<PathBuf> {
     let folder = ModelFolder::open(src)?;
-    let config = crate::side::read_config(&folder)?;
+    let config = read_config(&folder)?;
     let source = Source::expert(folder, k)?;
     let mut ops = Vec::new();
     for name in source.names() {
@@ -139,7 +74,7 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
             config,
         }],
         ops,
-        method: copy_method(),
+        method: None,
         donor: 0,
         base_model: None,
         num_layers: None,
@@ -152,30 +87,13 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
         Compat::V0_1_5 => plan.ops.sort_by(|a, b| a.label.cmp(&b.label)),
         Compat::V0_0_4_2 => crate::legacy_order::sort(&mut plan.ops, &plan.models),
     }
-    let layout = crate::layout(&plan, opts.out_shard_size)?;
-    let writer = OutputWriter::create(out, layout)?;
-    crate::exec::execute(
-        &plan,
-        &writer,
-        &crate::ExecOptions {
-            seed: None,
-            progress: opts.progress.clone(),
-        },
-    )?;
-    if let Some(cfg) = &plan.models[0].config {
+    let config_json = plan.models[0].config.as_ref().map(|cfg| {
         let dense = mistral_config(cfg, opts.dtype);
         let mut text = serde_json::to_string_pretty(&dense).unwrap_or_default();
         text.push('\n');
-        writer.write_file("config.json", text.as_bytes())?;
-    }
-    let donor = plan.models[0].source.folder_ref();
-    if opts.copy_tokenizer {
-        for f in crate::side::TOKENIZER_FILES {
-            if let Some(p) = donor.aux_file(f) {
-                writer.copy_file(f, &p)?;
-            }
-        }
-    }
+        text.into_bytes()
+    });
+    let mut files = Vec::new();
     if opts.write_model_card {
         let card = format!(
             "---\nlibrary_name: transformers\ntags:\n- amalgam\n- unmix\n---\n# {}\n\nA dense Mistral model made \
@@ -187,7 +105,24 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
             src.display(),
             opts.dtype.map(|d| format!("; weights cast to {}", d.torch_name())).unwrap_or_default()
         );
-        writer.write_file("README.md", card.as_bytes())?;
+        files.push(("README.md", card.into_bytes()));
     }
-    Ok(writer.finish()?)
+    write_plan(
+        &plan,
+        out,
+        &OutputFiles {
+            out_shard_size: opts.out_shard_size,
+            exec: ExecOptions {
+                seed: None,
+                progress: opts.progress.clone(),
+            },
+            config_json,
+            files,
+            tokenizer: if opts.copy_tokenizer {
+                TokenizerCopy::All
+            } else {
+                TokenizerCopy::No
+            },
+        },
+    )
 }

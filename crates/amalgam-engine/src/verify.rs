@@ -10,8 +10,9 @@ use amalgam_io::ModelFolder;
 use amalgam_methods::{Compat, Registry};
 
 use crate::exec::{self, ExecOptions, Sink};
-use crate::plan::{Op, PlanOptions};
-use crate::{EngineError, Result};
+use crate::plan::Op;
+use crate::planner::PlanOptions;
+use crate::error::{EngineError, Result};
 
 /// How one tensor differs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -129,12 +130,15 @@ pub fn verify(
         compat,
         ..opts.clone()
     };
-    let plan = crate::plan::plan(loaded, registry, &opts)?;
-    if plan.method.info().random && seed.is_none() {
-        return Err(EngineError::Plan(format!(
-            "`{}` draws random numbers: give the --random-seed the model was made with",
-            plan.method.info().name
-        )));
+    let plan = crate::planner::plan(loaded, registry, &opts)?;
+    if plan.is_random() && seed.is_none() {
+        return Err(EngineError::Verify {
+            path: model_dir.to_path_buf(),
+            reason: format!(
+                "`{}` draws random numbers: give the --random-seed the model was made with",
+                plan.method_name()
+            ),
+        });
     }
     let cmp = Compare {
         folder: &folder,

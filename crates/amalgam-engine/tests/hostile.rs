@@ -15,8 +15,8 @@ use amalgam_io::{
     DType, IndexStyle, ModelFolder, OutputWriter, PlannedTensor, ShardLayout, ShardRule, ShardSpec,
 };
 use amalgam_methods::{
-    BaseRule, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
-    ParamScope, ParamSpec, ParamValues, Registry, Tensor,
+    BaseRule, Contract, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind, ParamScope,
+    ParamSpec, ParamValues, Registry, Tensor,
 };
 
 /// One tensor of a test model: name, dtype, shape, little-endian bytes.
@@ -460,24 +460,16 @@ impl Failing {
     fn new(elementwise: bool) -> Self {
         Failing {
             info: MethodInfo {
-                name: "failing",
-                pretty_name: "Failing",
-                reference_url: None,
                 summary: "copies its first input; fails on tensors named `*.boom` and on \
                           chunks whose first value is -1; panics on tensors named `*.panic`",
-                params: vec![ParamSpec {
-                    name: "weight",
-                    scope: ParamScope::Input,
-                    kind: ParamKind::Float,
-                    default: Some(amalgam_methods::Value::Float(1.0)),
-                    doc: "unused",
-                }],
-                contract: Contract {
-                    base: BaseRule::Ignored,
-                    count: InputCount::Any,
-                },
-                random: false,
-                deviations: "",
+                params: vec![ParamSpec::optional(
+                    "weight",
+                    ParamScope::Input,
+                    ParamKind::Float,
+                    amalgam_methods::Value::Float(1.0),
+                    "unused",
+                )],
+                ..MethodInfo::new("failing", "Failing", Contract::any(BaseRule::Ignored))
             },
             calls: AtomicUsize::new(0),
             elementwise,
@@ -496,10 +488,7 @@ impl MergeMethod for Failing {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let first = args
-            .inputs
-            .first()
-            .ok_or_else(|| MethodError::Contract("no inputs".into()))?;
+        let first = args.first()?;
         if args.tensor_name.ends_with(".boom") || first.tensor.data.first() == Some(&-1.0) {
             return Err(MethodError::Other("injected failure".into()));
         }

@@ -178,6 +178,33 @@ pub fn round_f32(dtype: DType, x: f32) -> f32 {
     }
 }
 
+/// [`round_f32`] over a buffer, in place: the bulk form every method uses, with the same rule
+/// (BF16: round to nearest even, every NaN becomes PyTorch's vectorised `0xFFFF`; F16: the
+/// CPU's conversion instructions where it has them). One rounder, so a value rounded one element
+/// at a time and one rounded in bulk are the same bits.
+pub fn round_f32_slice(dtype: DType, xs: &mut [f32]) {
+    match dtype {
+        DType::BF16 => round_bf16_slice(xs),
+        DType::F16 => {
+            use half::slice::HalfFloatSliceExt;
+            let mut buf = [half::f16::ZERO; 1024];
+            for c in xs.chunks_mut(1024) {
+                let b = &mut buf[..c.len()];
+                b.convert_from_f32_slice(c);
+                b.convert_to_f32_slice(c);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+fn round_bf16_slice(xs: &mut [f32]) {
+    for x in xs.iter_mut() {
+        *x = bf16_to_f32(f32_to_bf16(*x));
+    }
+}
+
 fn len_error(what: &str, bytes: usize, n: usize, dtype: DType) -> Error {
     Error::Invalid(format!(
         "{what}: {bytes} bytes is not {n} elements of {dtype}"

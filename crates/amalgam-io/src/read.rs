@@ -77,10 +77,13 @@ impl SafetensorsFile {
             // what is wrong with the file rather than with mmap.
             return Err(Error::TooShort { path, len });
         }
-        // SAFETY: the map is read-only and private to this process. A concurrent truncation of the
-        // file by another process could still fault; that is the documented risk of every
-        // mmap-based model loader (safetensors, candle, mergekit) and is accepted for the I/O
-        // savings. All offsets are validated against the file length before any access.
+        // SAFETY: `Mmap::map` maps the file read-only and MAP_SHARED: this process never writes
+        // through the mapping, but the pages are the file's page cache, so another process that
+        // writes to the file changes the bytes we see, and one that truncates it makes later
+        // accesses fault (SIGBUS). That is the documented risk of every mmap-based model loader
+        // (safetensors, candle, mergekit), accepted for the I/O savings; amalgam reads tensor
+        // data with positioned reads and uses the map for the header, which is validated
+        // against the file length before any access.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         let (tensors, metadata) = parse_header(&path, &mmap)?;
         let by_name = tensors

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    BaseRule, InputCount, MergeMethod, MethodInfo, ParamKind, ParamScope, Registry, Value,
+    BaseRule, Contract, Legacy, MergeMethod, MethodInfo, ParamKind, ParamScope, Registry, Value,
 };
 
 /// The header line that marks the file as generated and says how to refresh it.
@@ -43,7 +43,7 @@ pub fn methods_markdown(registry: &Registry) -> String {
             anchor(i.name),
             cell(i.pretty_name),
             base_short(i.contract.base),
-            count_text(i.contract.count),
+            count_text(&i.contract),
             if i.random { "yes" } else { "no" }
         );
     }
@@ -70,7 +70,8 @@ pub fn info_markdown(i: &MethodInfo) -> String {
     s.push_str("\n\n");
     let _ = writeln!(s, "{}\n", one_line(i.summary));
     let _ = writeln!(s, "- Base model: {}", base_long(i.contract.base));
-    let _ = writeln!(s, "- Inputs: {}", count_text(i.contract.count));
+    let _ = writeln!(s, "- Inputs: {}", count_text(&i.contract));
+    let _ = writeln!(s, "- mergekit 0.0.4.2: {}", legacy_text(i.legacy));
     let _ = writeln!(
         s,
         "- Random: {}",
@@ -156,13 +157,40 @@ fn base_long(b: BaseRule) -> &'static str {
     }
 }
 
-fn count_text(c: InputCount) -> String {
-    match c {
-        InputCount::Any => "any number (at least one)".into(),
-        InputCount::Exactly(n) => format!("exactly {n}, base included"),
-        InputCount::AtLeast(n) => format!("at least {n}, base included"),
-        InputCount::ExactlyNonBase(n) => format!("exactly {n} besides the base"),
-        InputCount::AtLeastNonBase(n) => format!("at least {n} besides the base"),
+fn count_text(c: &Contract) -> String {
+    let range = |min: usize, max: Option<usize>| match max {
+        Some(m) if m == min => format!("exactly {min}"),
+        Some(m) => format!("{min} to {m}"),
+        None if min <= 1 => "any number (at least one)".to_string(),
+        None => format!("at least {min}"),
+    };
+    match (c.min_non_base, c.max_non_base) {
+        (None, None) => {
+            let r = range(c.min_inputs, c.max_inputs);
+            if c.min_inputs <= 1 && c.max_inputs.is_none() {
+                r
+            } else {
+                format!("{r}, base included")
+            }
+        }
+        (min, max) => {
+            let min = min.unwrap_or(0);
+            let r = match max {
+                None => format!("at least {min}"),
+                Some(_) => range(min, max),
+            };
+            format!("{r} besides the base")
+        }
+    }
+}
+
+fn legacy_text(l: Legacy) -> &'static str {
+    match l {
+        Legacy::Implemented => "reproduced (`--mergekit-version 0.0.4.2`)",
+        Legacy::NotImplemented => {
+            "mergekit 0.0.4.2 has it, but amalgam does not reproduce its arithmetic yet (refused)"
+        }
+        Legacy::Absent => "not in mergekit 0.0.4.2 (refused under `--mergekit-version 0.0.4.2`)",
     }
 }
 

@@ -1,10 +1,12 @@
 //! Merge methods for amalgam.
 //!
-//! A merge method is a type implementing [`MergeMethod`]: it declares its parameters and input
-//! contract as data ([`MethodInfo`]) so that configs can be validated, documented and listed
-//! without running anything, and it merges one tensor at a time from [`MergeArgs`].
+//! A merge method is a type implementing [`MergeMethod`]: it declares its schema ([`MethodInfo`],
+//! from `amalgam-schema`: parameters, input contract, mergekit versions) as data so that configs
+//! can be validated, documented and listed without running anything, and it merges one tensor
+//! at a time from [`MergeArgs`], whose parameters the planner has resolved (defaults included).
 //! [`Registry::builtin`] holds every built-in method; [`Registry::register`] adds more at runtime,
-//! so a third-party crate can bring its own methods without forking amalgam.
+//! so a third-party crate can bring its own methods without forking amalgam; [`helpers`] are
+//! the building blocks the built-ins share (task vectors, shape checks), public for them too.
 //!
 //! All arithmetic that must match mergekit bit for bit lives in [`numerics`]: values are kept in
 //! `f32` and rounded to the working dtype after every operation, which is exactly what PyTorch
@@ -29,10 +31,12 @@ mod tensor;
 
 mod builtin;
 
-pub use error::MethodError;
-pub use method::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeInput, MergeMethod, MethodInfo,
-    ParamKind, ParamScope, ParamSpec, ParamValues, Value,
+pub use amalgam_schema::{
+    BaseRule, Compat, Contract, ContractViolation, Legacy, MethodInfo, MissingParam, ParamKind,
+    ParamScope, ParamSpec, ParamValues, Value, VersionError,
 };
+pub use builtin::common as helpers;
+pub use error::MethodError;
+pub use method::{MergeArgs, MergeInput, MergeMethod};
 pub use registry::Registry;
 pub use tensor::Tensor;

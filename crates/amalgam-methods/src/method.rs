@@ -1,166 +1,7 @@
-use std::collections::BTreeMap;
-
 use amalgam_io::DType;
+use amalgam_schema::{param, Compat, ContractViolation, MethodInfo, ParamScope, ParamValues};
 
 use crate::{rng::Mt19937, MethodError, Tensor};
-
-/// Which mergekit release's arithmetic to reproduce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compat {
-    /// mergekit 0.1.5 (PyPI): the default.
-    #[default]
-    V0_1_5,
-    /// mergekit 0.0.4.2 (April 2024), which made the Unmixtraled models.
-    V0_0_4_2,
-}
-
-impl Compat {
-    /// Parses `0.1.5` / `0.0.4.2`.
-    pub fn parse(s: &str) -> Option<Compat> {
-        match s {
-            "0.1.5" => Some(Compat::V0_1_5),
-            "0.0.4.2" => Some(Compat::V0_0_4_2),
-            _ => None,
-        }
-    }
-
-    /// The version string written into index metadata.
-    pub fn version_str(self) -> &'static str {
-        match self {
-            Compat::V0_1_5 => "0.1.5",
-            Compat::V0_0_4_2 => "0.0.4.2",
-        }
-    }
-}
-
-/// Where a parameter is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamScope {
-    /// One value per tensor (e.g. slerp's `t`).
-    Shared,
-    /// One value per input, the base included (linear's `weight`).
-    Input,
-    /// One value per non-base input; the base is exempt (task arithmetic's `weight`).
-    NonBase,
-}
-
-/// A parameter's type, used to coerce YAML scalars as mergekit's pydantic validation does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamKind {
-    /// A float (`"0.5"` and `1` are accepted).
-    Float,
-    /// A boolean.
-    Bool,
-    /// An integer.
-    Int,
-}
-
-/// A resolved parameter value.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value {
-    /// Float value.
-    Float(f64),
-    /// Boolean value.
-    Bool(bool),
-    /// Integer value.
-    Int(i64),
-}
-
-impl Value {
-    /// As a float (booleans are 0/1, as in Python).
-    pub fn as_f64(self) -> f64 {
-        match self {
-            Value::Float(f) => f,
-            Value::Int(i) => i as f64,
-            Value::Bool(b) => b as u8 as f64,
-        }
-    }
-
-    /// As a boolean (Python truthiness).
-    pub fn as_bool(self) -> bool {
-        match self {
-            Value::Bool(b) => b,
-            Value::Float(f) => f != 0.0,
-            Value::Int(i) => i != 0,
-        }
-    }
-}
-
-/// One declared parameter.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamSpec {
-    /// Name as written in YAML.
-    pub name: &'static str,
-    /// Where it is given.
-    pub scope: ParamScope,
-    /// Its type.
-    pub kind: ParamKind,
-    /// Default; `None` means required.
-    pub default: Option<Value>,
-    /// One line for `amalgam methods` and docs/methods.md.
-    pub doc: &'static str,
-}
-
-/// Whether the method needs, accepts or ignores a base model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BaseRule {
-    /// A base is required.
-    Required,
-    /// A base may be given.
-    Optional,
-    /// A base must not be given.
-    Forbidden,
-    /// A base has no role; if given it is an ordinary input (linear).
-    Ignored,
-}
-
-/// How many inputs a method takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputCount {
-    /// Any number (at least one).
-    Any,
-    /// Exactly n inputs, base included.
-    Exactly(usize),
-    /// At least n inputs, base included.
-    AtLeast(usize),
-    /// Exactly n non-base inputs.
-    ExactlyNonBase(usize),
-    /// At least n non-base inputs.
-    AtLeastNonBase(usize),
-}
-
-/// A method's input contract, checked at planning time with mergekit's messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Contract {
-    /// Base model rule.
-    pub base: BaseRule,
-    /// Input count rule.
-    pub count: InputCount,
-}
-
-/// Everything known about a method without running it.
-#[derive(Debug, Clone)]
-pub struct MethodInfo {
-    /// Registry name (`linear`).
-    pub name: &'static str,
-    /// Name used in model cards (`Linear`).
-    pub pretty_name: &'static str,
-    /// Paper or reference URL for the model card, if any.
-    pub reference_url: Option<&'static str>,
-    /// Formula / behaviour, one paragraph (for docs/methods.md).
-    pub summary: &'static str,
-    /// Declared parameters.
-    pub params: Vec<ParamSpec>,
-    /// Input contract.
-    pub contract: Contract,
-    /// Whether the method draws random numbers (needs `--random-seed` to reproduce).
-    pub random: bool,
-    /// Known deviations from mergekit, if any (for docs/methods.md).
-    pub deviations: &'static str,
-}
-
-/// Resolved parameter values by name (a missing key or `None` means "not given").
-pub type ParamValues = BTreeMap<String, Value>;
 
 /// One input of a merge.
 #[derive(Debug)]
@@ -189,15 +30,35 @@ pub struct MergeArgs<'a> {
     pub compat: Compat,
 }
 
+impl MergeInput<'_> {
+    /// Per-input parameter `name` (resolved by the planner, defaults included): an error if it
+    /// is missing, never a default.
+    pub fn param(&self, name: &str) -> Result<amalgam_schema::Value, MethodError> {
+        Ok(param(self.params, name, self.label)?)
+    }
+
+    /// Per-input float parameter.
+    pub fn f64(&self, name: &str) -> Result<f64, MethodError> {
+        self.param(name).map(|v| v.as_f64())
+    }
+}
+
 impl<'a> MergeArgs<'a> {
-    /// Shared float parameter (declared defaults are filled in by the engine).
-    pub fn shared_f64(&self, name: &str) -> Option<f64> {
-        self.shared.get(name).map(|v| v.as_f64())
+    /// Shared parameter `name` (resolved by the planner, defaults included): an error if it is
+    /// missing, never a default, so a method called directly with incomplete values refuses
+    /// instead of computing something the config did not ask for.
+    pub fn param(&self, name: &str) -> Result<amalgam_schema::Value, MethodError> {
+        Ok(param(self.shared, name, self.tensor_name)?)
+    }
+
+    /// Shared float parameter.
+    pub fn shared_f64(&self, name: &str) -> Result<f64, MethodError> {
+        self.param(name).map(|v| v.as_f64())
     }
 
     /// Shared boolean parameter.
-    pub fn shared_bool(&self, name: &str) -> Option<bool> {
-        self.shared.get(name).map(|v| v.as_bool())
+    pub fn shared_bool(&self, name: &str) -> Result<bool, MethodError> {
+        self.param(name).map(|v| v.as_bool())
     }
 
     /// The working dtype (the inputs' common dtype; the engine casts every input to it before
@@ -208,6 +69,100 @@ impl<'a> MergeArgs<'a> {
             .first()
             .map(|i| i.tensor.dtype)
             .unwrap_or(DType::F32)
+    }
+
+    /// A contract violation on this tensor, as an error.
+    pub fn contract_error(&self, violation: ContractViolation) -> MethodError {
+        MethodError::Contract {
+            tensor: self.tensor_name.to_string(),
+            violation,
+        }
+    }
+
+    /// The first input (every contract asks for at least one; `check` has refused none).
+    pub fn first(&self) -> Result<&MergeInput<'a>, MethodError> {
+        self.inputs.first().ok_or_else(|| MethodError::Contract {
+            tensor: self.tensor_name.to_string(),
+            violation: ContractViolation::Count {
+                what: amalgam_schema::Counted::Inputs,
+                min: 1,
+                max: None,
+                got: 0,
+            },
+        })
+    }
+
+    /// The base input's tensor and the other inputs' tensors in input order (mergekit's
+    /// `group.base` and `group.non_base`).
+    pub fn split_base(&self) -> (Option<&Tensor>, Vec<&Tensor>) {
+        let base = self.base.and_then(|b| self.inputs.get(b)).map(|i| i.tensor);
+        let others = self
+            .inputs
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| Some(*k) != self.base)
+            .map(|(_, i)| i.tensor)
+            .collect();
+        (base, others)
+    }
+
+    /// The base and the one other input of a two-model method (slerp, nearswap, arcee_fusion),
+    /// or the contract violation that prevents it.
+    pub fn base_and_other(&self) -> Result<(&Tensor, &Tensor), MethodError> {
+        let (base, others) = self.split_base();
+        let violation = match (base, others.as_slice()) {
+            (Some(b), [x]) => return Ok((b, x)),
+            (None, _) => ContractViolation::BaseRequired,
+            (Some(_), xs) => ContractViolation::Count {
+                what: amalgam_schema::Counted::NonBase,
+                min: 1,
+                max: Some(1),
+                got: xs.len(),
+            },
+        };
+        Err(MethodError::Contract {
+            tensor: self.tensor_name.to_string(),
+            violation,
+        })
+    }
+
+    /// Checks these arguments against the method's schema, so a method body can rely on them:
+    /// the input contract ([`amalgam_schema::Contract::check`], the same check config
+    /// validation runs on each slice), every declared parameter present where it binds and no
+    /// undeclared one, every input well formed and of one shape. The engine's plans always
+    /// pass; a direct caller with incomplete arguments gets an error, never output.
+    pub fn check(&self, info: &MethodInfo) -> Result<(), MethodError> {
+        let ids: Vec<usize> = (0..self.inputs.len()).collect();
+        info.contract
+            .check(&ids, self.base.as_ref())
+            .map_err(|v: ContractViolation| MethodError::Contract {
+                tensor: self.tensor_name.to_string(),
+                violation: v,
+            })?;
+        let undeclared = |values: &ParamValues, target: &str| -> Result<(), MethodError> {
+            match values.keys().find(|k| info.param(k).is_none()) {
+                Some(k) => Err(MethodError::UndeclaredParam {
+                    method: info.name.to_string(),
+                    name: k.clone(),
+                    target: target.to_string(),
+                }),
+                None => Ok(()),
+            }
+        };
+        undeclared(self.shared, self.tensor_name)?;
+        for p in info.params.iter().filter(|p| p.scope == ParamScope::Shared) {
+            self.param(p.name)?;
+        }
+        for (j, input) in self.inputs.iter().enumerate() {
+            undeclared(input.params, input.label)?;
+            let is_base = self.base == Some(j);
+            for p in info.params.iter() {
+                if MethodInfo::binds(p, is_base, self.compat) {
+                    input.param(p.name)?;
+                }
+            }
+        }
+        crate::builtin::common::check_same_shape(self)
     }
 }
 

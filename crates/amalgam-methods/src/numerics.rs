@@ -25,35 +25,11 @@ pub fn as_dtype(dtype: DType, x: f64) -> f32 {
     round(dtype, x as f32)
 }
 
-/// Rounds every value of `xs` to `dtype` in place: the bulk form of [`round`], using the CPU's
-/// half-precision conversion instructions where it has them. NaNs are left as they are (their
-/// bit pattern is decided when the tensor is encoded).
+/// Rounds every value of `xs` to `dtype` in place: the bulk form of [`round`], with the same
+/// rule (see [`amalgam_io::convert::round_f32_slice`]).
+#[inline]
 pub fn round_slice(dtype: DType, xs: &mut [f32]) {
-    match dtype {
-        DType::BF16 => round_bf16_slice(xs),
-        DType::F16 => {
-            use half::slice::HalfFloatSliceExt;
-            let mut buf = [half::f16::ZERO; 1024];
-            for c in xs.chunks_mut(1024) {
-                let b = &mut buf[..c.len()];
-                b.convert_from_f32_slice(c);
-                b.convert_to_f32_slice(c);
-            }
-        }
-        _ => {}
-    }
-}
-
-#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
-fn round_bf16_slice(xs: &mut [f32]) {
-    for x in xs.iter_mut() {
-        let b = x.to_bits();
-        // Round to nearest even on the upper 16 bits; NaN (exponent all ones, mantissa set)
-        // is kept unchanged so rounding cannot turn it into infinity.
-        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1))) & 0xffff_0000;
-        let is_nan = (b & 0x7fff_ffff) > 0x7f80_0000;
-        *x = f32::from_bits(if is_nan { b } else { rounded });
-    }
+    convert::round_f32_slice(dtype, xs)
 }
 
 /// `acc[i] = fma(x[i], w, acc[i])` for every i: PyTorch's CPU `addcmul_` on f32, which is

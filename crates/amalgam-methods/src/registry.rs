@@ -49,6 +49,11 @@ impl Registry {
         self.methods.values()
     }
 
+    /// Every method's schema, sorted by name (what config validation reads).
+    pub fn infos(&self) -> Vec<&crate::MethodInfo> {
+        self.methods.values().map(|m| m.info()).collect()
+    }
+
     /// All names, sorted (listed, in a stable order, when a config names an unknown method).
     pub fn names(&self) -> Vec<&'static str> {
         self.methods.keys().copied().collect()

@@ -1,5 +1,7 @@
 use amalgam_io::DType;
 
+use crate::MethodError;
+
 /// A floating-point tensor in a working dtype.
 ///
 /// Values are stored as `f32` whatever `dtype` is: every F16 and BF16 value is exactly
@@ -24,6 +26,20 @@ impl Tensor {
     pub fn new(dtype: DType, shape: Vec<usize>, data: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor { dtype, shape, data }
+    }
+
+    /// A tensor from parts, refusing data that does not fill `shape` exactly: what a method
+    /// (or a library caller) uses when the length is not guaranteed by construction.
+    pub fn try_new(dtype: DType, shape: Vec<usize>, data: Vec<f32>) -> Result<Self, MethodError> {
+        let want = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if want != Some(data.len()) {
+            return Err(MethodError::Malformed {
+                tensor: "(new tensor)".into(),
+                len: data.len(),
+                shape: crate::helpers::shape_str(&shape),
+            });
+        }
+        Ok(Tensor { dtype, shape, data })
     }
 
     /// Number of elements (the data length, which is what indexing is bounded by).

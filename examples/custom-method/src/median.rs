@@ -13,7 +13,7 @@
 
 use amalgam_methods::numerics::{round, scalar};
 use amalgam_methods::{
-    BaseRule, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
     ParamScope, ParamSpec, ParamValues, Tensor, Value,
 };
 
@@ -29,35 +29,33 @@ impl Default for Median {
 }
 
 impl Median {
-    /// The method with its declarations: everything the engine, `amalgam validate`,
-    /// `amalgam methods` and the generated docs know about it comes from here.
+    /// The method's schema: everything the engine, `amalgam validate`, `amalgam methods` and
+    /// the generated docs know about it comes from here. Defaults are declared once, here; the
+    /// planner fills them in, so `merge` reads every parameter as given.
     pub fn new() -> Self {
-        Median {
-            info: MethodInfo {
-                name: "median",
-                pretty_name: "Median",
-                reference_url: None,
-                summary: "Elementwise median over the models (torch.median(dim=0): the lower \
-                          middle value for an even count, NaN if any value is NaN). With a base \
-                          model: out = base + lambda·median(xᵢ − base), each operation rounded \
-                          to the working dtype.",
-                params: vec![ParamSpec {
-                    name: "lambda",
-                    scope: ParamScope::Shared,
-                    kind: ParamKind::Float,
-                    default: Some(Value::Float(1.0)),
-                    doc: "scale of the median task vector (only used with a base model)",
-                }],
-                contract: Contract {
-                    base: BaseRule::Optional,
-                    count: InputCount::AtLeastNonBase(1),
-                },
-                random: false,
-                deviations: "not a mergekit method (an example of a third-party method); which \
-                             NaN is returned when several inputs are NaN at one position may \
-                             differ from PyTorch (the value is NaN either way)",
-            },
-        }
+        let mut info = MethodInfo::new(
+            "median",
+            "Median",
+            Contract::at_least_non_base(BaseRule::Optional, 1),
+        );
+        info.summary = "Elementwise median over the models (torch.median(dim=0): the lower middle \
+                        value for an even count, NaN if any value is NaN). With a base model: \
+                        out = base + lambda·median(xᵢ − base), each operation rounded to the \
+                        working dtype.";
+        info.params = vec![ParamSpec::optional(
+            "lambda",
+            ParamScope::Shared,
+            ParamKind::Float,
+            Value::Float(1.0),
+            "scale of the median task vector (only used with a base model)",
+        )];
+        // Not a mergekit method, so no mergekit release has it: `--mergekit-version 0.0.4.2`
+        // refuses it at planning, before any model is read.
+        info.legacy = Legacy::Absent;
+        info.deviations = "not a mergekit method (an example of a third-party method); which NaN \
+                           is returned when several inputs are NaN at one position may differ \
+                           from PyTorch (the value is NaN either way)";
+        Median { info }
     }
 }
 
@@ -73,53 +71,22 @@ impl MergeMethod for Median {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
+        // The contract, the parameters and the shapes, checked against the schema in one call.
+        args.check(&self.info)?;
         let dtype = args.dtype();
-        let first = args
-            .inputs
-            .first()
-            .ok_or_else(|| MethodError::Contract("median: no inputs".into()))?;
-        let shape = first.tensor.shape.clone();
-        let n = first.tensor.numel();
-        if args.inputs.iter().any(|i| i.tensor.numel() != n) {
-            let shapes: Vec<String> = args
-                .inputs
-                .iter()
-                .map(|i| format!("{}: {:?}", i.label, i.tensor.shape))
-                .collect();
-            return Err(MethodError::Shape {
-                tensor: args.tensor_name.to_string(),
-                shapes: shapes.join(", "),
-            });
-        }
-        let base = args
-            .base
-            .and_then(|b| args.inputs.get(b))
-            .map(|i| i.tensor.data.as_slice());
-        let models: Vec<&[f32]> = args
-            .inputs
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| Some(*j) != args.base)
-            .map(|(_, i)| i.tensor.data.as_slice())
-            .collect();
-        if models.is_empty() {
-            return Err(MethodError::Contract(format!(
-                "median: {} has no model besides the base",
-                args.tensor_name
-            )));
-        }
+        let first = args.first()?.tensor;
         // A Python float meets a tensor as an f32 scalar.
-        let lambda = scalar(args.shared_f64("lambda").unwrap_or(1.0));
+        let lambda = scalar(args.shared_f64("lambda")?);
+        let (base, models) = args.split_base();
         let mut column = vec![0f32; models.len()];
-        let mut out = Vec::with_capacity(n);
-        for e in 0..n {
-            let b = base.and_then(|b| b.get(e).copied());
+        let mut out = Vec::with_capacity(first.numel());
+        for e in 0..first.numel() {
+            let b = base.map(|b| b.data[e]);
             for (c, m) in column.iter_mut().zip(&models) {
-                let x = m.get(e).copied().unwrap_or(f32::NAN);
                 // `x - base` is one PyTorch op: computed in f32, rounded to the dtype.
                 *c = match b {
-                    Some(b) => round(dtype, x - b),
-                    None => x,
+                    Some(b) => round(dtype, m.data[e] - b),
+                    None => m.data[e],
                 };
             }
             let med = median(&mut column);
@@ -129,7 +96,7 @@ impl MergeMethod for Median {
                 None => med,
             });
         }
-        Ok(Tensor::new(dtype, shape, out))
+        Tensor::try_new(dtype, first.shape.clone(), out)
     }
 }
 

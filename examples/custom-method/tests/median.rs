@@ -142,12 +142,14 @@ fn without_registration_the_method_is_unknown() {
 
 #[test]
 fn validation_knows_the_declared_parameters() {
-    let schemas = amalgam_engine::method_schemas(&amalgam_custom::registry());
+    let registry = amalgam_custom::registry();
+    let schemas = registry.infos();
+    let v15 = amalgam_methods::Compat::V0_1_5;
     let ok = amalgam_config::parse_str(&hand_config("bfloat16")).unwrap();
-    assert!(amalgam_config::validate(&ok, &schemas, true).is_empty());
+    assert!(amalgam_config::validate(&ok, &schemas, true, v15).is_empty());
     let typo =
         amalgam_config::parse_str(&hand_config("bfloat16").replace("lambda", "lamda")).unwrap();
-    let diags = amalgam_config::validate(&typo, &schemas, true);
+    let diags = amalgam_config::validate(&typo, &schemas, true, v15);
     assert!(
         diags.iter().any(|d| d.render(None).contains("lamda")),
         "{:?}",

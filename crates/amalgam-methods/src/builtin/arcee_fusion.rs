@@ -3,11 +3,10 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, not_in_0_0_4_2, split_base};
 use crate::numerics::round;
 use crate::reduce::torch_sum_with;
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, Tensor,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo, Tensor,
 };
 
 /// Above this many elements mergekit estimates the quantiles from a random sample of this size
@@ -33,11 +32,11 @@ impl ArceeFusion {
                           b)·[imp ≥ threshold]. The mask is float32, so the output is float32 even \
                           for bf16/f16 inputs (mergekit issue #604), reproduced here.",
                 params: vec![],
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::Exactly(2),
-                },
+                contract: Contract::exactly(BaseRule::Required, 2),
                 random: true,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "Output dtype is float32 whatever the inputs (as mergekit 0.1.5; cast with \
                              out_dtype to get bf16). The softmax/exp/log are evaluated with the \
                              platform libm in PyTorch's association order, where PyTorch uses SLEEF; \
@@ -125,19 +124,8 @@ impl MergeMethod for ArceeFusion {
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         let mut args = args;
         let rng = args.rng.take();
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("arcee_fusion"));
-        }
-        check_same_shape(&args)?;
-        let (base, xs) = split_base(&args);
-        let (b, x) = match (base, xs.as_slice()) {
-            (Some(b), [x]) => (b, *x),
-            _ => {
-                return Err(MethodError::Contract(
-                    "arcee_fusion requires a base and exactly one other input".into(),
-                ))
-            }
-        };
+        args.check(&self.info)?;
+        let (b, x) = args.base_and_other()?;
         let dt = b.dtype;
         let n = b.data.len();
         let row_len = if b.shape.is_empty() {

@@ -15,7 +15,7 @@ use crate::numerics::{as_dtype, round, scalar};
 use crate::reduce::{torch_float_lanes, Dim0Sum};
 use crate::sparsify;
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeInput, MergeMethod, MethodError,
+    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeInput, MergeMethod, MethodError,
     MethodInfo, ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
 };
 
@@ -37,8 +37,6 @@ pub struct GeneralizedTaskArithmetic {
     info: MethodInfo,
     consensus: bool,
     sparsifier: Option<Sparsifier>,
-    /// Whether mergekit 0.0.4.2 had this method at all.
-    in_0_0_4_2: bool,
 }
 
 fn p(
@@ -139,14 +137,14 @@ impl GeneralizedTaskArithmetic {
                 reference_url: Some(url),
                 summary,
                 params,
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::Any,
-                },
+                contract: Contract::any(BaseRule::Required),
                 random: matches!(
                     sparsifier,
                     Some(Sparsifier::Random) | Some(Sparsifier::DellaMagprune)
                 ),
+                legacy: if in_0_0_4_2 { Legacy::Implemented } else { Legacy::Absent },
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "Sums are replayed in PyTorch's single-threaded CPU order; mergekit \
                              run with several threads can differ by 1 ulp in L1 rescale factors \
                              of tensors above 32,768 elements and in model sums of five or more \
@@ -154,7 +152,6 @@ impl GeneralizedTaskArithmetic {
             },
             consensus,
             sparsifier,
-            in_0_0_4_2,
         }
     }
 
@@ -289,16 +286,6 @@ impl GeneralizedTaskArithmetic {
     }
 }
 
-fn per_input(input: &MergeInput<'_>, name: &str, default: Option<f64>) -> Result<f64, MethodError> {
-    match input.params.get(name) {
-        Some(v) => Ok(v.as_f64()),
-        None => default.ok_or_else(|| MethodError::MissingParam {
-            name: name.into(),
-            target: input.label.into(),
-        }),
-    }
-}
-
 /// PyTorch's `sign(v) == majority` for the election mask: zero and NaN never match.
 #[inline]
 fn agrees(v: f32, majority_positive: bool) -> bool {
@@ -322,40 +309,35 @@ impl MergeMethod for GeneralizedTaskArithmetic {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 && !self.in_0_0_4_2 {
-            // breadcrumbs and della arrived after April 2024: 0.0.4.2 refused the name.
-            return Err(MethodError::Other(format!(
-                "Unimplemented merge method {}",
-                self.name()
-            )));
-        }
+        args.check(&self.info)?;
         let dtype = args.dtype();
-        let base_idx = args.base.ok_or_else(|| {
-            MethodError::Contract(format!("{} requires a base model", self.name()))
-        })?;
-        let base_input = args.inputs.get(base_idx).ok_or_else(|| {
-            MethodError::Contract(format!("{}: base index out of range", self.name()))
-        })?;
+        let base_input = args
+            .base
+            .and_then(|b| args.inputs.get(b))
+            .ok_or_else(|| MethodError::Contract {
+                tensor: args.tensor_name.to_string(),
+                violation: amalgam_schema::ContractViolation::BaseRequired,
+            })?;
         let base = base_input.tensor;
         check_well_formed(base, args.tensor_name)?;
-        let normalize = args.shared_bool("normalize").unwrap_or(false);
-        let rescale = args.shared_bool("rescale").unwrap_or(false);
-        let lambda = args.shared_f64("lambda").unwrap_or(1.0);
+        let normalize = args.shared_bool("normalize")?;
+        let rescale = args.shared_bool("rescale")?;
+        let lambda = args.shared_f64("lambda")?;
 
         // Task vectors in input order.
         let mut deltas: Vec<Vec<f32>> = Vec::new();
         let mut weights: Vec<f64> = Vec::new();
         let mut rng = args.rng;
         for (i, input) in args.inputs.iter().enumerate() {
-            if i == base_idx {
+            if Some(i) == args.base {
                 continue;
             }
             let x = match aligned(input, base, args.tensor_name, &args.inputs, args.compat)? {
                 Some(x) => x,
                 None => continue,
             };
-            let weight = per_input(input, "weight", None)?;
-            let density = per_input(input, "density", Some(1.0))?;
+            let weight = input.f64("weight")?;
+            let density = input.f64("density")?;
             let raw: Vec<f32> = x
                 .iter()
                 .zip(&base.data)
@@ -369,7 +351,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                     Compat::V0_0_4_2 => sparsify::magnitude_0_0_4_2(&delta, density, rescale)?,
                 },
                 Some(Sparsifier::MagnitudeOutliers) => {
-                    let gamma = per_input(input, "gamma", Some(0.01))?;
+                    let gamma = input.f64("gamma")?;
                     sparsify::magnitude_outliers(&delta, density, gamma, rescale)?
                 }
                 Some(Sparsifier::Random) => {
@@ -380,7 +362,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                     }
                 }
                 Some(Sparsifier::DellaMagprune) => {
-                    let epsilon = per_input(input, "epsilon", Some(0.15))?;
+                    let epsilon = input.f64("epsilon")?;
                     let rng = rng.as_deref_mut().ok_or_else(|| self.no_rng())?;
                     sparsify::della_magprune(&delta, density, epsilon, rescale, rng)?
                 }

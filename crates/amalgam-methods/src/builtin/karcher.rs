@@ -3,11 +3,10 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, not_in_0_0_4_2};
 use crate::numerics::{round, scalar};
 use crate::reduce::{norm2, torch_sum_with};
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
 };
 
@@ -44,11 +43,11 @@ impl Karcher {
                         doc: "convergence and zero-norm threshold",
                     },
                 ],
-                contract: Contract {
-                    base: BaseRule::Ignored,
-                    count: InputCount::Any,
-                },
+                contract: Contract::any(BaseRule::Ignored),
                 random: false,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "`torch.dot` is BLAS (f32) or a vectorised f32 kernel (16-bit); amalgam \
                              sums in PyTorch's `sum` order instead, and uses the platform libm where \
                              PyTorch uses SLEEF, so on large tensors rare last-bit differences are \
@@ -89,19 +88,11 @@ impl MergeMethod for Karcher {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("karcher"));
-        }
-        check_same_shape(&args)?;
-        let max_iter = args
-            .shared
-            .get("max_iter")
-            .map_or(10, |v| v.as_f64() as i64);
-        let tol = args.shared_f64("tol").unwrap_or(1e-5);
+        args.check(&self.info)?;
+        let max_iter = args.param("max_iter")?.as_f64() as i64;
+        let tol = args.shared_f64("tol")?;
         let tensors: Vec<&Tensor> = args.inputs.iter().map(|i| i.tensor).collect();
-        let first = *tensors
-            .first()
-            .ok_or_else(|| MethodError::Contract("karcher: no inputs".into()))?;
+        let first = args.first()?.tensor;
         if tensors.len() == 1 {
             return Ok(first.clone());
         }

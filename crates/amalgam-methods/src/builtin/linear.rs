@@ -1,9 +1,8 @@
 //! `linear`: weighted average of the inputs (Wortsman et al., model soups).
 
-use super::common::check_same_shape;
 use crate::numerics::{as_dtype, div_slice, fma_accumulate, round, round_slice};
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
 };
 
@@ -38,24 +37,15 @@ impl Linear {
                         doc: "divide by the sum of the weights",
                     },
                 ],
-                contract: Contract {
-                    base: BaseRule::Ignored,
-                    count: InputCount::Any,
-                },
+                contract: Contract::any(BaseRule::Ignored),
                 random: false,
+                legacy: Legacy::Implemented,
+                card_names_base: true,
+                uniform_fallback: Some("weight"),
                 deviations: "none",
             },
         }
     }
-}
-
-fn weight(p: &ParamValues, label: &str) -> Result<f64, MethodError> {
-    p.get("weight")
-        .map(|v| v.as_f64())
-        .ok_or_else(|| MethodError::MissingParam {
-            name: "weight".into(),
-            target: label.into(),
-        })
 }
 
 impl MergeMethod for Linear {
@@ -68,19 +58,16 @@ impl MergeMethod for Linear {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        check_same_shape(&args)?;
+        args.check(&self.info)?;
         let dtype = args.dtype();
-        let normalize = args.shared_bool("normalize").unwrap_or(true);
-        let first = args
-            .inputs
-            .first()
-            .ok_or_else(|| MethodError::Contract("linear: no inputs".into()))?;
+        let normalize = args.shared_bool("normalize")?;
+        let first = args.first()?;
         let n = first.tensor.numel();
         let shape = first.tensor.shape.clone();
         let weights: Vec<f64> = args
             .inputs
             .iter()
-            .map(|i| weight(i.params, i.label))
+            .map(|i| i.f64("weight"))
             .collect::<Result<_, _>>()?;
         let mut out = vec![0f32; n];
         match args.compat {

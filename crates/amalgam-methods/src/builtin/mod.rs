@@ -1,47 +1,45 @@
-//! Built-in methods: one file each, one line each in [`all`].
+//! Built-in methods: one file each, one line each in the list below.
 
 use std::sync::Arc;
 
 use crate::MergeMethod;
 
-mod gta;
-mod karcher;
-mod linear;
+pub mod common;
 
-mod arcee_fusion;
-mod common;
-mod model_stock;
-mod multislerp;
-mod nearswap;
-mod nuslerp;
-mod passthrough;
-mod ram;
-mod ramplus_tl;
-mod sce;
-mod slerp;
+/// Declares each method file as a module and lists the methods it provides, in registration
+/// order. Adding a built-in method is one file in this folder and one line here.
+macro_rules! builtin_methods {
+    ($($file:ident => [$($ctor:expr),+ $(,)?]),+ $(,)?) => {
+        $(mod $file;)+
 
-/// Every built-in method. Adding a method: one file in this folder, one line here.
-pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
-    vec![
-        Arc::new(linear::Linear::new()),
-        Arc::new(gta::GeneralizedTaskArithmetic::task_arithmetic()),
-        Arc::new(gta::GeneralizedTaskArithmetic::ties()),
-        Arc::new(gta::GeneralizedTaskArithmetic::dare_ties()),
-        Arc::new(gta::GeneralizedTaskArithmetic::dare_linear()),
-        Arc::new(gta::GeneralizedTaskArithmetic::breadcrumbs()),
-        Arc::new(gta::GeneralizedTaskArithmetic::breadcrumbs_ties()),
-        Arc::new(gta::GeneralizedTaskArithmetic::della()),
-        Arc::new(gta::GeneralizedTaskArithmetic::della_linear()),
-        Arc::new(slerp::Slerp::new()),
-        Arc::new(passthrough::Passthrough::new()),
-        Arc::new(nearswap::NearSwap::new()),
-        Arc::new(model_stock::ModelStock::new()),
-        Arc::new(nuslerp::NuSlerp::new()),
-        Arc::new(ram::Ram::new()),
-        Arc::new(ramplus_tl::RamPlusTl::new()),
-        Arc::new(sce::Sce::new()),
-        Arc::new(multislerp::MultiSlerp::new()),
-        Arc::new(karcher::Karcher::new()),
-        Arc::new(arcee_fusion::ArceeFusion::new()),
-    ]
+        /// Every built-in method.
+        pub(crate) fn all() -> Vec<Arc<dyn MergeMethod>> {
+            vec![$($(Arc::new({ use $file::*; $ctor }) as Arc<dyn MergeMethod>),+),+]
+        }
+    };
+}
+
+builtin_methods! {
+    linear => [Linear::new()],
+    gta => [
+        GeneralizedTaskArithmetic::task_arithmetic(),
+        GeneralizedTaskArithmetic::ties(),
+        GeneralizedTaskArithmetic::dare_ties(),
+        GeneralizedTaskArithmetic::dare_linear(),
+        GeneralizedTaskArithmetic::breadcrumbs(),
+        GeneralizedTaskArithmetic::breadcrumbs_ties(),
+        GeneralizedTaskArithmetic::della(),
+        GeneralizedTaskArithmetic::della_linear(),
+    ],
+    slerp => [Slerp::new()],
+    passthrough => [Passthrough::new()],
+    nearswap => [NearSwap::new()],
+    model_stock => [ModelStock::new()],
+    nuslerp => [NuSlerp::new()],
+    ram => [Ram::new()],
+    ramplus_tl => [RamPlusTl::new()],
+    sce => [Sce::new()],
+    multislerp => [MultiSlerp::new()],
+    karcher => [Karcher::new()],
+    arcee_fusion => [ArceeFusion::new()],
 }

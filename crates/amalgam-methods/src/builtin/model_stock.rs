@@ -1,11 +1,11 @@
 //! `model_stock`: interpolates between the base and the average of the fine-tuned models by a
 //! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
 
-use super::common::{check_same_shape, compat_unsupported, require_base, split_base, task_vector};
+use super::common::{require_base, task_vector};
 use crate::numerics::round;
 use crate::reduce::{norm2, outer_sum, torch_sum_with};
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
 };
 
@@ -33,11 +33,11 @@ impl ModelStock {
                     default: Some(Value::Bool(false)),
                     doc: "compute the ratio per row (output filter) instead of per tensor",
                 }],
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::AtLeast(3),
-                },
+                contract: Contract::at_least(BaseRule::Required, 3),
                 random: false,
+                legacy: Legacy::NotImplemented,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "The mean over more than four model pairs uses a sequential f32 sum; \
                              PyTorch may interleave it (rare 1-ulp differences). \
                              --mergekit-version 0.0.4.2 is not supported yet.",
@@ -58,13 +58,10 @@ impl MergeMethod for ModelStock {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(compat_unsupported("model_stock"));
-        }
-        check_same_shape(&args)?;
-        let filter_wise = args.shared_bool("filter_wise").unwrap_or(false);
-        let (base, ws) = split_base(&args);
-        let w0 = require_base(base)?;
+        args.check(&self.info)?;
+        let filter_wise = args.shared_bool("filter_wise")?;
+        let (base, ws) = args.split_base();
+        let w0 = require_base(base, args.tensor_name)?;
         if ws.is_empty() {
             return Ok(w0.clone());
         }

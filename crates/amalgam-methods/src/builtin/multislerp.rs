@@ -1,11 +1,13 @@
 //! `multislerp`: barycentric interpolation of any number of models on the hypersphere (tangent
 //! space at the weighted mean direction), optionally relative to a base.
 
-use super::common::{check_same_shape, input_required, not_in_0_0_4_2, split_base, task_vector};
+use super::common::task_vector;
 use crate::numerics::{round, scalar};
 use crate::reduce::{norm2, outer_sum, torch_float_lanes, torch_sum, torch_sum_with};
+use amalgam_schema::{ContractViolation, Counted};
+
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
 };
 
@@ -53,11 +55,11 @@ impl MultiSlerp {
                         doc: "numerical-stability constant",
                     },
                 ],
-                contract: Contract {
-                    base: BaseRule::Optional,
-                    count: InputCount::AtLeastNonBase(1),
-                },
+                contract: Contract::at_least_non_base(BaseRule::Optional, 1),
                 random: false,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "f32 inputs: cos/sin of the tangent norm use the platform libm where \
                              PyTorch uses SLEEF (rare last-bit differences). multislerp does not \
                              exist in mergekit 0.0.4.2.",
@@ -78,15 +80,17 @@ impl MergeMethod for MultiSlerp {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("multislerp"));
-        }
-        check_same_shape(&args)?;
-        let normalize = args.shared_bool("normalize_weights").unwrap_or(true);
-        let eps = scalar(args.shared_f64("eps").unwrap_or(1e-8));
-        let (base, xs) = split_base(&args);
+        args.check(&self.info)?;
+        let normalize = args.shared_bool("normalize_weights")?;
+        let eps = scalar(args.shared_f64("eps")?);
+        let (base, xs) = args.split_base();
         let first = xs.first().ok_or_else(|| {
-            MethodError::Contract("Merge method requires at least 1 non-base inputs; got 0".into())
+            args.contract_error(ContractViolation::Count {
+                what: Counted::NonBase,
+                min: 1,
+                max: None,
+                got: 0,
+            })
         })?;
         if xs.len() == 1 {
             return Ok((*first).clone());
@@ -99,7 +103,7 @@ impl MergeMethod for MultiSlerp {
             .iter()
             .enumerate()
             .filter(|(k, _)| Some(*k) != args.base)
-            .map(|(_, i)| input_required(i.params, "weight", i.label))
+            .map(|(_, i)| i.f64("weight"))
             .collect::<Result<_, _>>()?;
         let mut w: Vec<f32> = raw_w.iter().map(|&v| round(dt, v as f32)).collect();
         if normalize {

@@ -1,10 +1,9 @@
 //! `nearswap`: take the other model's value where it is close to the base, keep the base where
 //! they are far apart.
 
-use super::common::{check_same_shape, not_in_0_0_4_2, shared_required, split_base};
 use crate::numerics::{round, scalar};
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, ParamValues, Tensor,
 };
 
@@ -31,11 +30,11 @@ impl NearSwap {
                     default: None,
                     doc: "distance scale: elements closer than t take the other model's value",
                 }],
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::Exactly(2),
-                },
+                contract: Contract::exactly(BaseRule::Required, 2),
                 random: false,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "none",
             },
         }
@@ -58,20 +57,9 @@ impl MergeMethod for NearSwap {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("nearswap"));
-        }
-        let t = scalar(shared_required(&args, "t")?);
-        check_same_shape(&args)?;
-        let (base, others) = split_base(&args);
-        let (b, x) = match (base, others.first(), others.len()) {
-            (Some(b), Some(x), 1) => (b, *x),
-            _ => {
-                return Err(MethodError::Contract(
-                    "nearswap requires a base and exactly one other input".into(),
-                ))
-            }
-        };
+        args.check(&self.info)?;
+        let t = scalar(args.shared_f64("t")?);
+        let (b, x) = args.base_and_other()?;
         let dt = b.dtype;
         // clamp's bound is converted to the tensor dtype.
         let floor = round(dt, 1e-6);

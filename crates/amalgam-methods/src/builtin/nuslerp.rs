@@ -3,11 +3,13 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, input_required, not_in_0_0_4_2, split_base, task_vector};
+use super::common::task_vector;
 use crate::numerics::{round, scalar};
 use crate::reduce::{norm2, norm2_strided, outer_sum, torch_sum_with};
+use amalgam_schema::{ContractViolation, Counted};
+
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
 };
 
@@ -52,11 +54,11 @@ impl NuSlerp {
                         doc: "treat the whole tensor as one vector",
                     },
                 ],
-                contract: Contract {
-                    base: BaseRule::Optional,
-                    count: InputCount::ExactlyNonBase(2),
-                },
+                contract: Contract::exactly_non_base(BaseRule::Optional, 2),
                 random: false,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "none known (nuslerp does not exist in mergekit 0.0.4.2)",
             },
         }
@@ -148,13 +150,10 @@ impl MergeMethod for NuSlerp {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("nuslerp"));
-        }
-        check_same_shape(&args)?;
-        let row_wise = args.shared_bool("nuslerp_row_wise").unwrap_or(false);
-        let flatten = args.shared_bool("nuslerp_flatten").unwrap_or(true);
-        let (base, xs) = split_base(&args);
+        args.check(&self.info)?;
+        let row_wise = args.shared_bool("nuslerp_row_wise")?;
+        let flatten = args.shared_bool("nuslerp_flatten")?;
+        let (base, xs) = args.split_base();
         let non_base: Vec<_> = args
             .inputs
             .iter()
@@ -165,14 +164,16 @@ impl MergeMethod for NuSlerp {
         let (x0, x1, i0, i1) = match (xs.as_slice(), non_base.as_slice()) {
             ([a, b], [ia, ib]) => (*a, *b, *ia, *ib),
             _ => {
-                return Err(MethodError::Contract(format!(
-                    "Merge method requires exactly 2 non-base inputs; got {}",
-                    xs.len()
-                )))
+                return Err(args.contract_error(ContractViolation::Count {
+                    what: Counted::NonBase,
+                    min: 2,
+                    max: Some(2),
+                    got: xs.len(),
+                }))
             }
         };
-        let w0 = input_required(i0.params, "weight", i0.label)?;
-        let w1 = input_required(i1.params, "weight", i1.label)?;
+        let w0 = i0.f64("weight")?;
+        let w1 = i1.f64("weight")?;
         let total = w0 + w1;
         let t = if total.abs() < 1e-6 { 0.5 } else { w1 / total };
         let dt = x0.dtype;

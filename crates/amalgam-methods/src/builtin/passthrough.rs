@@ -1,9 +1,8 @@
 //! `passthrough`: copies its single input, optionally scaled (frankenmerges, layer stacking).
 
-use super::common::check_same_shape;
 use crate::numerics::{round, scalar};
 use crate::{
-    BaseRule, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
     ParamScope, ParamSpec, ParamValues, Tensor, Value,
 };
 
@@ -32,11 +31,11 @@ impl Passthrough {
                     default: Some(Value::Float(1.0)),
                     doc: "multiply the tensor by this factor (e.g. 0 to zero a projection)",
                 }],
-                contract: Contract {
-                    base: BaseRule::Ignored,
-                    count: InputCount::Exactly(1),
-                },
+                contract: Contract::exactly(BaseRule::Ignored, 1),
                 random: false,
+                legacy: Legacy::Implemented,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "none",
             },
         }
@@ -60,19 +59,11 @@ impl MergeMethod for Passthrough {
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
         // Identical arithmetic in 0.0.4.2 (`tensor * scale`), so both versions are served.
-        if args.inputs.len() != 1 {
-            return Err(MethodError::Contract(format!(
-                "Merge method requires exactly 1 inputs; got {}",
-                args.inputs.len()
-            )));
-        }
-        check_same_shape(&args)?;
-        let input = args
-            .inputs
-            .first()
-            .ok_or_else(|| MethodError::Contract("passthrough: no inputs".into()))?;
+        args.check(&self.info)?;
+        let input = args.first()?;
         let x = input.tensor;
-        match input.params.get("scale").map(|v| v.as_f64()) {
+        // 1.0 is the declared default (mergekit's "no scale"): multiplying by it is the identity.
+        match Some(input.f64("scale")?).filter(|&s| s != 1.0) {
             None => Ok(x.clone()),
             Some(s) => {
                 let s = scalar(s);

@@ -3,13 +3,11 @@
 
 use amalgam_io::DType;
 
-use super::common::{
-    check_same_shape, not_in_0_0_4_2, require_base, shared_or, split_base, task_vector,
-};
+use super::common::{require_base, task_vector};
 use crate::numerics::round;
 use crate::reduce::outer_sum;
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Tensor as T, Value,
 };
 
@@ -93,11 +91,11 @@ impl Ram {
                     default: Some(Value::Float(1e-5)),
                     doc: "changes at or below this magnitude count as unchanged",
                 }],
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::Any,
-                },
+                contract: Contract::any(BaseRule::Required),
                 random: false,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "none known (ram does not exist in mergekit 0.0.4.2)",
             },
         }
@@ -118,13 +116,10 @@ impl MergeMethod for Ram {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("ram"));
-        }
-        check_same_shape(&args)?;
-        let eps = shared_or(&args, "epsilon", 1e-5);
-        let (base, xs) = split_base(&args);
-        let b = require_base(base)?;
+        args.check(&self.info)?;
+        let eps = args.shared_f64("epsilon")?;
+        let (base, xs) = args.split_base();
+        let b = require_base(base, args.tensor_name)?;
         if xs.is_empty() {
             return Ok(b.clone());
         }

@@ -3,11 +3,11 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, not_in_0_0_4_2, require_base, shared_or, split_base};
+use super::common::require_base;
 use super::ram::{prepare, sum_models};
 use crate::numerics::round;
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
 };
 
@@ -52,11 +52,11 @@ impl RamPlusTl {
                         doc: "changes at or below this magnitude count as unchanged",
                     },
                 ],
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::Any,
-                },
+                contract: Contract::any(BaseRule::Required),
                 random: false,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "Output is float32 for bf16/f16 inputs, exactly as mergekit 0.1.5 \
                              (the float32 λ promotes the result); cast with out_dtype if needed. \
                              ramplus_tl does not exist in mergekit 0.0.4.2.",
@@ -81,15 +81,12 @@ impl MergeMethod for RamPlusTl {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("ramplus_tl"));
-        }
-        check_same_shape(&args)?;
-        let r = shared_or(&args, "r", 0.1) as f32;
-        let alpha = shared_or(&args, "alpha", 0.2) as f32;
-        let eps = shared_or(&args, "epsilon", 1e-5);
-        let (base, xs) = split_base(&args);
-        let b = require_base(base)?;
+        args.check(&self.info)?;
+        let r = args.shared_f64("r")? as f32;
+        let alpha = args.shared_f64("alpha")? as f32;
+        let eps = args.shared_f64("epsilon")?;
+        let (base, xs) = args.split_base();
+        let b = require_base(base, args.tensor_name)?;
         if xs.is_empty() {
             // mergekit returns the base tensor itself (its dtype).
             return Ok(b.clone());

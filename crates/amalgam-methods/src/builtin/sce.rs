@@ -3,14 +3,12 @@
 
 use amalgam_io::DType;
 
-use super::common::{
-    check_same_shape, not_in_0_0_4_2, require_base, shared_or, split_base, task_vector,
-};
+use super::common::{require_base, task_vector};
 use crate::numerics::{round, scalar};
 use crate::reduce::{outer_sum, torch_float_lanes, torch_sum};
 use crate::stdsort::topk_largest;
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
 };
 
@@ -47,11 +45,11 @@ impl Sce {
                         doc: "store masks as int8 (memory only; no numeric effect)",
                     },
                 ],
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::Any,
-                },
+                contract: Contract::any(BaseRule::Required),
                 random: false,
+                legacy: Legacy::Absent,
+                card_names_base: true,
+                uniform_fallback: None,
                 deviations: "None known on CPU: ties in variance at the selection boundary are \
                              resolved by replaying torch.topk's libstdc++ selection. mergekit on \
                              CUDA breaks those ties differently. sce does not exist in mergekit \
@@ -88,13 +86,10 @@ impl MergeMethod for Sce {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(not_in_0_0_4_2("sce"));
-        }
-        check_same_shape(&args)?;
-        let topk = shared_or(&args, "select_topk", 1.0);
-        let (base, xs) = split_base(&args);
-        let b = require_base(base)?;
+        args.check(&self.info)?;
+        let topk = args.shared_f64("select_topk")?;
+        let (base, xs) = args.split_base();
+        let b = require_base(base, args.tensor_name)?;
         if xs.is_empty() {
             return Ok(b.clone());
         }

@@ -2,11 +2,10 @@
 
 use amalgam_io::DType;
 
-use super::common::{check_same_shape, compat_unsupported, shared_required};
 use crate::numerics::round;
 use crate::reduce::{sum_sq_lastdim, torch_sum_with};
 use crate::{
-    BaseRule, Compat, Contract, InputCount, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor,
 };
 
@@ -44,11 +43,11 @@ impl Slerp {
                     default: None,
                     doc: "interpolation factor: 0 = base model, 1 = the other model",
                 }],
-                contract: Contract {
-                    base: BaseRule::Required,
-                    count: InputCount::Exactly(2),
-                },
+                contract: Contract::exactly(BaseRule::Required, 2),
                 random: false,
+                legacy: Legacy::NotImplemented,
+                card_names_base: false,
+                uniform_fallback: None,
                 deviations: "float32 outputs: PyTorch takes acos and sin of float32 from Intel MKL \
                              (VML, high-accuracy mode) in its x86-64 Linux wheels and from SLEEF \
                              elsewhere; MKL's results are not correctly rounded, not published and \
@@ -168,27 +167,9 @@ impl MergeMethod for Slerp {
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
-        if args.compat == Compat::V0_0_4_2 {
-            return Err(compat_unsupported("slerp"));
-        }
-        let t = shared_required(&args, "t")?;
-        let base = args.base.ok_or_else(|| {
-            MethodError::Contract("SLERP requires a base and one other input".into())
-        })?;
-        if args.inputs.len() != 2 || base > 1 {
-            return Err(MethodError::Contract(
-                "SLERP requires a base and one other input".into(),
-            ));
-        }
-        check_same_shape(&args)?;
-        let (b, x) = match (args.inputs.get(base), args.inputs.get(1 - base)) {
-            (Some(b), Some(x)) => (b.tensor, x.tensor),
-            _ => {
-                return Err(MethodError::Contract(
-                    "SLERP requires a base and one other input".into(),
-                ))
-            }
-        };
+        args.check(&self.info)?;
+        let t = args.shared_f64("t")?;
+        let (b, x) = args.base_and_other()?;
         let dtype = b.dtype;
         let out = slerp_015(t, &b.data, &x.data, dtype);
         Ok(Tensor::new(dtype, b.shape.clone(), out))

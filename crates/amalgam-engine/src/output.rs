@@ -1,0 +1,69 @@
+//! Writing a plan to an output folder: shard layout, the streaming executor, side files, and the
+//! final rename that makes the folder appear only when complete. Merge and unmix both end here.
+
+use std::path::{Path, PathBuf};
+
+use amalgam_io::OutputWriter;
+
+use crate::exec::{self, ExecOptions};
+use crate::plan::Plan;
+use crate::error::Result;
+
+/// Which of the donor's tokenizer files to copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TokenizerCopy {
+    /// None.
+    No,
+    /// mergekit's rule: only when the donor has both a tokenizer config and a tokenizer (else a
+    /// warning), then every file of [`crate::side::TOKENIZER_FILES`] present.
+    WhenComplete,
+    /// Every file of [`crate::side::TOKENIZER_FILES`] the donor has.
+    All,
+}
+
+/// What to write besides the tensors.
+pub(crate) struct OutputFiles {
+    /// `--out-shard-size`.
+    pub out_shard_size: Option<u64>,
+    /// The executor's settings (seed, progress).
+    pub exec: ExecOptions,
+    /// `config.json`, serialised.
+    pub config_json: Option<Vec<u8>>,
+    /// Other files by name (model card, `mergekit_config.yml`), written in this order.
+    pub files: Vec<(&'static str, Vec<u8>)>,
+    /// Tokenizer files to copy from the plan's donor.
+    pub tokenizer: TokenizerCopy,
+}
+
+/// Writes `plan` into `out` and returns the final folder.
+pub(crate) fn write_plan(plan: &Plan, out: &Path, files: &OutputFiles) -> Result<PathBuf> {
+    let layout = plan.layout(files.out_shard_size)?;
+    let writer = OutputWriter::create(out, layout)?;
+    exec::execute(plan, &writer, &files.exec)?;
+    if let Some(cfg) = &files.config_json {
+        writer.write_file("config.json", cfg)?;
+    }
+    for (name, bytes) in &files.files {
+        writer.write_file(name, bytes)?;
+    }
+    let donor = plan.models.get(plan.donor);
+    if let (Some(donor), true) = (donor, files.tokenizer != TokenizerCopy::No) {
+        let folder = donor.source.folder_ref();
+        let complete = folder.aux_file("tokenizer_config.json").is_some()
+            && (folder.aux_file("tokenizer.json").is_some()
+                || folder.aux_file("tokenizer.model").is_some());
+        if files.tokenizer == TokenizerCopy::All || complete {
+            for f in crate::side::TOKENIZER_FILES {
+                if let Some(p) = folder.aux_file(f) {
+                    writer.copy_file(f, &p)?;
+                }
+            }
+        } else {
+            tracing::warn!(
+                "donor model {} has no tokenizer files to copy; the output has no tokenizer",
+                donor.label
+            );
+        }
+    }
+    Ok(writer.finish()?)
+}
