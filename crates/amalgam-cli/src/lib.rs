@@ -703,13 +703,23 @@ fn render_error(e: &anyhow::Error) -> String {
         }
         msg.push_str(&text);
     }
-    if let Some(amalgam_io::Error::Unresolved { reference, .. }) = io_error(e) {
+    if let Some(amalgam_io::Error::Unresolved { reference, looked }) = io_error(e) {
         let id = reference.split('@').next().unwrap_or(reference);
-        msg.push_str(&format!(
-            "\nhint: amalgam does not download models: download it first (`hf download {id}`, \
-             or `huggingface-cli download {id}`), or point --hf-cache (mergekit's \
-             --transformers-cache) at the cache folder that holds it"
-        ));
+        if looked.contains("models--") {
+            // A Hub id that is not in the cache.
+            msg.push_str(&format!(
+                "\nhint: amalgam does not download models: download it first (`hf download \
+                 {id}`, or `huggingface-cli download {id}`), or point --hf-cache (mergekit's \
+                 --transformers-cache) at the cache folder that holds it"
+            ));
+        } else {
+            // A path: the usual cause is running from another folder than the config expects.
+            msg.push_str(
+                "\nhint: relative model paths are taken from the working directory, as in \
+                 mergekit, not from the config's folder: run amalgam from the folder the \
+                 config's paths start from",
+            );
+        }
     }
     format!("error: {msg}")
 }

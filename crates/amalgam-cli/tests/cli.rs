@@ -319,7 +319,7 @@ fn errors_have_one_prefix_and_no_repeated_text() {
             "cannot read no-such.yml",
         ),
         (&["merge", "typo.yml", "out"][..], "typo.yml:"),
-        (&["merge", "missing.yml", "out"][..], "not-here"),
+        (&["merge", "missing.yml", "out"][..], "working directory"),
     ] {
         let o = amalgam(tmp.path(), args);
         let err = stderr(&o);
@@ -489,4 +489,18 @@ fn verify_counts_add_up() {
     );
     // Nothing but the report on stdout, nothing drawn on a pipe.
     assert!(!o.stdout.contains(&0x1b) && !o.stderr.contains(&0x1b));
+}
+
+#[test]
+fn validate_names_an_unreadable_file_once() {
+    let tmp = setup();
+    let o = amalgam(tmp.path(), &["validate", "c.yml", "gone.yml"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let line = out
+        .lines()
+        .find(|l| l.contains("gone.yml"))
+        .expect("a line for gone.yml");
+    assert_eq!(line.matches("gone.yml").count(), 1, "{line}");
+    clean(&out);
 }
