@@ -48,6 +48,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Merge models as a mergekit YAML config says (like `mergekit-yaml CONFIG OUT_PATH`).
+    #[command(
+        after_help = "The other flags of mergekit-yaml 0.1.5 (--cuda, --device, \
+        --low-cpu-memory, --read-to-gpu, --multi-gpu, --gpu-rich, --lazy-unpickle, \
+        --clone-tensors, --trust-remote-code, --async-write, --write-threads, \
+        --lora-merge-cache, --lora-merge-dtype, and their --no- forms) are accepted too; \
+        README.md says what each does here.\n\nExit status: 0 success, 1 the merge failed, \
+        2 bad usage."
+    )]
     Merge(MergeArgs),
     /// Check configs without loading any model; one line per file, exit 0 only if all are valid.
     Validate {

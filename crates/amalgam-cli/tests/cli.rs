@@ -504,3 +504,26 @@ fn validate_names_an_unreadable_file_once() {
     assert_eq!(line.matches("gone.yml").count(), 1, "{line}");
     clean(&out);
 }
+
+#[test]
+fn readme_says_what_every_mergekit_flag_does() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    for flag in MERGEKIT_FLAGS
+        .iter()
+        .map(|f| f[0])
+        .chain(REFUSED_FLAGS.iter().copied())
+    {
+        // `--no-x` is covered by `--x` ("and every `--no-` form"), `-vv` by `-v`.
+        let name = match flag.strip_prefix("--no-") {
+            Some(rest) if !REFUSED_FLAGS.contains(&flag) => format!("--{rest}"),
+            _ if flag == "-vv" => "-v".to_string(),
+            _ => flag.to_string(),
+        };
+        assert!(
+            readme.contains(&format!("`{name}")),
+            "README.md does not mention {name}"
+        );
+    }
+}
