@@ -18,10 +18,8 @@
 #![deny(missing_docs)]
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use amalgam_engine::{MergeOptions, PlanOptions, UnmixOptions};
 use amalgam_io::DType;
@@ -29,6 +27,8 @@ use amalgam_methods::{Compat, Registry};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+mod output;
+mod progress;
 mod validate;
 
 #[derive(Parser)]
@@ -48,6 +48,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Merge models as a mergekit YAML config says (like `mergekit-yaml CONFIG OUT_PATH`).
+    #[command(
+        after_help = "The other flags of mergekit-yaml 0.1.5 (--cuda, --device, \
+        --low-cpu-memory, --read-to-gpu, --multi-gpu, --gpu-rich, --lazy-unpickle, \
+        --clone-tensors, --trust-remote-code, --async-write, --write-threads, \
+        --lora-merge-cache, --lora-merge-dtype, and their --no- forms) are accepted too; \
+        README.md says what each does here.\n\nExit status: 0 success, 1 the merge failed, \
+        2 bad usage."
+    )]
     Merge(MergeArgs),
     /// Check configs without loading any model; one line per file, exit 0 only if all are valid.
     Validate {
@@ -74,25 +82,41 @@ struct Common {
     /// Which mergekit release to reproduce (arithmetic and file layout): 0.1.5 or 0.0.4.2.
     #[arg(long, default_value = "0.1.5", value_parser = parse_compat)]
     mergekit_version: Compat,
-    /// Hugging Face cache folder (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).
-    #[arg(long)]
+    /// Hugging Face hub cache folder (default: HF_HUB_CACHE, HF_HOME/hub,
+    /// ~/.cache/huggingface/hub). `--transformers-cache` is mergekit's name for it.
+    #[arg(long, visible_alias = "transformers-cache", value_name = "DIR")]
     hf_cache: Option<PathBuf>,
     /// Number of threads (default: all cores).
     #[arg(short = 'j', long = "num-threads")]
     num_threads: Option<usize>,
-    /// No progress bar.
-    #[arg(long)]
+    /// No progress bar and no summary line.
+    #[arg(long, overrides_with = "no_quiet")]
     quiet: bool,
+    /// Show the progress bar (the default).
+    #[arg(long, overrides_with = "quiet")]
+    no_quiet: bool,
 }
 
+/// `amalgam merge`: `mergekit-yaml`'s arguments and every one of its flags (0.1.5), plus
+/// amalgam's own (`--strict`, `--mergekit-version`, `--overwrite`).
+///
+/// mergekit declares each boolean option as a `--x/--no-x` pair where the last one given wins;
+/// here each pair is two clap flags overriding each other, which behaves the same. Flags that
+/// cannot change amalgam's output are accepted so that a mergekit command line runs unchanged;
+/// the ones asking for something amalgam does differently (GPU, pickle reading) get a single
+/// warning listing them.
 #[derive(Args)]
 struct MergeArgs {
     /// The mergekit YAML config.
     config: PathBuf,
-    /// Output folder (must not exist or be empty).
+    /// Output folder: must not exist or be empty, unless --overwrite.
     out_path: PathBuf,
     #[command(flatten)]
     common: Common,
+    /// Replace OUT_PATH if it already holds a model (the new model is merged beside it and
+    /// swapped in only when complete).
+    #[arg(long)]
+    overwrite: bool,
     /// Maximum shard size: bytes (elements with --mergekit-version 0.0.4.2), with optional K/M/B suffix.
     #[arg(long, default_value = "5B", value_parser = parse_kmb)]
     out_shard_size: u64,
@@ -100,68 +124,129 @@ struct MergeArgs {
     #[arg(long, overrides_with = "no_copy_tokenizer")]
     copy_tokenizer: bool,
     /// Do not copy the tokenizer.
-    #[arg(long)]
+    #[arg(long, overrides_with = "copy_tokenizer")]
     no_copy_tokenizer: bool,
     /// Write README.md and mergekit_config.yml (default on).
     #[arg(long, overrides_with = "no_write_model_card")]
     write_model_card: bool,
     /// Do not write the model card.
-    #[arg(long)]
+    #[arg(long, overrides_with = "write_model_card")]
     no_write_model_card: bool,
     /// Seed for methods that draw random numbers (dare, della...); printed when drawn.
     #[arg(long)]
     random_seed: Option<u64>,
-    /// Allow mixing architectures (accepted for compatibility).
-    #[arg(long)]
+    /// Allow mixing architectures.
+    #[arg(long, overrides_with = "no_allow_crimes")]
     allow_crimes: bool,
+    /// Refuse mixing architectures (the default).
+    #[arg(long, overrides_with = "allow_crimes")]
+    no_allow_crimes: bool,
     /// Turn warnings (linear without weights, unknown keys) into mergekit's errors.
     #[arg(long)]
     strict: bool,
-    /// Accepted for mergekit compatibility; has no effect (amalgam is always lazy and CPU-only).
-    #[arg(long, hide = true)]
-    lazy_unpickle: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
+    /// Write safetensors (the default; the only format amalgam writes).
+    #[arg(long, overrides_with = "no_safe_serialization")]
+    safe_serialization: bool,
+    /// Pickle output: not supported yet (refused).
+    #[arg(long, overrides_with = "safe_serialization")]
+    no_safe_serialization: bool,
+    /// Truncating embeddings to the smallest vocabulary: not supported yet (refused).
+    #[arg(long, overrides_with = "no_unsafe_truncate_embeddings")]
+    unsafe_truncate_embeddings: bool,
+    /// Do not truncate embeddings (the default).
+    #[arg(long, overrides_with = "unsafe_truncate_embeddings")]
+    no_unsafe_truncate_embeddings: bool,
+    #[command(flatten)]
+    mergekit_only: MergekitOnly,
+}
+
+/// mergekit-yaml flags that cannot change what amalgam writes. Hidden from `--help` (they would
+/// bury amalgam's own), listed in the README.
+#[derive(Args)]
+struct MergekitOnly {
+    /// LoRA merge cache: only used for `+lora` models, which amalgam refuses by name.
+    #[arg(long, hide = true, value_name = "DIR")]
+    lora_merge_cache: Option<PathBuf>,
+    /// LoRA merge dtype: only used for `+lora` models, which amalgam refuses by name.
+    #[arg(long, hide = true, value_name = "DTYPE")]
+    lora_merge_dtype: Option<String>,
+    /// GPU arithmetic (ignored, with a warning: amalgam computes on the CPU).
+    #[arg(long, hide = true, overrides_with = "no_cuda")]
     cuda: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
-    low_cpu_memory: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
-    read_to_gpu: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
-    multi_gpu: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
-    gpu_rich: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
-    async_write: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
-    clone_tensors: bool,
-    /// Accepted for mergekit compatibility; has no effect.
-    #[arg(long, hide = true)]
-    trust_remote_code: bool,
-    /// Accepted for mergekit compatibility; has no effect.
+    #[arg(long, hide = true, overrides_with = "cuda")]
+    no_cuda: bool,
+    /// Device (ignored unless `cpu`, with a warning).
     #[arg(long, hide = true)]
     device: Option<String>,
-    /// Accepted for mergekit compatibility; has no effect.
+    /// Keep results on the GPU (ignored, with a warning).
+    #[arg(long, hide = true, overrides_with = "no_low_cpu_memory")]
+    low_cpu_memory: bool,
+    #[arg(long, hide = true, overrides_with = "low_cpu_memory")]
+    no_low_cpu_memory: bool,
+    /// Read weights to the GPU (ignored, with a warning).
+    #[arg(long, hide = true, overrides_with = "no_read_to_gpu")]
+    read_to_gpu: bool,
+    #[arg(long, hide = true, overrides_with = "read_to_gpu")]
+    no_read_to_gpu: bool,
+    /// Multi-GPU execution (ignored, with a warning).
+    #[arg(long, hide = true, overrides_with = "no_multi_gpu")]
+    multi_gpu: bool,
+    #[arg(long, hide = true, overrides_with = "multi_gpu")]
+    no_multi_gpu: bool,
+    /// All the GPU flags at once (ignored, with a warning). mergekit has no `--no-` form.
+    #[arg(long, hide = true)]
+    gpu_rich: bool,
+    /// Lazy unpickler (ignored, with a warning: pickle inputs are refused by name).
+    #[arg(long, hide = true, overrides_with = "no_lazy_unpickle")]
+    lazy_unpickle: bool,
+    #[arg(long, hide = true, overrides_with = "lazy_unpickle")]
+    no_lazy_unpickle: bool,
+    /// Clone tensors before saving: amalgam always writes each tensor's own bytes.
+    #[arg(long, hide = true, overrides_with = "no_clone_tensors")]
+    clone_tensors: bool,
+    #[arg(long, hide = true, overrides_with = "clone_tensors")]
+    no_clone_tensors: bool,
+    /// Trust remote code: amalgam never runs model code (it reads config.json itself).
+    #[arg(long, hide = true, overrides_with = "no_trust_remote_code")]
+    trust_remote_code: bool,
+    #[arg(long, hide = true, overrides_with = "trust_remote_code")]
+    no_trust_remote_code: bool,
+    /// Asynchronous shard writing: amalgam always writes as it merges.
+    #[arg(long, hide = true, overrides_with = "no_async_write")]
+    async_write: bool,
+    #[arg(long, hide = true, overrides_with = "async_write")]
+    no_async_write: bool,
+    /// Writer threads of --async-write: amalgam's writes happen on the merge threads (-j).
     #[arg(long, hide = true)]
     write_threads: Option<usize>,
-    /// Accepted for mergekit compatibility; use --hf-cache.
-    #[arg(long, hide = true)]
-    transformers_cache: Option<PathBuf>,
-    /// Not supported yet: pickle output.
-    #[arg(long, hide = true)]
-    no_safe_serialization: bool,
-    /// Not supported yet: LoRA inputs.
-    #[arg(long, hide = true)]
-    lora_merge_cache: Option<PathBuf>,
-    /// Not supported yet.
-    #[arg(long, hide = true)]
-    unsafe_truncate_embeddings: bool,
+}
+
+impl MergekitOnly {
+    /// The given flags that ask for something amalgam does not do (GPU, pickle reading), for
+    /// one warning. The others have no observable effect in mergekit either, for the configs
+    /// amalgam accepts, and pass silently.
+    fn ignored(&self) -> Vec<String> {
+        let mut v: Vec<String> = [
+            (self.cuda, "--cuda"),
+            (self.low_cpu_memory, "--low-cpu-memory"),
+            (self.read_to_gpu, "--read-to-gpu"),
+            (self.multi_gpu, "--multi-gpu"),
+            (self.gpu_rich, "--gpu-rich"),
+            (self.lazy_unpickle, "--lazy-unpickle"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| f.to_string())
+        .collect();
+        if let Some(d) = self
+            .device
+            .as_deref()
+            .filter(|d| !d.eq_ignore_ascii_case("cpu"))
+        {
+            v.push(format!("--device {d}"));
+        }
+        v
+    }
 }
 
 #[derive(Args)]
@@ -201,8 +286,8 @@ struct VerifyArgs {
     /// Seed the model was made with (random methods).
     #[arg(long)]
     random_seed: Option<u64>,
-    /// Hugging Face cache folder.
-    #[arg(long)]
+    /// Hugging Face hub cache folder (`--transformers-cache` is mergekit's name for it).
+    #[arg(long, visible_alias = "transformers-cache", value_name = "DIR")]
     hf_cache: Option<PathBuf>,
     /// Threads.
     #[arg(short = 'j', long = "num-threads")]
@@ -255,32 +340,6 @@ fn setup_threads(n: Option<usize>) -> Result<()> {
     Ok(())
 }
 
-fn progress(
-    quiet: bool,
-    total_bytes: Option<u64>,
-    tensors: usize,
-) -> (
-    Option<amalgam_engine::ProgressFn>,
-    Option<indicatif::ProgressBar>,
-) {
-    if quiet || !std::io::stderr().is_terminal() {
-        return (None, None);
-    }
-    let pb = indicatif::ProgressBar::new(total_bytes.unwrap_or(0));
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    let pb2 = pb.clone();
-    let f: amalgam_engine::ProgressFn = Arc::new(move |b, t| {
-        pb2.set_position(b);
-        pb2.set_message(format!("{t}/{tensors} tensors"));
-    });
-    (Some(f), Some(pb))
-}
-
 fn cwd() -> PathBuf {
     std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }
@@ -289,33 +348,19 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     if a.no_safe_serialization {
         bail!("--no-safe-serialization (pickle output) is not supported yet; amalgam writes safetensors");
     }
-    if a.lora_merge_cache.is_some() {
-        bail!("--lora-merge-cache: LoRA inputs are not supported yet");
-    }
     if a.unsafe_truncate_embeddings {
         bail!("--unsafe-truncate-embeddings is not supported yet");
     }
-    for (on, flag) in [
-        (a.lazy_unpickle, "--lazy-unpickle"),
-        (a.cuda, "--cuda"),
-        (a.low_cpu_memory, "--low-cpu-memory"),
-        (a.read_to_gpu, "--read-to-gpu"),
-        (a.multi_gpu, "--multi-gpu"),
-        (a.gpu_rich, "--gpu-rich"),
-        (a.async_write, "--async-write"),
-        (a.clone_tensors, "--clone-tensors"),
-        (a.trust_remote_code, "--trust-remote-code"),
-        (a.device.is_some(), "--device"),
-        (a.write_threads.is_some(), "--write-threads"),
-        (a.transformers_cache.is_some(), "--transformers-cache"),
-    ] {
-        if on {
-            eprintln!(
-                "warning: {flag} does not apply to amalgam (streaming, CPU only) and is ignored"
-            );
-        }
+    let ignored = a.mergekit_only.ignored();
+    if !ignored.is_empty() {
+        eprintln!(
+            "warning: {} ignored: amalgam streams on the CPU and reads only safetensors",
+            ignored.join(", ")
+        );
     }
     setup_threads(a.common.num_threads)?;
+    let quiet = a.common.quiet;
+    let progress = progress::Progress::new(!quiet);
     let (loaded, printed) = load_config(&a.config, a.strict, a.common.mergekit_version, registry)?;
     let opts = MergeOptions {
         plan: PlanOptions {
@@ -330,39 +375,97 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
         seed: a.random_seed,
         progress: None,
     };
+    // Refuse an occupied output folder before the models are opened: a rerun of a merge is the
+    // usual way to meet this, and it should not wait for the plan to say so.
+    check_output(&a.out_path, a.overwrite)?;
     // Plan first (headers only) so the progress bar knows the total, then run that plan.
-    let plan = amalgam_engine::plan(&loaded, registry, &opts.plan)
-        .with_context(|| format!("merging {}", a.config.display()))?;
-    let (cb, pb) = progress(a.common.quiet, Some(plan.output_bytes()), plan.ops.len());
+    progress.phase("resolving models and planning");
+    let plan = amalgam_engine::plan(&loaded, registry, &opts.plan)?;
+    let target = output::Target::prepare(&a.out_path, a.overwrite)?;
+    let cb = progress.tensors(
+        "merging",
+        plan.output_bytes(),
+        plan.ops.len(),
+        "writing config.json, tokenizer and model card",
+    );
     let report = amalgam_engine::merge_plan(
         plan,
         &loaded.text,
-        &a.out_path,
+        &target.merge_into,
         &MergeOptions {
             progress: cb,
             ..opts
         },
-    )
-    .with_context(|| format!("merging {}", a.config.display()))?;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    )?;
+    let path = target.commit(report.path.clone())?;
+    progress.finish();
     for w in report.warnings.iter().filter(|w| !printed.contains(w)) {
         eprintln!("warning: {w}");
     }
     if let (Some(seed), None) = (report.seed, a.random_seed) {
         eprintln!("random seed: {seed} (pass --random-seed {seed} to reproduce this run)");
     }
-    if !a.common.quiet {
+    if !quiet {
         eprintln!(
-            "wrote {} tensors ({} bytes) to {}",
+            "wrote {} tensors ({}) to {} in {}",
             report.tensors,
-            report.bytes,
-            report.path.display()
+            human_bytes(report.bytes),
+            path.display(),
+            progress::format_secs(progress.elapsed().as_secs_f64())
         );
     }
     Ok(())
 }
+
+/// The writer's own check (an occupied folder is refused), made before planning so that the
+/// message can name `--overwrite`.
+fn check_output(out: &Path, overwrite: bool) -> Result<()> {
+    if overwrite {
+        return Ok(());
+    }
+    let occupied = match std::fs::symlink_metadata(out) {
+        Err(_) => false,
+        Ok(m) if m.is_dir() => std::fs::read_dir(out).map_or(true, |mut d| d.next().is_some()),
+        Ok(_) => true,
+    };
+    if occupied {
+        bail!(
+            "{}: output folder exists and is not empty; choose a new path, remove it, or pass \
+             --overwrite to replace it",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `1.2 GB`, `340 kB`: decimal units, as file managers and the Hub show sizes.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < UNITS.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Config diagnostics, already rendered one per line as `file:line:col: error: ...`: printed as
+/// they are, without a second `error:` in front.
+#[derive(Debug)]
+struct Rendered(String);
+
+impl std::fmt::Display for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Rendered {}
 
 /// Loads and validates a config (schema, method, parameters) before any model is opened, so
 /// config mistakes are reported with their line and column. Prints warnings; returns the
@@ -373,18 +476,25 @@ fn load_config(
     compat: Compat,
     registry: &Registry,
 ) -> Result<(amalgam_config::LoadedConfig, Vec<String>)> {
-    let loaded = amalgam_config::load(path).map_err(|e| anyhow!("{e}"))?;
+    let loaded = match amalgam_config::load(path) {
+        Ok(l) => l,
+        Err(e @ amalgam_config::ConfigError::Invalid { .. }) => {
+            return Err(Rendered(e.to_string()).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
     let diags = amalgam_config::validate(&loaded, &registry.infos(), strict, compat);
-    let errors: Vec<String> = diags
+    let rendered: Vec<String> = diags.iter().map(|d| d.render(Some(path))).collect();
+    if diags
         .iter()
-        .filter(|d| d.severity == amalgam_config::Severity::Error)
-        .map(|d| d.render(Some(path)))
-        .collect();
-    if !errors.is_empty() {
-        bail!("{}", errors.join("\n"));
+        .any(|d| d.severity == amalgam_config::Severity::Error)
+    {
+        // Warnings too, in file order: a "did you mean" on a misspelt key is often the
+        // reason for the error that follows, and `validate` shows both.
+        return Err(Rendered(rendered.join("\n")).into());
     }
-    for d in &diags {
-        eprintln!("{}", d.render(Some(path)));
+    for r in &rendered {
+        eprintln!("{r}");
     }
     Ok((loaded, diags.into_iter().map(|d| d.message).collect()))
 }
@@ -460,12 +570,15 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
             .map_err(|_| anyhow!("--expert must be a number or `all`, got `{}`", a.expert))?;
         vec![(k, a.out_path.clone())]
     };
+    let progress = progress::Progress::new(!a.common.quiet);
     for (k, out) in experts {
+        progress.phase(&format!("extracting expert {k}"));
         let p = amalgam_engine::unmix(&src, &out, k, &opts)?;
         if !a.common.quiet {
-            eprintln!("expert {k} -> {}", p.display());
+            progress.note(&format!("expert {k} -> {}", p.display()));
         }
     }
+    progress.finish();
     Ok(())
 }
 
@@ -487,6 +600,7 @@ fn count_experts(src: &Path) -> Result<usize> {
 
 fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
     setup_threads(a.num_threads)?;
+    let progress = progress::Progress::new(!a.json);
     let (loaded, _) = load_config(
         &a.config,
         a.strict,
@@ -499,35 +613,155 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         base_dir: cwd(),
         hf_cache: a.hf_cache.clone(),
     };
+    // The plan verify will make, made here too (headers only) to tell the tensors the config
+    // produces from those only the model has, and to size the work for the user.
+    progress.phase("resolving models and planning");
+    let compat = a
+        .mergekit_version
+        .or_else(|| recorded_version(&a.model_path))
+        .unwrap_or_default();
+    let plan = amalgam_engine::plan(
+        &loaded,
+        registry,
+        &PlanOptions {
+            compat,
+            ..opts.clone()
+        },
+    )?;
+    let planned: std::collections::HashSet<String> =
+        plan.ops.iter().map(|o| o.out_name.clone()).collect();
+    // amalgam_engine::verify takes no progress callback yet: a spinner with the elapsed time.
+    progress.phase(&format!(
+        "recomputing {} tensors ({}) and comparing",
+        plan.ops.len(),
+        human_bytes(plan.output_bytes())
+    ));
+    drop(plan);
     let report = amalgam_engine::verify(
         &loaded,
         &a.model_path,
         registry,
         &opts,
-        a.mergekit_version,
+        Some(compat),
         a.random_seed,
     )?;
+    progress.finish();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        for d in &report.diffs {
-            match &d.problem {
-                Some(p) => println!("DIFF {}: {p}", d.tensor),
-                None => println!(
-                    "DIFF {}: {} of {} elements differ",
-                    d.tensor, d.differing_elements, d.elements
-                ),
-            }
-        }
-        println!(
-            "{}: {} tensors checked with mergekit {} arithmetic, {} differ",
-            if report.ok() { "OK" } else { "MISMATCH" },
-            report.tensors,
-            report.mergekit_version,
-            report.diffs.len()
-        );
+        return Ok(report.ok());
     }
+    let (mut differ, mut extra) = (0usize, 0usize);
+    for d in &report.diffs {
+        if planned.contains(&d.tensor) {
+            differ += 1;
+        } else {
+            extra += 1;
+        }
+        match &d.problem {
+            Some(p) => println!("DIFF {}: {p}", d.tensor),
+            None => println!(
+                "DIFF {}: {} of {} elements differ",
+                d.tensor, d.differing_elements, d.elements
+            ),
+        }
+    }
+    let mut summary = format!(
+        "{}: {} tensors recomputed with mergekit {} arithmetic, ",
+        if report.ok() { "OK" } else { "MISMATCH" },
+        report.tensors,
+        report.mergekit_version
+    );
+    if differ == 0 {
+        summary.push_str("all identical");
+    } else {
+        summary.push_str(&format!("{differ} differ"));
+    }
+    if extra > 0 {
+        summary.push_str(&format!(
+            "; {extra} more in the model are not produced by the config"
+        ));
+    }
+    println!(
+        "{summary} ({})",
+        progress::format_secs(progress.elapsed().as_secs_f64())
+    );
     Ok(report.ok())
+}
+
+/// The mergekit version a folder's index records (`metadata.mergekit_version`), which is what
+/// `verify` uses when `--mergekit-version` is not given.
+fn recorded_version(folder: &Path) -> Option<Compat> {
+    let text = std::fs::read_to_string(folder.join("model.safetensors.index.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Compat::parse(v.get("metadata")?.get("mergekit_version")?.as_str()?)
+}
+
+/// The message for a failed command: `error: ` once, then the error and its causes, each cause
+/// only if its text is not already in what precedes it. (Library errors often embed their
+/// source in their own message, `{path}: {source}`, and also report it as their source, so
+/// printing the chain as is says everything twice.) Config diagnostics carry their own
+/// `file:line:col: error:` prefixes and are printed as they are. Known dead ends get a hint.
+fn render_error(e: &anyhow::Error) -> String {
+    if let Some(r) = e.chain().find_map(|c| c.downcast_ref::<Rendered>()) {
+        return r.0.clone();
+    }
+    if let Some(c @ amalgam_config::ConfigError::Invalid { .. }) = config_error(e) {
+        return c.to_string();
+    }
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    if let Some(amalgam_io::Error::Unresolved { reference, looked }) = io_error(e) {
+        let id = reference.split('@').next().unwrap_or(reference);
+        if looked.contains("models--") {
+            // A Hub id that is not in the cache.
+            msg.push_str(&format!(
+                "\nhint: amalgam does not download models: download it first (`hf download \
+                 {id}`, or `huggingface-cli download {id}`), or point --hf-cache (mergekit's \
+                 --transformers-cache) at the cache folder that holds it"
+            ));
+        } else {
+            // A path: the usual cause is running from another folder than the config expects.
+            msg.push_str(
+                "\nhint: relative model paths are taken from the working directory, as in \
+                 mergekit, not from the config's folder: run amalgam from the folder the \
+                 config's paths start from",
+            );
+        }
+    }
+    format!("error: {msg}")
+}
+
+/// The I/O-layer error in `e`'s chain, also when the engine wraps it transparently (then it
+/// is not a link of the chain itself).
+fn io_error(e: &anyhow::Error) -> Option<&amalgam_io::Error> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<amalgam_io::Error>().or_else(|| {
+            match c.downcast_ref::<amalgam_engine::EngineError>() {
+                Some(amalgam_engine::EngineError::Io(inner)) => Some(inner),
+                _ => None,
+            }
+        })
+    })
+}
+
+/// The config error in `e`'s chain, also when the engine wraps it transparently.
+fn config_error(e: &anyhow::Error) -> Option<&amalgam_config::ConfigError> {
+    e.chain().find_map(|c| {
+        c.downcast_ref::<amalgam_config::ConfigError>()
+            .or_else(|| match c.downcast_ref::<amalgam_engine::EngineError>() {
+                Some(amalgam_engine::EngineError::Config(inner)) => Some(inner),
+                _ => None,
+            })
+    })
 }
 
 /// Runs the `amalgam` command line on the process arguments with `registry`'s methods: the
@@ -537,10 +771,11 @@ pub fn main_with(registry: Registry) -> ExitCode {
 }
 
 /// Runs the `amalgam` command line on `args` (the program name first, as in
-/// `std::env::args_os()`) with `registry`'s methods, and returns the exit status: 0 success,
-/// 1 a negative answer (`validate` found an invalid config, `verify` a mismatch), 2 an error.
-/// Argument errors and `--help` print as clap does and return its status instead of exiting,
-/// so this can be called from tests.
+/// `std::env::args_os()`) with `registry`'s methods, and returns the exit status, mergekit's
+/// convention: 0 success, 1 the command failed (a merge error, an invalid config for
+/// `validate`, a mismatch or an error for `verify`), 2 bad usage (an unknown flag, a missing
+/// argument: clap's own status). Argument errors and `--help` print as clap does and return its
+/// status instead of exiting, so this can be called from tests.
 pub fn run_with_registry<I, T>(args: I, registry: Registry) -> ExitCode
 where
     I: IntoIterator<Item = T>,
@@ -558,11 +793,16 @@ where
         1 => "info",
         _ => "debug",
     };
+    // Log lines are for people: no timestamps (the bar has the elapsed time), module paths only
+    // at -vv, colour only on a terminal without NO_COLOR.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(progress::log_writer)
+        .with_ansi(progress::color_enabled())
+        .without_time()
+        .with_target(cli.verbose >= 2)
         .try_init();
     let result = match cli.command {
         Command::Merge(a) => run_merge(a, &registry).map(|_| true),
@@ -582,8 +822,8 @@ where
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            eprintln!("{}", render_error(&e));
+            ExitCode::from(1)
         }
     }
 }

@@ -14,6 +14,12 @@ pub fn run(configs: &[PathBuf], strict: bool, compat: Compat, registry: &Registr
         let diags = match amalgam_config::load(path) {
             Ok(loaded) => amalgam_config::validate(&loaded, &schemas, strict, compat),
             Err(amalgam_config::ConfigError::Invalid { diagnostics, .. }) => diagnostics,
+            Err(amalgam_config::ConfigError::Io { source, .. }) => {
+                // The message of `ConfigError::Io` names the file too: said once.
+                all_ok = false;
+                println!("{}: error: cannot read: {source}", path.display());
+                continue;
+            }
             Err(e) => {
                 all_ok = false;
                 println!("{}: error: {e}", path.display());

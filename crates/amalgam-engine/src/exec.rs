@@ -18,8 +18,8 @@ use amalgam_io::{convert, DType, OutputWriter};
 use amalgam_methods::{rng::Mt19937, MergeArgs, MergeInput, Tensor};
 use rayon::prelude::*;
 
-use crate::plan::{Op, Plan};
 use crate::error::{EngineError, Result};
+use crate::plan::{Op, Plan};
 
 /// Elements per chunk of an elementwise merge: small enough that every input's chunk stays in
 /// the CPU cache between decoding and merging.

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use amalgam_io::OutputWriter;
 
+use crate::error::Result;
 use crate::exec::{self, ExecOptions};
 use crate::plan::Plan;
-use crate::error::Result;
 
 /// Which of the donor's tokenizer files to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

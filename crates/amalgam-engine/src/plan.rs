@@ -10,8 +10,8 @@ use amalgam_io::{DType, IndexStyle, PlannedTensor, ShardLayout, ShardRule, Shard
 use amalgam_methods::{Compat, MergeMethod, ParamValues};
 use serde_json::Value as Json;
 
-use crate::source::Source;
 use crate::error::Result;
+use crate::source::Source;
 
 /// mergekit's default `--out-shard-size` (5B: bytes since 2024-05, elements before).
 pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;

@@ -15,9 +15,9 @@ use amalgam_methods::{
 };
 
 use crate::arch;
+use crate::error::{EngineError, Result};
 use crate::plan::{Model, Op, OpInput, Plan};
 use crate::source::Source;
-use crate::error::{EngineError, Result};
 
 /// Options that change the plan.
 #[derive(Debug, Clone, Default)]

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use amalgam_io::{DType, ModelFolder};
 use amalgam_methods::{Compat, ParamValues};
 
+use crate::error::Result;
 use crate::exec::ExecOptions;
 use crate::model_config::{mistral_config, read_config};
 use crate::output::{write_plan, OutputFiles, TokenizerCopy};
 use crate::plan::{Model, Op, OpInput, Plan};
 use crate::source::Source;
-use crate::error::Result;
 
 /// Options of [`unmix`].
 #[derive(Clone, Default)]

@@ -9,10 +9,10 @@ use amalgam_config::LoadedConfig;
 use amalgam_io::ModelFolder;
 use amalgam_methods::{Compat, Registry};
 
+use crate::error::{EngineError, Result};
 use crate::exec::{self, ExecOptions, Sink};
 use crate::plan::Op;
 use crate::planner::PlanOptions;
-use crate::error::{EngineError, Result};
 
 /// How one tensor differs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

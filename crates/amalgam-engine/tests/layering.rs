@@ -23,7 +23,12 @@ fn imports(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                 .collect();
             // Items of the root (re-exports) would hide a path back up: only modules count, and
             // every module is lowercase.
-            if module.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && module != name {
+            if module
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase())
+                && module != name
+            {
                 deps.insert(module);
             }
         }
