@@ -767,7 +767,52 @@ fn config_error(e: &anyhow::Error) -> Option<&amalgam_config::ConfigError> {
 /// Runs the `amalgam` command line on the process arguments with `registry`'s methods: the
 /// whole of a custom binary's `main`.
 pub fn main_with(registry: Registry) -> ExitCode {
+    install_signal_cleanup();
     run_with_registry(std::env::args_os(), registry)
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP remove the temporary folders of unfinished outputs (which
+/// can hold hundreds of megabytes, and were left behind by an interrupted merge), then exit
+/// with 128 + the signal number (130, 143, 129), as a shell reports a process killed by it.
+/// The signals are received on a thread of their own (`signal-hook`'s iterator), so the
+/// cleanup is ordinary code, not async-signal-safe code. Installed by [`main_with`] only: the
+/// command line run from tests ([`run_with_registry`]) leaves the process's signals alone.
+pub fn install_signal_cleanup() {
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            return;
+        };
+        let _ = std::thread::Builder::new()
+            .name("amalgam-signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    let removed = amalgam_io::remove_temp_folders();
+                    let name = match sig {
+                        SIGINT => "SIGINT",
+                        SIGTERM => "SIGTERM",
+                        _ => "SIGHUP",
+                    };
+                    eprintln!(
+                        "amalgam: interrupted by {name}; {}",
+                        if removed.is_empty() {
+                            "nothing to clean up".to_string()
+                        } else {
+                            format!(
+                                "removed the unfinished output ({})",
+                                removed
+                                    .iter()
+                                    .map(|p| amalgam_io::display::safe_path(p).to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        }
+                    );
+                    std::process::exit(128 + sig);
+                }
+            });
+    }
 }
 
 /// Runs the `amalgam` command line on `args` (the program name first, as in

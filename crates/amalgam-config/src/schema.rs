@@ -53,23 +53,32 @@ pub(crate) fn parse(text: &str) -> Result<LoadedConfig, ConfigError> {
         }
         Some(root) => cx.top(root),
     };
+    // The shortest path of each location, computed once: looking it up by a scan of every
+    // location for each duplicate made many duplicates in a wide mapping quadratic.
+    let mut path_at: std::collections::HashMap<Location, &str> = std::collections::HashMap::new();
+    if !doc.duplicates.is_empty() {
+        for (p, l) in &cx.locations {
+            let slot = path_at.entry(*l).or_insert(p.as_str());
+            if p.len() < slot.len() {
+                *slot = p.as_str();
+            }
+        }
+    }
+    let mut dup_warnings = Vec::new();
     for d in &doc.duplicates {
-        let map_path = cx
-            .locations
-            .iter()
-            .filter(|(_, l)| **l == d.map_loc)
-            .map(|(p, _)| p.as_str())
-            .min_by_key(|p| p.len())
-            .unwrap_or("");
-        cx.warn(
-            &child(map_path, &d.key),
+        let map_path = path_at.get(&d.map_loc).copied().unwrap_or("");
+        dup_warnings.push((
+            child(map_path, &d.key),
             d.again,
             format!(
                 "duplicate key `{}` (first at line {}): mergekit (PyYAML) silently keeps this \
                  last value; remove one of them",
                 d.key, d.first.line
             ),
-        );
+        ));
+    }
+    for (path, at, message) in dup_warnings {
+        cx.warn(&path, at, message);
     }
     cx.diags.sort_by_key(|d| (d.severity, d.location));
     match config {
@@ -111,19 +120,23 @@ fn index(path: &str, i: usize) -> String {
     format!("{path}[{i}]")
 }
 
-/// The Levenshtein distance, for "did you mean" hints.
+/// The Levenshtein distance, for "did you mean" hints. Two rows reused for the whole table:
+/// it runs once per unknown key and known name, so a config with 100k unknown keys made
+/// millions of small allocations when each row was a new vector.
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur: Vec<usize> = Vec::with_capacity(b.len() + 1);
     for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
+        cur.clear();
+        cur.push(i + 1);
         for (j, cb) in b.iter().enumerate() {
             let sub = prev.get(j).copied().unwrap_or(0) + usize::from(ca != *cb);
             let del = prev.get(j + 1).copied().unwrap_or(0) + 1;
             let ins = cur.get(j).copied().unwrap_or(0) + 1;
             cur.push(sub.min(del).min(ins));
         }
-        prev = cur;
+        std::mem::swap(&mut prev, &mut cur);
     }
     prev.last().copied().unwrap_or(0)
 }
@@ -135,10 +148,11 @@ pub(crate) fn closest<'a>(
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
     let norm = |s: &str| s.to_ascii_lowercase().replace('-', "_");
+    let word_norm = norm(word);
     candidates
         .into_iter()
         .map(|c| {
-            let d = if norm(c) == norm(word) {
+            let d = if norm(c) == word_norm {
                 0
             } else {
                 edit_distance(word, c)

@@ -8,6 +8,8 @@
 //! for every event) and resolves plain scalars with PyYAML's implicit-resolver rules. The
 //! positions are what lets every schema error point at a line and column.
 
+use std::collections::HashMap;
+
 use yaml_rust2::parser::{Event, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
@@ -106,25 +108,95 @@ fn loc(m: &Marker) -> Location {
 /// pattern) would exhaust memory; real configs have a few thousand nodes at most.
 pub(crate) const MAX_NODES: usize = 1_000_000;
 
+/// Deepest nesting of collections accepted. The tree is built (and dropped) recursively, so
+/// without a bound a 16 KB line of `- - - ...` would overflow the stack and abort the process.
+/// yaml-rust2 already stops *flow* nesting (`[[[...`) at 255 levels; this bound covers block
+/// nesting too. PyYAML's recursive composer gives up a little deeper (Python's recursion
+/// limit, about 490 levels); real merge configs nest fewer than ten.
+pub(crate) const MAX_DEPTH: usize = 200;
+
 /// Parses `text` as exactly one YAML document.
+///
+/// As PyYAML does for a `str` (mergekit opens the file as UTF-8 text): one byte order mark at
+/// the very start is skipped, and a character PyYAML's reader calls non-printable (NUL and the
+/// other control characters but tab and line breaks, U+FFFE, U+FFFF) is an error, raised
+/// before any parsing, like its reader does.
 pub(crate) fn load(text: &str) -> Result<Document, YamlError> {
+    let text = text.strip_prefix('\u{FEFF}').unwrap_or(text);
+    check_printable(text)?;
     let mut parser = Parser::new_from_str(text);
     let mut b = Builder {
         parser: &mut parser,
-        anchors: Vec::new(),
+        anchors: HashMap::new(),
         duplicates: Vec::new(),
         nodes: 0,
+        depth: 0,
     };
     b.stream()
 }
 
+/// Whether PyYAML's reader accepts `c` (its `NON_PRINTABLE` set, negated).
+fn is_printable(c: char) -> bool {
+    matches!(c,
+        '\t' | '\n' | '\r' | '\u{20}'..='\u{7E}' | '\u{85}' | '\u{A0}'..='\u{D7FF}'
+        | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+}
+
+/// The first character PyYAML's reader refuses, with its position.
+fn check_printable(text: &str) -> Result<(), YamlError> {
+    let Some((at, c)) = text.char_indices().find(|&(_, c)| !is_printable(c)) else {
+        return Ok(());
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+    Err(YamlError {
+        loc: Location { line, column },
+        message: format!(
+            "unacceptable character #x{:04X}: control characters are not allowed in YAML \
+             (mergekit's loader, PyYAML, rejects them too)",
+            c as u32
+        ),
+    })
+}
+
+/// A mapping key reduced to what decides whether two keys are the same one, so duplicates are
+/// found with a hash lookup instead of a scan of the keys seen so far (which made a mapping of
+/// 100k keys take half a minute). Two keys get the same `KeyId` exactly when their [`Kind`]s
+/// compare equal: `0.0` and `-0.0` are one key, and a NaN key equals nothing (`None`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum KeyId {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(u64),
+    Str(String),
+    Other(&'static str, String),
+}
+
+fn key_id(k: &Kind) -> Option<KeyId> {
+    Some(match k {
+        Kind::Null => KeyId::Null,
+        Kind::Bool(b) => KeyId::Bool(*b),
+        Kind::Int(i) => KeyId::Int(*i),
+        Kind::Float(x) if x.is_nan() => return None,
+        Kind::Float(x) => KeyId::Float(if *x == 0.0 { 0 } else { x.to_bits() }),
+        Kind::Str(s) => KeyId::Str(s.clone()),
+        Kind::Other { what, text } => KeyId::Other(what, text.clone()),
+        Kind::Seq(_) | Kind::Map(_) => return None,
+    })
+}
+
 struct Builder<'p, 'a> {
     parser: &'p mut Parser<std::str::Chars<'a>>,
-    /// Anchored nodes: (anchor id, node, its size in nodes).
-    anchors: Vec<(usize, Node, usize)>,
+    /// Anchored nodes by anchor id (the latest definition wins): (node, its size in nodes).
+    anchors: HashMap<usize, (Node, usize)>,
     duplicates: Vec<Duplicate>,
     /// Nodes built so far (see [`MAX_NODES`]).
     nodes: usize,
+    /// Collections open around the node being built (see [`MAX_DEPTH`]).
+    depth: usize,
 }
 
 impl Builder<'_, '_> {
@@ -184,7 +256,7 @@ impl Builder<'_, '_> {
     fn remember(&mut self, anchor: usize, node: &Node, start: usize) {
         if anchor > 0 {
             let size = self.nodes.saturating_sub(start);
-            self.anchors.push((anchor, node.clone(), size));
+            self.anchors.insert(anchor, (node.clone(), size));
         }
     }
 
@@ -222,21 +294,46 @@ impl Builder<'_, '_> {
                     loc: at,
                     message: "unknown alias".into(),
                 };
-                let found = self.anchors.iter().rposition(|(a, _, _)| *a == id);
-                let size = found
-                    .and_then(|i| self.anchors.get(i))
-                    .map(|(_, _, size)| *size)
+                let size = self
+                    .anchors
+                    .get(&id)
+                    .map(|(_, size)| *size)
                     .ok_or_else(unknown)?;
                 // Counted before the copy is made.
                 self.count(size, at)?;
-                found
-                    .and_then(|i| self.anchors.get(i))
-                    .map(|(_, n, _)| Node {
+                self.anchors
+                    .get(&id)
+                    .map(|(n, _)| Node {
                         kind: n.kind.clone(),
                         loc: at,
                     })
                     .ok_or_else(unknown)
             }
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                if self.depth >= MAX_DEPTH {
+                    return Err(YamlError {
+                        loc: at,
+                        message: format!(
+                            "lists and mappings are nested more than {MAX_DEPTH} levels deep \
+                             here (recursion limit exceeded); a merge config needs a few levels"
+                        ),
+                    });
+                }
+                self.depth += 1;
+                let node = self.collection(ev, at, start);
+                self.depth -= 1;
+                node
+            }
+            other => Err(YamlError {
+                loc: at,
+                message: format!("unexpected YAML event {other:?}"),
+            }),
+        }
+    }
+
+    /// A sequence or mapping whose start event `ev` was at `at`.
+    fn collection(&mut self, ev: Event, at: Location, start: usize) -> Result<Node, YamlError> {
+        match ev {
             Event::SequenceStart(anchor, _) => {
                 let mut items = Vec::new();
                 loop {
@@ -257,8 +354,8 @@ impl Builder<'_, '_> {
                 Ok(node)
             }
             Event::MappingStart(anchor, _) => {
-                let mut entries: Vec<(Node, Node)> = Vec::new();
-                let mut merged: Vec<(Node, Node)> = Vec::new();
+                let mut entries = Entries::default();
+                let mut merged = Entries::default();
                 let dups_before = self.duplicates.len();
                 loop {
                     let (ev, m) = self.next()?;
@@ -283,14 +380,18 @@ impl Builder<'_, '_> {
                     self.insert(&mut entries, key, value, at);
                 }
                 // YAML merge keys (`<<`): explicit keys win over merged ones.
-                let first_key = entries.first().or(merged.first()).map(|(k, _)| k.loc);
+                let first_key = entries
+                    .list
+                    .first()
+                    .or(merged.list.first())
+                    .map(|(k, _)| k.loc);
                 let mut all = Vec::new();
-                for (k, v) in merged {
-                    if !entries.iter().any(|(e, _)| e.kind == k.kind) {
+                for (k, v) in merged.list {
+                    if !entries.contains(&k.kind) {
                         all.push((k, v));
                     }
                 }
-                all.extend(entries);
+                all.extend(entries.list);
                 let loc = first_key.map_or(at, |k| at.min(k));
                 for d in self.duplicates.iter_mut().skip(dups_before) {
                     if d.map_loc == at {
@@ -311,8 +412,8 @@ impl Builder<'_, '_> {
         }
     }
 
-    fn insert(&mut self, entries: &mut Vec<(Node, Node)>, key: Node, value: Node, map: Location) {
-        if let Some(slot) = entries.iter_mut().find(|(k, _)| k.kind == key.kind) {
+    fn insert(&mut self, entries: &mut Entries, key: Node, value: Node, map: Location) {
+        if let Some(slot) = entries.find_mut(&key.kind) {
             self.duplicates.push(Duplicate {
                 key: key_text(&key.kind),
                 first: slot.0.loc,
@@ -322,12 +423,37 @@ impl Builder<'_, '_> {
             // Python dicts keep the first position and take the last value.
             slot.1 = value;
         } else {
-            entries.push((key, value));
+            entries.push(key, value);
         }
     }
 }
 
-fn merge_into(merged: &mut Vec<(Node, Node)>, value: Node) -> Result<(), YamlError> {
+/// The entries of a mapping being built, in insertion order, with a hash index of their keys.
+#[derive(Default)]
+struct Entries {
+    list: Vec<(Node, Node)>,
+    index: HashMap<KeyId, usize>,
+}
+
+impl Entries {
+    fn find_mut(&mut self, k: &Kind) -> Option<&mut (Node, Node)> {
+        let i = *self.index.get(&key_id(k)?)?;
+        self.list.get_mut(i)
+    }
+
+    fn contains(&self, k: &Kind) -> bool {
+        key_id(k).is_some_and(|id| self.index.contains_key(&id))
+    }
+
+    fn push(&mut self, key: Node, value: Node) {
+        if let Some(id) = key_id(&key.kind) {
+            self.index.insert(id, self.list.len());
+        }
+        self.list.push((key, value));
+    }
+}
+
+fn merge_into(merged: &mut Entries, value: Node) -> Result<(), YamlError> {
     let maps = match value.kind {
         Kind::Map(m) => vec![m],
         Kind::Seq(items) => {
@@ -356,8 +482,8 @@ fn merge_into(merged: &mut Vec<(Node, Node)>, value: Node) -> Result<(), YamlErr
     // In a list of merged mappings the earlier ones win.
     for m in maps {
         for (k, v) in m {
-            if !merged.iter().any(|(e, _)| e.kind == k.kind) {
-                merged.push((k, v));
+            if !merged.contains(&k.kind) {
+                merged.push(k, v);
             }
         }
     }

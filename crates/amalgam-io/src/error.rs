@@ -1,5 +1,7 @@
 use std::path::PathBuf;
 
+use crate::display::{safe, safe_path};
+
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -9,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system I/O error on a named path.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", safe_path(.path))]
     Io {
         /// The file or folder.
         path: PathBuf,
@@ -18,7 +20,8 @@ pub enum Error {
     },
     /// The file is shorter than the 8-byte header length prefix.
     #[error(
-        "{path}: not a safetensors file: {len} bytes is too short for the 8-byte header length"
+        "{}: not a safetensors file: {len} bytes is too short for the 8-byte header length",
+        safe_path(.path)
     )]
     TooShort {
         /// The file.
@@ -27,7 +30,7 @@ pub enum Error {
         len: u64,
     },
     /// The declared header length is larger than the limit or than the file.
-    #[error("{path}: header length {header_len} is invalid (file is {file_len} bytes, limit {limit}); the file is truncated or not safetensors")]
+    #[error("{}: header length {header_len} is invalid (file is {file_len} bytes, limit {limit}); the file is truncated or not safetensors", safe_path(.path))]
     HeaderLength {
         /// The file.
         path: PathBuf,
@@ -39,7 +42,7 @@ pub enum Error {
         limit: u64,
     },
     /// The header bytes are not UTF-8.
-    #[error("{path}: invalid safetensors header: not UTF-8 (first invalid byte at header offset {valid_up_to})")]
+    #[error("{}: invalid safetensors header: not UTF-8 (first invalid byte at header offset {valid_up_to})", safe_path(.path))]
     HeaderUtf8 {
         /// The file.
         path: PathBuf,
@@ -47,7 +50,7 @@ pub enum Error {
         valid_up_to: usize,
     },
     /// The header is not JSON of the expected shape.
-    #[error("{path}: invalid safetensors header: {reason}")]
+    #[error("{}: invalid safetensors header: {}", safe_path(.path), safe(.reason))]
     HeaderJson {
         /// The file.
         path: PathBuf,
@@ -55,7 +58,7 @@ pub enum Error {
         reason: String,
     },
     /// A tensor has a dtype this crate does not know.
-    #[error("{path}: tensor `{tensor}` has unknown dtype `{dtype}`")]
+    #[error("{}: tensor `{}` has unknown dtype `{}`", safe_path(.path), safe(.tensor), safe(.dtype))]
     UnknownDtype {
         /// The file.
         path: PathBuf,
@@ -65,7 +68,7 @@ pub enum Error {
         dtype: String,
     },
     /// shape x dtype size does not equal the byte span given by `data_offsets`.
-    #[error("{path}: tensor `{tensor}`: shape {shape:?} of {dtype} needs {expected} bytes but data_offsets span {actual}")]
+    #[error("{}: tensor `{}`: shape {shape:?} of {dtype} needs {expected} bytes but data_offsets span {actual}", safe_path(.path), safe(.tensor))]
     SizeMismatch {
         /// The file.
         path: PathBuf,
@@ -80,8 +83,9 @@ pub enum Error {
         /// Bytes given by the offsets.
         actual: u64,
     },
-    /// `data_offsets` point outside the data section or are reversed.
-    #[error("{path}: tensor `{tensor}`: data_offsets [{begin}, {end}] are outside the data section of {data_len} bytes (file truncated?)")]
+    /// `data_offsets` point past the end of the data section, or end before they begin (a
+    /// corrupt header, not a short file: the message says which).
+    #[error("{}: tensor `{}`: data_offsets [{begin}, {end}] {}", safe_path(.path), safe(.tensor), offsets_problem(*.begin, *.end, *.data_len))]
     OffsetsOutOfBounds {
         /// The file.
         path: PathBuf,
@@ -95,7 +99,7 @@ pub enum Error {
         data_len: u64,
     },
     /// Two tensors share bytes.
-    #[error("{path}: tensors `{first}` and `{second}` overlap in the data section")]
+    #[error("{}: tensors `{}` and `{}` overlap in the data section", safe_path(.path), safe(.first), safe(.second))]
     Overlap {
         /// The file.
         path: PathBuf,
@@ -105,7 +109,7 @@ pub enum Error {
         second: String,
     },
     /// Bytes of the data section belong to no tensor.
-    #[error("{path}: bytes {begin}..{end} of the data section belong to no tensor")]
+    #[error("{}: bytes {begin}..{end} of the data section belong to no tensor", safe_path(.path))]
     Hole {
         /// The file.
         path: PathBuf,
@@ -115,7 +119,7 @@ pub enum Error {
         end: u64,
     },
     /// The same tensor name appears twice in one header.
-    #[error("{path}: tensor `{tensor}` appears twice in the header")]
+    #[error("{}: tensor `{}` appears twice in the header", safe_path(.path), safe(.tensor))]
     DuplicateTensor {
         /// The file.
         path: PathBuf,
@@ -123,25 +127,25 @@ pub enum Error {
         tensor: String,
     },
     /// A model folder does not exist (or is not a folder).
-    #[error("{path}: model folder not found (or not a directory)")]
+    #[error("{}: model folder not found (or not a directory)", safe_path(.path))]
     MissingFolder {
         /// The path that was given.
         path: PathBuf,
     },
     /// A folder holds no loadable checkpoint.
-    #[error("{path}: no model found: expected model.safetensors or model.safetensors.index.json")]
+    #[error("{}: no model found: expected model.safetensors or model.safetensors.index.json", safe_path(.path))]
     NoModelFiles {
         /// The folder.
         path: PathBuf,
     },
     /// A folder holds only pickle checkpoints.
-    #[error("{path}: pickle checkpoints (pytorch_model*.bin) are not supported yet; convert the model to safetensors first")]
+    #[error("{}: pickle checkpoints (pytorch_model*.bin) are not supported yet; convert the model to safetensors first", safe_path(.path))]
     PickleNotSupported {
         /// The folder.
         path: PathBuf,
     },
     /// The index file is malformed or names missing shards.
-    #[error("{path}: invalid index: {reason}")]
+    #[error("{}: invalid index: {}", safe_path(.path), safe(.reason))]
     Index {
         /// The index file.
         path: PathBuf,
@@ -149,7 +153,7 @@ pub enum Error {
         reason: String,
     },
     /// A tensor was asked for that the model does not have.
-    #[error("{model}: tensor `{tensor}` not found")]
+    #[error("{}: tensor `{}` not found", safe_path(.model), safe(.tensor))]
     TensorNotFound {
         /// The model folder.
         model: PathBuf,
@@ -157,21 +161,51 @@ pub enum Error {
         tensor: String,
     },
     /// A model reference could not be resolved to a folder.
-    #[error("cannot find model `{reference}`; looked in:\n{looked}")]
+    #[error("cannot find model `{}`; looked in:\n{looked}", safe(.reference))]
     Unresolved {
         /// The reference as written.
         reference: String,
         /// Every place that was tried, one per line.
         looked: String,
     },
-    /// The output folder exists and is not empty.
-    #[error("{path}: output folder exists and is not empty; choose a new path or remove it")]
+    /// The output path exists and is not an empty folder.
+    #[error("{}: the output path exists and is {what}; choose a new path or remove it", safe_path(.path))]
     OutputExists {
-        /// The folder.
+        /// The path.
         path: PathBuf,
+        /// What is there ("a folder that is not empty", "a file", "a character device"...).
+        what: &'static str,
+    },
+    /// An index names a shard outside the model folder (`..`, an absolute path, or a symlink
+    /// leading out). Reading it would let a downloaded model make amalgam read any file.
+    #[error("{}: tensor `{}`: shard `{}` {why}; refused: an index may only name files inside the model folder {}", safe_path(.index), safe(.tensor), safe(.shard), safe_path(.root))]
+    ShardOutsideFolder {
+        /// The index file.
+        index: PathBuf,
+        /// The first tensor the index puts in that shard.
+        tensor: String,
+        /// The shard name as written in the index.
+        shard: String,
+        /// What is wrong with it.
+        why: String,
+        /// The folder it must stay in.
+        root: PathBuf,
+    },
+    /// A side file (tokenizer, config) is a symlink that resolves outside the model folder.
+    /// Side files are copied by content into an output folder that is usually published, so a
+    /// link to `/etc/shadow` or `/proc/self/environ` (which may hold `HF_TOKEN`) must not be
+    /// followed.
+    #[error("{}: a symlink to {}, outside the model folder {}; refused, as its content would be copied into the output (copy the file into the model folder if it is meant to be there)", safe_path(.path), safe_path(.target), safe_path(.root))]
+    SideFileOutsideFolder {
+        /// The side file in the model folder.
+        path: PathBuf,
+        /// Where it leads.
+        target: PathBuf,
+        /// The folder it must stay in (the repository folder for a Hugging Face cache snapshot).
+        root: PathBuf,
     },
     /// [`crate::OutputWriter::finish`] was called before every byte of a tensor was written.
-    #[error("{path}: tensor `{tensor}` is incomplete: {written} of {expected} bytes written")]
+    #[error("{}: tensor `{}` is incomplete: {written} of {expected} bytes written", safe_path(.path), safe(.tensor))]
     IncompleteTensor {
         /// The output folder.
         path: PathBuf,
@@ -185,6 +219,15 @@ pub enum Error {
     /// A conversion or write was asked for that is not possible.
     #[error("{0}")]
     Invalid(String),
+}
+
+/// What is wrong with a tensor's `data_offsets`.
+fn offsets_problem(begin: u64, end: u64, data_len: u64) -> String {
+    if begin > end {
+        "are reversed (the end is before the begin): the header is corrupt".into()
+    } else {
+        format!("are outside the data section of {data_len} bytes (file truncated?)")
+    }
 }
 
 impl Error {

@@ -1,7 +1,7 @@
 //! Model folders, found by mergekit's rules.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::{Error, Result, SafetensorsFile, TensorRef};
 
@@ -84,6 +84,8 @@ impl ModelFolder {
         let mut file_idx: HashMap<String, usize> = HashMap::new();
         let mut names = Vec::with_capacity(map.len());
         let mut by_name = HashMap::with_capacity(map.len());
+        // The folder shards must resolve into, computed at the first shard.
+        let mut root: Option<PathBuf> = None;
         for (tensor, shard) in map {
             let shard = shard
                 .as_str()
@@ -91,12 +93,7 @@ impl ModelFolder {
             let k = match file_idx.get(shard) {
                 Some(&k) => k,
                 None => {
-                    let shard_path = path.join(shard);
-                    if !shard_path.is_file() {
-                        return Err(bad(format!(
-                            "shard `{shard}` (of tensor `{tensor}`) does not exist"
-                        )));
-                    }
+                    let shard_path = checked_shard(&path, index_path, tensor, shard, &mut root)?;
                     files.push(SafetensorsFile::open(&shard_path)?);
                     file_names.push(shard.to_string());
                     file_idx.insert(shard.to_string(), files.len() - 1);
@@ -171,8 +168,151 @@ impl ModelFolder {
     }
 
     /// Path of an auxiliary file in the folder (config.json, tokenizer...), if present.
+    ///
+    /// A symlink leading outside the folder is still returned (so a caller that copies it gets
+    /// [`crate::OutputWriter::copy_file`]'s refusal rather than a silently missing file); use
+    /// [`ModelFolder::side_file`] to have it refused here.
     pub fn aux_file(&self, name: &str) -> Option<PathBuf> {
         let p = self.path.join(name);
         p.is_file().then_some(p)
     }
+
+    /// Like [`ModelFolder::aux_file`], but a file that resolves outside the model folder (for
+    /// a Hugging Face cache snapshot: outside the repository folder, where `blobs/` is) is
+    /// [`crate::Error::SideFileOutsideFolder`], and a name that is not a plain relative path
+    /// is [`crate::Error::Invalid`].
+    pub fn side_file(&self, name: &str) -> Result<Option<PathBuf>> {
+        let plain = Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if name.is_empty() || !plain {
+            return Err(Error::Invalid(format!(
+                "side file `{}` must be a plain name inside the model folder",
+                crate::display::safe(name)
+            )));
+        }
+        let p = self.path.join(name);
+        if !p.is_file() {
+            return Ok(None);
+        }
+        check_side_file(&p, &self.path)?;
+        Ok(Some(p))
+    }
+}
+
+/// The folder whose files `folder`'s files may resolve into: the folder itself (symlinks
+/// resolved), except for a Hugging Face cache snapshot (`models--org--name/snapshots/<sha>`),
+/// whose files are symlinks into `../../blobs`: there it is the repository folder.
+pub(crate) fn confinement_root(folder: &Path) -> std::io::Result<PathBuf> {
+    let canon = folder.canonicalize()?;
+    let snapshots = canon.parent();
+    let repo = snapshots.and_then(Path::parent);
+    if let (Some(snapshots), Some(repo)) = (snapshots, repo) {
+        let is_snapshots = snapshots.file_name().is_some_and(|n| n == "snapshots");
+        let is_repo = repo
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("models--"));
+        if is_snapshots && is_repo {
+            return Ok(repo.to_path_buf());
+        }
+    }
+    Ok(canon)
+}
+
+/// Checks that `file` (in `folder`) resolves inside [`confinement_root`] of `folder`.
+pub(crate) fn check_side_file(file: &Path, folder: &Path) -> Result<()> {
+    let root = confinement_root(folder).map_err(|e| Error::io(folder, e))?;
+    let target = file.canonicalize().map_err(|e| Error::io(file, e))?;
+    if target.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(Error::SideFileOutsideFolder {
+            path: file.to_path_buf(),
+            target,
+            root,
+        })
+    }
+}
+
+/// The path of shard `shard` named by the index for `tensor`, refused unless it is a relative
+/// path without `..` that resolves to a regular file inside the model folder. `root` caches
+/// the folder's [`confinement_root`].
+fn checked_shard(
+    folder: &Path,
+    index: &Path,
+    tensor: &str,
+    shard: &str,
+    root: &mut Option<PathBuf>,
+) -> Result<PathBuf> {
+    let root = match root {
+        Some(r) => r.clone(),
+        None => {
+            let r = confinement_root(folder).map_err(|e| Error::io(folder, e))?;
+            *root = Some(r.clone());
+            r
+        }
+    };
+    let outside = |why: String| Error::ShardOutsideFolder {
+        index: index.to_path_buf(),
+        tensor: tensor.to_string(),
+        shard: shard.to_string(),
+        why,
+        root: root.clone(),
+    };
+    let rel = Path::new(shard);
+    if rel.is_absolute() || rel.has_root() {
+        return Err(outside("is an absolute path".into()));
+    }
+    if rel.components().any(|c| c == Component::ParentDir) {
+        return Err(outside("goes up with `..`".into()));
+    }
+    if !rel.components().any(|c| matches!(c, Component::Normal(_)))
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(Error::Index {
+            path: index.to_path_buf(),
+            reason: format!("tensor `{tensor}`: `{shard}` is not a file name"),
+        });
+    }
+    let shard_path = folder.join(rel);
+    let bad = |reason: String| Error::Index {
+        path: index.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(&shard_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(format!(
+                "shard `{shard}` (of tensor `{tensor}`) does not exist{}",
+                if shard_path.symlink_metadata().is_ok() {
+                    " (a dangling symlink)"
+                } else {
+                    ""
+                }
+            )))
+        }
+        Err(e) => return Err(Error::io(&shard_path, e)),
+        Ok(m) if m.is_dir() => {
+            return Err(bad(format!(
+                "shard `{shard}` (of tensor `{tensor}`) is a directory, not a file"
+            )))
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(bad(format!(
+                "shard `{shard}` (of tensor `{tensor}`) is not a regular file"
+            )))
+        }
+        Ok(_) => {}
+    }
+    let target = shard_path
+        .canonicalize()
+        .map_err(|e| Error::io(&shard_path, e))?;
+    if !target.starts_with(&root) {
+        return Err(outside(format!(
+            "resolves to {}",
+            crate::display::safe_path(&target)
+        )));
+    }
+    Ok(shard_path)
 }

@@ -11,7 +11,62 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::display::{safe, safe_path};
 use crate::{Error, Result};
+
+/// Largest ref file read. `huggingface_hub` writes a 40-character commit id; a bigger file is
+/// not a ref, and its content (it could be anything, 50 MB of it) must not reach a message.
+pub const MAX_REF_LEN: u64 = 1024;
+
+/// Why a `refs/<name>` file gives no commit id.
+enum RefProblem {
+    /// No such ref (the revision may be a commit id).
+    Absent,
+    /// There is something, but not a ref file: what is wrong, safe to print.
+    Bad(String),
+}
+
+/// The commit id in a ref file. The file is never followed if it is a symlink (a link to
+/// `/etc/passwd` would print that file in the "snapshot missing" message), never read past
+/// [`MAX_REF_LEN`], and must be printable text; surrounding whitespace is ignored.
+fn read_ref(path: &Path) -> std::result::Result<String, RefProblem> {
+    use std::io::Read as _;
+    let meta = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(RefProblem::Absent),
+        Err(e) => return Err(RefProblem::Bad(format!("cannot be read ({e})"))),
+        Ok(m) => m,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(RefProblem::Bad(
+            "is a symlink, not a ref file; it is not followed".into(),
+        ));
+    }
+    if !meta.is_file() {
+        return Err(RefProblem::Bad("is not a regular file".into()));
+    }
+    if meta.len() > MAX_REF_LEN {
+        return Err(RefProblem::Bad(format!(
+            "is {} bytes, far too large for a commit id (40 hex digits)",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_REF_LEN + 1).read_to_end(&mut bytes))
+        .map_err(|e| RefProblem::Bad(format!("cannot be read ({e})")))?;
+    if bytes.len() as u64 > MAX_REF_LEN {
+        return Err(RefProblem::Bad("grew while being read".into()));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| RefProblem::Bad("is not text (a ref holds a commit id)".into()))?;
+    let sha = text.trim();
+    if sha.chars().any(char::is_control) {
+        return Err(RefProblem::Bad(
+            "holds control characters, not a commit id".into(),
+        ));
+    }
+    Ok(sha.to_string())
+}
 
 /// The Hugging Face hub cache folder: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
 /// `~/.cache/huggingface/hub`.
@@ -70,16 +125,15 @@ pub fn resolve_in(
     if local.is_dir() {
         return Ok(local);
     }
-    let _ = writeln!(looked, "  {} (local folder)", local.display());
+    let _ = writeln!(looked, "  {} (local folder)", safe_path(&local));
     if is_repo_id(path) {
         let repo = cache.join(format!("models--{}", path.replace('/', "--")));
         let rev = revision.unwrap_or("main");
         if is_safe_revision(rev) {
             let ref_file = repo.join("refs").join(rev);
-            match std::fs::read_to_string(&ref_file) {
+            match read_ref(&ref_file) {
                 Ok(sha) => {
-                    let sha = sha.trim();
-                    let snap = repo.join("snapshots").join(sha);
+                    let snap = repo.join("snapshots").join(&sha);
                     // A ref file holds a commit id; anything with a path separator (`/etc`,
                     // `../x`) would lead `join` out of the snapshots folder.
                     let plain =
@@ -89,21 +143,41 @@ pub fn resolve_in(
                     }
                     let _ = writeln!(
                         looked,
-                        "  {} (revision `{rev}` -> commit `{sha}`, snapshot missing)",
-                        snap.display()
+                        "  {} (revision `{}` -> commit `{}`, snapshot missing)",
+                        safe_path(&snap),
+                        safe(rev),
+                        safe(&sha)
                     );
                 }
-                Err(_) => {
-                    let _ = writeln!(looked, "  {} (revision `{rev}`)", ref_file.display());
+                Err(RefProblem::Absent) => {
+                    let _ = writeln!(
+                        looked,
+                        "  {} (revision `{}`)",
+                        safe_path(&ref_file),
+                        safe(rev)
+                    );
+                }
+                Err(RefProblem::Bad(why)) => {
+                    let _ = writeln!(
+                        looked,
+                        "  {} (revision `{}`: {why}; not used, the cache is damaged: delete this \
+                         ref or download the model again)",
+                        safe_path(&ref_file),
+                        safe(rev)
+                    );
                 }
             }
             let snap = repo.join("snapshots").join(rev);
             if snap.is_dir() {
                 return Ok(snap);
             }
-            let _ = writeln!(looked, "  {} (commit `{rev}`)", snap.display());
+            let _ = writeln!(looked, "  {} (commit `{}`)", safe_path(&snap), safe(rev));
         } else {
-            let _ = writeln!(looked, "  (revision `{rev}` is not a valid revision name)");
+            let _ = writeln!(
+                looked,
+                "  (revision `{}` is not a valid revision name)",
+                safe(rev)
+            );
         }
     }
     Err(Error::Unresolved {

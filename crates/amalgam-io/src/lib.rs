@@ -14,9 +14,11 @@
 //!   are computed up front from the planned tensors, so tensor bytes can be written at their final
 //!   offsets in any order, from any thread, and memory never grows with the model.
 //! * [`hub`]: model references resolved to folders through the Hugging Face cache layout.
+//! * [`display`]: untrusted names (tensors, shards, files) made safe to print in messages.
 #![deny(missing_docs)]
 
 pub mod convert;
+pub mod display;
 mod dtype;
 mod error;
 mod folder;
@@ -28,4 +30,7 @@ pub use dtype::DType;
 pub use error::{Error, Result};
 pub use folder::ModelFolder;
 pub use read::{parse_header, Metadata, SafetensorsFile, TensorInfo, TensorRef, MAX_HEADER_SIZE};
-pub use write::{IndexStyle, OutputWriter, PlannedTensor, ShardLayout, ShardRule, ShardSpec};
+pub use write::{
+    remove_temp_folders, sweep_stale_temps, IndexStyle, OutputWriter, PlannedTensor, ShardLayout,
+    ShardRule, ShardSpec, MAX_OPEN_SHARDS,
+};

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use crate::display::{safe, safe_path};
 use crate::{DType, Error, Result};
 
 /// A tensor the merge will produce: known before any byte is computed.
@@ -122,7 +123,7 @@ impl ShardLayout {
             if by_name.insert(t.name.clone(), i).is_some() {
                 return Err(Error::Invalid(format!(
                     "tensor `{}` is planned twice in the output",
-                    t.name
+                    safe(&t.name)
                 )));
             }
             let numel = t.numel();
@@ -132,7 +133,8 @@ impl ShardLayout {
                 _ => {
                     return Err(Error::Invalid(format!(
                         "tensor `{}`: shape {:?} is too large",
-                        t.name, t.shape
+                        safe(&t.name),
+                        t.shape
                     )))
                 }
             }
@@ -397,20 +399,192 @@ fn index_text<'a>(
 /// Distinguishes the temporary folders of several writers in one process.
 static WRITER_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Temporary folders being filled by live writers of this process, for
+/// [`remove_temp_folders`].
+static LIVE_TEMPS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Set by [`remove_temp_folders`]: no writer may (re)create anything after it.
+static ABORTING: AtomicBool = AtomicBool::new(false);
+
+/// A temporary folder is named `.<output>.amalgam-tmp-<pid>-<seq>` (easy to tell apart in a
+/// listing), or `.amalgam-tmp-<pid>-<seq>` when that would pass [`MAX_NAME_BYTES`] (an output
+/// name of 231-255 bytes used to fail with "File name too long"). The marker file inside says
+/// which output the folder is for.
+const TEMP_PREFIX: &str = ".amalgam-tmp-";
+
+/// The longest file name most file systems allow (ext4, XFS, btrfs, APFS, NTFS in UTF-16
+/// units).
+const MAX_NAME_BYTES: usize = 255;
+
+/// The marker file inside a temporary folder: the output folder's name, so a later run can
+/// recognise a stale folder of the same output. Removed just before the rename, so the output
+/// holds only what mergekit writes.
+const MARKER: &str = ".amalgam-output-name";
+
+/// Most shard files kept open at once. A model with thousands of shards would otherwise need
+/// a file descriptor per shard (the common limit is 1,024); writes go in save order, so a
+/// shard is seldom reopened.
+pub const MAX_OPEN_SHARDS: usize = 32;
+
+/// Removes the temporary folders of every unfinished [`OutputWriter`] of this process. Meant
+/// for a signal handler (SIGINT, SIGTERM, SIGHUP) that exits right after: an interrupted merge
+/// then leaves nothing behind. It takes a lock and touches the file system, so it must run on
+/// an ordinary thread (as `signal-hook`'s iterator or `ctrlc` call handlers), not inside an
+/// async signal handler. After it, writers refuse to create files. Returns the folders
+/// removed.
+pub fn remove_temp_folders() -> Vec<PathBuf> {
+    ABORTING.store(true, Ordering::SeqCst);
+    let live = LIVE_TEMPS.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut removed = Vec::new();
+    for tmp in live {
+        // A writer thread may be creating a file while the tree is removed (ENOTEMPTY): retry.
+        for _ in 0..5 {
+            match std::fs::remove_dir_all(&tmp) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        if !tmp.exists() {
+            removed.push(tmp);
+        }
+    }
+    removed
+}
+
+fn register_temp(tmp: &Path) {
+    LIVE_TEMPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(tmp.to_path_buf());
+}
+
+fn unregister_temp(tmp: &Path) {
+    LIVE_TEMPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|p| p != tmp);
+}
+
+/// The pid in a temporary folder name made by this module for output `name`:
+/// `.<name>.amalgam-tmp-<pid>-<seq>` or `.amalgam-tmp-<pid>-<seq>`. Anything else is not ours.
+fn temp_owner(entry: &str, name: &str) -> Option<u32> {
+    let rest = entry.strip_prefix(TEMP_PREFIX).or_else(|| {
+        entry
+            .strip_prefix('.')?
+            .strip_prefix(name)?
+            .strip_prefix(TEMP_PREFIX)
+    })?;
+    let (pid, seq) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(seq) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Whether process `pid` is certainly gone. Only answered where `/proc` shows processes
+/// (Linux); elsewhere nothing is considered dead, so nothing is swept.
+fn process_is_dead(pid: u32) -> bool {
+    Path::new("/proc/self").exists() && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Removes temporary folders in `parent` that an earlier, killed run left for the output named
+/// `name`: only folders named as this module names them, whose marker file names this output
+/// (or whose old-style name contains it), and whose owning process no longer exists. A folder
+/// of a run still going, of another output, or not made by amalgam is never touched. Errors
+/// are ignored: the sweep is a courtesy, not part of the merge.
+pub fn sweep_stale_temps(parent: &Path, name: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(entry_name) = file_name.to_str() else {
+            continue;
+        };
+        let Some(pid) = temp_owner(entry_name, name) else {
+            continue;
+        };
+        if pid == std::process::id() || !process_is_dead(pid) {
+            continue;
+        }
+        // A real folder, not a symlink to one.
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        // The short form says nothing of its output: the marker must. The long form names it
+        // (and folders of runs before the marker existed have none).
+        let ours = if entry_name.starts_with(TEMP_PREFIX) {
+            std::fs::read(path.join(MARKER)).is_ok_and(|m| m == name.as_bytes())
+        } else {
+            true
+        };
+        if ours && std::fs::remove_dir_all(&path).is_ok() {
+            tracing::info!(
+                "removed {}, left by an earlier run that was interrupted",
+                safe_path(&path)
+            );
+            removed.push(path);
+        }
+    }
+    removed
+}
+
+/// The shard files currently open, at most [`MAX_OPEN_SHARDS`], least recently used first
+/// out. Files are shared (`Arc`) so a write in progress keeps its file open even if it is
+/// evicted meanwhile.
+#[derive(Debug, Default)]
+struct OpenShards {
+    /// Shard index -> (file, last use).
+    open: HashMap<usize, (Arc<File>, u64)>,
+    clock: u64,
+}
+
 /// Writes a [`ShardLayout`] into a temporary folder beside the target and renames it into place
 /// on [`OutputWriter::finish`]. Tensor bytes may be written from several threads, in any order,
 /// in pieces: each write goes to its precomputed offset. Dropping the writer without finishing
-/// removes the temporary folder.
+/// removes the temporary folder, and so does [`remove_temp_folders`] (for signal handlers).
 #[derive(Debug)]
 pub struct OutputWriter {
     layout: ShardLayout,
     target: PathBuf,
     tmp: PathBuf,
-    files: Vec<File>,
+    files: Mutex<OpenShards>,
     /// Per tensor: the byte ranges written so far, sorted, disjoint and non-adjacent (so a
     /// tensor written front to back in pieces holds a single range).
     written: Vec<Mutex<Vec<(u64, u64)>>>,
     finished: bool,
+}
+
+/// What is at an existing path, for the message refusing it as an output.
+fn describe_existing(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_char_device() {
+            return "a character device (such as /dev/null), not a folder";
+        }
+        if t.is_block_device() {
+            return "a block device, not a folder";
+        }
+        if t.is_fifo() {
+            return "a named pipe, not a folder";
+        }
+        if t.is_socket() {
+            return "a socket, not a folder";
+        }
+    }
+    if t.is_symlink() {
+        "a symlink (outputs are not written through symlinks)"
+    } else if t.is_file() {
+        "a file, not a folder"
+    } else {
+        "something other than a folder"
+    }
 }
 
 /// An existing target is acceptable only as an empty folder (it is replaced on finish).
@@ -423,10 +597,16 @@ fn check_target(out: &Path) -> Result<()> {
             if entries.next().is_none() {
                 Ok(())
             } else {
-                Err(Error::OutputExists { path: out.into() })
+                Err(Error::OutputExists {
+                    path: out.into(),
+                    what: "a folder that is not empty",
+                })
             }
         }
-        Ok(_) => Err(Error::OutputExists { path: out.into() }),
+        Ok(m) => Err(Error::OutputExists {
+            path: out.into(),
+            what: describe_existing(&m),
+        }),
     }
 }
 
@@ -438,13 +618,18 @@ fn sync_dir(path: &Path) -> Result<()> {
 
 impl OutputWriter {
     /// Creates the temporary folder and every shard file (header written, data region sized).
-    /// Fails with [`crate::Error::OutputExists`] if `out` exists and is not empty.
+    /// Fails with [`crate::Error::OutputExists`] if `out` exists and is not an empty folder.
+    /// Stale temporary folders of the same output left by killed runs are removed first
+    /// ([`sweep_stale_temps`]).
     pub fn create(out: &Path, layout: ShardLayout) -> Result<Self> {
         check_target(out)?;
         let name = out
             .file_name()
             .ok_or_else(|| {
-                Error::Invalid(format!("{}: output path has no folder name", out.display()))
+                Error::Invalid(format!(
+                    "{}: output path has no folder name",
+                    safe_path(out)
+                ))
             })?
             .to_string_lossy()
             .into_owned();
@@ -453,31 +638,44 @@ impl OutputWriter {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-        let tmp = parent.join(format!(
-            ".{name}.amalgam-tmp-{}-{}",
+        sweep_stale_temps(&parent, &name);
+        let suffix = format!(
+            "{}-{}",
             std::process::id(),
             WRITER_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
+        );
+        let long = format!(".{name}{TEMP_PREFIX}{suffix}");
+        let tmp = parent.join(if long.len() <= MAX_NAME_BYTES {
+            long
+        } else {
+            format!("{TEMP_PREFIX}{suffix}")
+        });
         if tmp.exists() {
             // Left by a crashed run that had the same pid: it is ours by construction.
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
+        if ABORTING.load(Ordering::SeqCst) {
+            return Err(Error::Invalid("interrupted".into()));
+        }
         std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        register_temp(&tmp);
         let written = layout
             .tensors
             .iter()
             .map(|_| Mutex::new(Vec::new()))
             .collect();
         // Built before the shard files so that an error below removes the folder (Drop).
-        let mut writer = OutputWriter {
+        let writer = OutputWriter {
             layout,
             target: out.to_path_buf(),
             tmp,
-            files: Vec::new(),
+            files: Mutex::new(OpenShards::default()),
             written,
             finished: false,
         };
-        for shard in &writer.layout.shards {
+        let marker = writer.tmp.join(MARKER);
+        std::fs::write(&marker, name.as_bytes()).map_err(|e| Error::io(&marker, e))?;
+        for (k, shard) in writer.layout.shards.iter().enumerate() {
             let path = writer.tmp.join(&shard.name);
             let file = File::options()
                 .read(true)
@@ -487,9 +685,51 @@ impl OutputWriter {
                 .map_err(|e| Error::io(&path, e))?;
             write_all_at(&file, &shard.header, 0).map_err(|e| Error::io(&path, e))?;
             file.set_len(shard.len).map_err(|e| Error::io(&path, e))?;
-            writer.files.push(file);
+            writer.keep_open(k, Arc::new(file));
         }
         Ok(writer)
+    }
+
+    /// Adds an open shard file to the bounded set, closing the least recently used one if the
+    /// set is full.
+    fn keep_open(&self, shard: usize, file: Arc<File>) {
+        let mut open = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if open.open.len() >= MAX_OPEN_SHARDS {
+            let oldest = open
+                .open
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(&k, _)| k);
+            if let Some(k) = oldest {
+                open.open.remove(&k);
+            }
+        }
+        open.clock += 1;
+        let now = open.clock;
+        open.open.insert(shard, (file, now));
+    }
+
+    /// Shard `shard`'s file, reopened if it was closed to stay within [`MAX_OPEN_SHARDS`].
+    fn shard_file(&self, shard: usize, name: &str) -> Result<Arc<File>> {
+        {
+            let mut open = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            open.clock += 1;
+            let now = open.clock;
+            if let Some((file, used)) = open.open.get_mut(&shard) {
+                *used = now;
+                return Ok(Arc::clone(file));
+            }
+        }
+        let path = self.tmp.join(name);
+        // Never `create`: a vanished temporary folder (interrupted run) must stay vanished.
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map(Arc::new)
+            .map_err(|e| Error::io(&path, e))?;
+        self.keep_open(shard, Arc::clone(&file));
+        Ok(file)
     }
 
     /// The layout being written.
@@ -504,32 +744,31 @@ impl OutputWriter {
 
     /// Writes `bytes` at `offset` bytes into tensor `name`'s data. Thread-safe (positioned write).
     pub fn write_tensor_part(&self, name: &str, offset: u64, bytes: &[u8]) -> Result<()> {
-        let i =
-            *self.layout.by_name.get(name).ok_or_else(|| {
-                Error::Invalid(format!("tensor `{name}` is not in the output plan"))
-            })?;
+        let i = *self.layout.by_name.get(name).ok_or_else(|| {
+            Error::Invalid(format!("tensor `{}` is not in the output plan", safe(name)))
+        })?;
         let slot = self
             .layout
             .slots
             .get(i)
-            .ok_or_else(|| Error::Invalid(format!("tensor `{name}`: no slot")))?;
+            .ok_or_else(|| Error::Invalid(format!("tensor `{}`: no slot", safe(name))))?;
         let end = offset.checked_add(bytes.len() as u64);
         if end.is_none_or(|e| e > slot.len) {
             return Err(Error::Invalid(format!(
-                "tensor `{name}`: write of {} bytes at offset {offset} exceeds its {} bytes",
+                "tensor `{}`: write of {} bytes at offset {offset} exceeds its {} bytes",
+                safe(name),
                 bytes.len(),
                 slot.len
             )));
         }
         let end = offset + bytes.len() as u64;
-        let (file, shard) = match (
-            self.files.get(slot.shard),
-            self.layout.shards.get(slot.shard),
-        ) {
-            (Some(f), Some(s)) => (f, s),
-            _ => return Err(Error::Invalid(format!("tensor `{name}`: shard missing"))),
-        };
-        write_all_at(file, bytes, slot.offset + offset)
+        let shard = self
+            .layout
+            .shards
+            .get(slot.shard)
+            .ok_or_else(|| Error::Invalid(format!("tensor `{}`: shard missing", safe(name))))?;
+        let file = self.shard_file(slot.shard, &shard.name)?;
+        write_all_at(&file, bytes, slot.offset + offset)
             .map_err(|e| Error::io(self.tmp.join(&shard.name), e))?;
         if let Some(m) = self.written.get(i) {
             let mut ranges = m.lock().unwrap_or_else(|p| p.into_inner());
@@ -549,12 +788,25 @@ impl OutputWriter {
         let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
         if rel_name.is_empty() || !plain {
             return Err(Error::Invalid(format!(
-                "side file `{rel_name}` must be a relative path inside the output folder"
+                "side file `{}` must be a relative path inside the output folder",
+                safe(rel_name)
             )));
         }
-        if rel_name == INDEX_NAME || self.layout.shards.iter().any(|s| s.name == rel_name) {
+        if rel_name == INDEX_NAME
+            || rel_name == MARKER
+            || self.layout.shards.iter().any(|s| s.name == rel_name)
+        {
             return Err(Error::Invalid(format!(
-                "side file `{rel_name}` would overwrite a tensor file"
+                "side file `{}` would overwrite a tensor file",
+                safe(rel_name)
+            )));
+        }
+        // `create_dir_all` below would recreate a temporary folder that an interrupted run
+        // just removed.
+        if ABORTING.load(Ordering::SeqCst) || !self.tmp.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{}: the temporary output folder is gone (interrupted?)",
+                safe_path(&self.tmp)
             )));
         }
         let path = self.tmp.join(rel);
@@ -574,7 +826,18 @@ impl OutputWriter {
     }
 
     /// Copies a file byte for byte into the output folder.
+    ///
+    /// `src` must resolve inside the folder it is in (for a Hugging Face cache snapshot,
+    /// inside the repository folder, where `blobs/` is): a tokenizer file that is a symlink to
+    /// `/etc/shadow` or `/proc/self/environ` is refused with
+    /// [`crate::Error::SideFileOutsideFolder`] instead of being copied into a folder that is
+    /// usually published.
     pub fn copy_file(&self, rel_name: &str, src: &Path) -> Result<()> {
+        let folder = match src.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        crate::folder::check_side_file(src, folder)?;
         let path = self.side_path(rel_name)?;
         std::fs::copy(src, &path).map_err(|e| Error::io(src, e))?;
         File::open(&path)
@@ -608,18 +871,33 @@ impl OutputWriter {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| Error::io(&path, e))?;
         }
-        for (file, shard) in self.files.iter().zip(&self.layout.shards) {
+        // Shards closed to bound open files are reopened to be synced: fsync flushes the file,
+        // whichever descriptor wrote it.
+        for (k, shard) in self.layout.shards.iter().enumerate() {
+            let file = self.shard_file(k, &shard.name)?;
             file.sync_all()
                 .map_err(|e| Error::io(self.tmp.join(&shard.name), e))?;
         }
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open
+            .clear();
+        // The marker must not end up in the output (mergekit writes no such file).
+        let marker = self.tmp.join(MARKER);
+        std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
         sync_dir(&self.tmp)?;
         // The target may have appeared meanwhile; an empty folder is replaced.
         check_target(&self.target)?;
         if self.target.is_dir() {
             std::fs::remove_dir(&self.target).map_err(|e| Error::io(&self.target, e))?;
         }
+        if ABORTING.load(Ordering::SeqCst) {
+            return Err(Error::Invalid("interrupted".into()));
+        }
         std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
         self.finished = true;
+        unregister_temp(&self.tmp);
         if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }
@@ -631,6 +909,7 @@ impl Drop for OutputWriter {
     fn drop(&mut self) {
         if !self.finished {
             let _ = std::fs::remove_dir_all(&self.tmp);
+            unregister_temp(&self.tmp);
         }
     }
 }
