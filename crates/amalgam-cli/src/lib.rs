@@ -557,7 +557,7 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
         progress: None,
     };
     let experts: Vec<(usize, PathBuf)> = if a.expert == "all" {
-        let n = count_experts(&src)?;
+        let n = amalgam_engine::expert_count(&src)?;
         std::fs::create_dir_all(&a.out_path)
             .with_context(|| format!("creating {}", a.out_path.display()))?;
         (0..n)
@@ -580,22 +580,6 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
     }
     progress.finish();
     Ok(())
-}
-
-fn count_experts(src: &Path) -> Result<usize> {
-    let text = std::fs::read_to_string(src.join("config.json"))
-        .with_context(|| format!("{}: reading config.json", src.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: config.json", src.display()))?;
-    v.get("num_local_experts")
-        .and_then(|n| n.as_u64())
-        .map(|n| n as usize)
-        .ok_or_else(|| {
-            anyhow!(
-                "{}: config.json has no num_local_experts; is this a Mixtral?",
-                src.display()
-            )
-        })
 }
 
 fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {

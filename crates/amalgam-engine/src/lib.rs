@@ -40,7 +40,7 @@ pub use error::{EngineError, Result};
 pub use exec::{ExecOptions, ProgressFn};
 pub use plan::{Plan, DEFAULT_SHARD_SIZE};
 pub use planner::{plan, PlanOptions};
-pub use unmix::{unmix, UnmixOptions};
+pub use unmix::{expert_count, unmix, UnmixOptions};
 pub use verify::{verify, TensorDiff, VerifyReport};
 
 /// Options of [`merge`].

@@ -673,6 +673,13 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             ))
         }
     };
+    if p.models[donor].config.is_none() {
+        p.warnings.push(format!(
+            "model {} has no config.json, so the output has none either (transformers cannot \
+             load it; mergekit refuses such a model)",
+            p.models[donor].label
+        ));
+    }
     let mut ops = std::mem::take(&mut p.ops);
     match opts.compat {
         // Replays mergekit's scheduler: sorted by label, ties as its task graph breaks them.

@@ -35,6 +35,8 @@ enum MoeLayout {
 pub struct Source {
     folder: ModelFolder,
     expert: Option<(usize, MoeLayout)>,
+    /// Experts in the checkpoint (expert views only).
+    n_experts: usize,
     shapes: std::collections::HashMap<String, Vec<usize>>,
     names: Vec<String>,
 }
@@ -70,6 +72,86 @@ fn check_fused(t: &TensorRef<'_>, name: &str, k: usize) -> Result<()> {
     Ok(())
 }
 
+/// The per-expert layout's consistency, checked before anything is copied: every MoE layer
+/// holds the same experts `0..n` with all of `w1`, `w2`, `w3`, and expert `k`'s matrices have
+/// the shapes a dense MLP needs (`w1`, `w3`: [intermediate, hidden]; `w2`: [hidden,
+/// intermediate]), so a renamed, missing or transposed tensor fails here instead of producing an
+/// incomplete or wrong expert. Returns `n`, the expert count the tensors show.
+fn check_per_expert(folder: &ModelFolder, all: &[String], k: usize) -> Result<usize> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let err = |reason: String| EngineError::Expert {
+        path: folder.path().to_path_buf(),
+        reason,
+    };
+    let mut layers: BTreeMap<&str, BTreeMap<usize, BTreeSet<&str>>> = BTreeMap::new();
+    for n in all {
+        let Some((prefix, rest)) = layer_split(n) else {
+            continue;
+        };
+        let Some(r) = rest.strip_prefix("block_sparse_moe.experts.") else {
+            continue;
+        };
+        let (e, w) = r.split_once('.').unwrap_or((r, ""));
+        let e: usize = e.parse().map_err(|_| {
+            err(format!(
+                "`{}` is not an expert tensor name (`...experts.E.w1.weight`)",
+                amalgam_io::display::safe(n)
+            ))
+        })?;
+        layers
+            .entry(prefix)
+            .or_default()
+            .entry(e)
+            .or_default()
+            .insert(w);
+    }
+    let n = layers
+        .values()
+        .filter_map(|experts| experts.keys().next_back())
+        .max()
+        .map_or(0, |&m| m.saturating_add(1));
+    for (prefix, experts) in &layers {
+        if experts.len() != n {
+            let missing: Vec<usize> = (0..n).filter(|e| !experts.contains_key(e)).collect();
+            return Err(err(format!(
+                "layer `{prefix}` lacks experts {missing:?} of 0..{}",
+                n.saturating_sub(1)
+            )));
+        }
+        for (e, ws) in experts {
+            for w in ["w1.weight", "w2.weight", "w3.weight"] {
+                if !ws.contains(w) {
+                    return Err(err(format!(
+                        "`{prefix}block_sparse_moe.experts.{e}.{w}` is missing"
+                    )));
+                }
+            }
+        }
+        if k >= n {
+            continue;
+        }
+        let shape = |w: &str| -> Result<Vec<usize>> {
+            let name = format!("{prefix}block_sparse_moe.experts.{k}.{w}");
+            Ok(folder.require(&name)?.info.shape.to_vec())
+        };
+        let (w1, w2, w3) = (
+            shape("w1.weight")?,
+            shape("w2.weight")?,
+            shape("w3.weight")?,
+        );
+        let ok = matches!((w1.as_slice(), w2.as_slice()), ([i, h], [h2, i2]) if h == h2 && i == i2)
+            && w1 == w3;
+        if !ok {
+            return Err(err(format!(
+                "expert {k} of layer `{prefix}` has w1 {w1:?}, w2 {w2:?}, w3 {w3:?}; a dense MLP \
+                 needs w1 = w3 = [intermediate, hidden] and w2 = [hidden, intermediate] \
+                 (transposed?)"
+            )));
+        }
+    }
+    Ok(n)
+}
+
 fn layer_split(name: &str) -> Option<(&str, &str)> {
     // `model.layers.N.<rest>` -> ("model.layers.N.", "<rest>")
     let idx = name.find(".layers.")?;
@@ -88,6 +170,7 @@ impl Source {
         Source {
             folder,
             expert: None,
+            n_experts: 0,
             shapes: Default::default(),
             names,
         }
@@ -185,7 +268,10 @@ impl Source {
                 },
             }
         }
-        let n_experts = n_experts.unwrap_or(0);
+        let n_experts = match layout {
+            MoeLayout::PerExpert => check_per_expert(&folder, &all, k)?,
+            MoeLayout::Fused => n_experts.unwrap_or(0),
+        };
         if k >= n_experts {
             return Err(EngineError::Expert {
                 path: folder.path().to_path_buf(),
@@ -201,9 +287,15 @@ impl Source {
         Ok(Source {
             folder,
             expert: Some((k, layout)),
+            n_experts,
             shapes,
             names,
         })
+    }
+
+    /// How many experts the checkpoint holds (counted from its tensors), for an expert view.
+    pub fn num_experts(&self) -> Option<usize> {
+        self.expert.map(|_| self.n_experts)
     }
 
     /// The underlying folder.

@@ -31,11 +31,41 @@ pub struct UnmixOptions {
     pub progress: Option<crate::exec::ProgressFn>,
 }
 
+/// How many experts the Mixtral at `src` holds, counted from its tensors (every layer must hold
+/// the same experts, each with all its matrices) and checked against its config.json's
+/// `num_local_experts`: `--expert all` writes exactly these, and a config that disagrees with
+/// the weights is refused rather than trusted.
+pub fn expert_count(src: &Path) -> Result<usize> {
+    let folder = ModelFolder::open(src)?;
+    let config = read_config(&folder)?;
+    let source = Source::expert(folder, 0)?;
+    let n = source.num_experts().unwrap_or(0);
+    check_expert_config(src, config.as_ref(), n)?;
+    Ok(n)
+}
+
+/// Refuses a config.json whose `num_local_experts` differs from the `n` experts the tensors hold.
+fn check_expert_config(src: &Path, config: Option<&serde_json::Value>, n: usize) -> Result<()> {
+    let declared = config.and_then(|c| c.get("num_local_experts"));
+    match declared {
+        None => Ok(()),
+        Some(v) if v.as_u64() == Some(n as u64) => Ok(()),
+        Some(v) => Err(crate::error::EngineError::Expert {
+            path: src.to_path_buf(),
+            reason: format!(
+                "config.json says num_local_experts = {}, but the tensors hold {n} experts",
+                amalgam_io::display::safe(&v.to_string())
+            ),
+        }),
+    }
+}
+
 /// Writes expert `k` of the Mixtral at `src` as a dense Mistral into `out`.
 pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<PathBuf> {
     let folder = ModelFolder::open(src)?;
     let config = read_config(&folder)?;
     let source = Source::expert(folder, k)?;
+    check_expert_config(src, config.as_ref(), source.num_experts().unwrap_or(0))?;
     let mut ops = Vec::new();
     for name in source.names() {
         let raw = source.require(name, "source")?;
