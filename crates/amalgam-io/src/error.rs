@@ -164,6 +164,92 @@ pub enum Error {
         /// Every place that was tried, one per line.
         looked: String,
     },
+    /// `HF_HUB_OFFLINE` is set and the model is not in the cache.
+    #[error("cannot find model `{reference}` and HF_HUB_OFFLINE is set, so it was not downloaded; looked in:\n{looked}\n(unset HF_HUB_OFFLINE, or fetch it first with `amalgam download {reference}`)")]
+    HubOffline {
+        /// The reference as written.
+        reference: String,
+        /// Every place that was tried, one per line.
+        looked: String,
+    },
+    /// The Hub refused access (401/403): a gated or private repository, or a bad token.
+    #[error("{repo}: the Hub refused access (HTTP {status}){}", match token_source {
+        None => " and no token was sent: the repository is gated or private (or does not exist). \
+                 Run `huggingface-cli login` or set HF_TOKEN to a token that can read it \
+                 (for a gated model, accept its terms on its Hub page first)".to_string(),
+        Some(src) => format!(" with the token from {src}: that token cannot read this \
+                 repository (gated, private, or it does not exist). For a gated model accept its \
+                 terms on its Hub page; else run `huggingface-cli login` or set HF_TOKEN to a \
+                 token with access"),
+    })]
+    HubAccess {
+        /// The repository id.
+        repo: String,
+        /// 401 or 403.
+        status: u16,
+        /// Where the token that was sent came from (`HF_TOKEN`, a token file), if one was.
+        token_source: Option<String>,
+    },
+    /// The repository, revision or file does not exist on the Hub (404).
+    #[error("{repo}: {what} not found on the Hub ({url})")]
+    HubNotFound {
+        /// The repository id.
+        repo: String,
+        /// What was missing: `revision `main``, `file `config.json``...
+        what: String,
+        /// The URL asked.
+        url: String,
+    },
+    /// The Hub answered with an HTTP error other than 401/403/404 (after retries for 5xx).
+    #[error("{url}: the Hub answered HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    HubHttp {
+        /// The URL asked.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The start of the response body (the Hub explains errors there).
+        body: String,
+    },
+    /// The Hub could not be reached (connection refused, reset, timeout), after retries.
+    #[error("{url}: cannot reach the Hub after {attempts} attempts: {reason} (set HF_HUB_OFFLINE=1 to use only the cache)")]
+    HubNetwork {
+        /// The URL asked.
+        url: String,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
+    /// The Hub's answer is not what its API documents (missing commit, ETag, malformed JSON).
+    #[error("{url}: unexpected answer from the Hub: {reason}")]
+    HubResponse {
+        /// The URL asked.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A downloaded file's bytes do not match the checksum the Hub announced; it was deleted.
+    #[error("{repo}: `{file}` downloaded with {algorithm} {actual}, but the Hub announced {expected}; the download was deleted (retry, or check HF_ENDPOINT / any proxy)")]
+    ChecksumMismatch {
+        /// The repository id.
+        repo: String,
+        /// The file in the repository.
+        file: String,
+        /// `sha256` (LFS files) or `git sha1` (small files).
+        algorithm: String,
+        /// The ETag the Hub announced.
+        expected: String,
+        /// The digest of the bytes received.
+        actual: String,
+    },
+    /// A Hub repository has only pickle weights, which amalgam does not read.
+    #[error("{repo}@{revision} has only pickle weights (.bin), which amalgam does not read yet; nothing was downloaded (convert the model to safetensors, or use a safetensors revision)")]
+    PickleOnlyRepo {
+        /// The repository id.
+        repo: String,
+        /// The revision asked.
+        revision: String,
+    },
     /// The output folder exists and is not empty.
     #[error("{path}: output folder exists and is not empty; choose a new path or remove it")]
     OutputExists {
