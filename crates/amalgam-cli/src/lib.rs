@@ -64,6 +64,22 @@ enum Command {
     Unmix(UnmixArgs),
     /// Recompute a merge and compare it with an existing model folder (exit 0 only if identical).
     Verify(VerifyArgs),
+    /// Download Hub models (`org/name[@revision]`, or every Hub model a config names) into the
+    /// Hugging Face cache, without merging.
+    Download(DownloadArgs),
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    /// Hub ids (`org/name[@revision]`) or mergekit YAML configs (`.yml`/`.yaml`).
+    #[arg(required = true)]
+    models: Vec<String>,
+    /// Hugging Face cache folder (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).
+    #[arg(long, alias = "transformers-cache")]
+    hf_cache: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -71,7 +87,8 @@ struct Common {
     /// Which mergekit release to reproduce (arithmetic and file layout): 0.1.5 or 0.0.4.2.
     #[arg(long, default_value = "0.1.5", value_parser = parse_compat)]
     mergekit_version: Compat,
-    /// Hugging Face cache folder (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).
+    /// Hugging Face cache folder, where Hub ids are found and downloaded to (default:
+    /// HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).
     #[arg(long)]
     hf_cache: Option<PathBuf>,
     /// Number of threads (default: all cores).
@@ -147,7 +164,7 @@ struct MergeArgs {
     /// Accepted for mergekit compatibility; has no effect.
     #[arg(long, hide = true)]
     write_threads: Option<usize>,
-    /// Accepted for mergekit compatibility; use --hf-cache.
+    /// mergekit's name for --hf-cache (its `cache_dir` for Hub downloads).
     #[arg(long, hide = true)]
     transformers_cache: Option<PathBuf>,
     /// Not supported yet: pickle output.
@@ -304,7 +321,6 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
         (a.trust_remote_code, "--trust-remote-code"),
         (a.device.is_some(), "--device"),
         (a.write_threads.is_some(), "--write-threads"),
-        (a.transformers_cache.is_some(), "--transformers-cache"),
     ] {
         if on {
             eprintln!(
@@ -314,12 +330,20 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     }
     setup_threads(a.common.num_threads)?;
     let (loaded, printed) = load_config(&a.config, a.strict, registry)?;
+    let hf_cache = a.common.hf_cache.clone().or(a.transformers_cache.clone());
+    // Hub models are fetched here, with a progress bar, once the config is known to be valid;
+    // the planner then finds them in the cache.
+    let cache = hf_cache.clone().unwrap_or_else(amalgam_io::hub::cache_dir);
+    for r in loaded.config.referenced_models() {
+        fetch(&r.path, r.revision.as_deref(), &cache, a.common.quiet)
+            .with_context(|| format!("merging {}", a.config.display()))?;
+    }
     let opts = MergeOptions {
         plan: PlanOptions {
             compat: a.common.mergekit_version,
             strict: a.strict,
             base_dir: cwd(),
-            hf_cache: a.common.hf_cache.clone(),
+            hf_cache,
         },
         out_shard_size: Some(a.out_shard_size),
         copy_tokenizer: !a.no_copy_tokenizer,
@@ -357,6 +381,83 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
             report.bytes,
             report.path.display()
         );
+    }
+    Ok(())
+}
+
+/// A progress bar for downloads, in the merge bar's style.
+fn download_bar(
+    quiet: bool,
+    label: &str,
+) -> (
+    Option<amalgam_io::download::DownloadProgress>,
+    Option<indicatif::ProgressBar>,
+) {
+    if quiet || !std::io::stderr().is_terminal() {
+        return (None, None);
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_message(format!("downloading {label}"));
+    let pb2 = pb.clone();
+    let f: amalgam_io::download::DownloadProgress = Arc::new(move |done, total| {
+        pb2.set_length(total);
+        pb2.set_position(done);
+    });
+    (Some(f), Some(pb))
+}
+
+/// Resolves `path@revision` to a folder, downloading a Hub id missing from `cache` (with a
+/// progress bar) unless HF_HUB_OFFLINE is set. Local folders are returned as they are.
+fn fetch(path: &str, revision: Option<&str>, cache: &Path, quiet: bool) -> Result<PathBuf> {
+    let label = match revision {
+        Some(r) => format!("{path}@{r}"),
+        None => path.to_string(),
+    };
+    let (progress, pb) = download_bar(quiet, &label);
+    let opts = amalgam_io::download::HubOptions {
+        progress,
+        ..amalgam_io::download::HubOptions::from_env()
+    };
+    let r = amalgam_io::download::resolve_or_download(path, revision, &cwd(), cache, &opts);
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(r?)
+}
+
+fn run_download(a: DownloadArgs) -> Result<()> {
+    let cache = a
+        .hf_cache
+        .clone()
+        .unwrap_or_else(amalgam_io::hub::cache_dir);
+    let mut refs = Vec::new();
+    for m in &a.models {
+        let p = Path::new(m);
+        if p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
+            let loaded = amalgam_config::load(p).map_err(|e| anyhow!("{e}"))?;
+            refs.extend(loaded.config.referenced_models());
+        } else {
+            refs.push(
+                amalgam_config::ModelRef::parse(m)
+                    .map_err(|e| anyhow!("`{m}` is not a model reference: {e}"))?,
+            );
+        }
+    }
+    for r in refs {
+        if cwd().join(&r.path).is_dir() {
+            if !a.quiet {
+                eprintln!("{}: local folder, nothing to download", r.path);
+            }
+            continue;
+        }
+        let dir = fetch(&r.path, r.revision.as_deref(), &cache, a.quiet)?;
+        println!("{} -> {}", r.model_path(), dir.display());
     }
     Ok(())
 }
@@ -434,7 +535,7 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
         Some((p, r)) => (p.to_string(), Some(r.to_string())),
         None => (a.src.clone(), None),
     };
-    let src = amalgam_io::hub::resolve_in(&path, rev.as_deref(), &cwd(), &cache)?;
+    let src = fetch(&path, rev.as_deref(), &cache, a.common.quiet)?;
     let opts = UnmixOptions {
         dtype: a.dtype,
         compat: a.common.mergekit_version,
@@ -565,6 +666,7 @@ where
         }
         Command::Unmix(a) => run_unmix(a).map(|_| true),
         Command::Verify(a) => run_verify(a, &registry),
+        Command::Download(a) => run_download(a).map(|_| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
