@@ -331,8 +331,16 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     setup_threads(a.common.num_threads)?;
     let (loaded, printed) = load_config(&a.config, a.strict, registry)?;
     let hf_cache = a.common.hf_cache.clone().or(a.transformers_cache.clone());
-    // Hub models are fetched here, with a progress bar, once the config is known to be valid;
-    // the planner then finds them in the cache.
+    // Hub models are fetched here, with a progress bar, once the config is known to be valid
+    // (a feature amalgam refuses should not cost a download first); the planner then finds
+    // them in the cache.
+    if let Some((path, key)) = amalgam_config::unsupported_features(&loaded.config)
+        .into_iter()
+        .next()
+    {
+        return Err(amalgam_engine::EngineError::Unsupported { path, key })
+            .with_context(|| format!("merging {}", a.config.display()));
+    }
     let cache = hf_cache.clone().unwrap_or_else(amalgam_io::hub::cache_dir);
     for r in loaded.config.referenced_models() {
         fetch(&r.path, r.revision.as_deref(), &cache, a.common.quiet)

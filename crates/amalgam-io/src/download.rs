@@ -226,13 +226,22 @@ pub fn resolve_or_download(
     let cached = crate::hub::resolve_in(path, revision, base, cache).is_ok();
     match download_with(path, revision, cache, opts, !cached) {
         Ok(p) => Ok(p),
-        Err(e @ Error::HubNetwork { .. }) => {
+        Err(
+            e @ (Error::HubNetwork { .. } | Error::HubAccess { .. } | Error::HubNotFound { .. }),
+        ) => {
             match crate::hub::resolve_in(path, revision, base, cache) {
-                Ok(p) => {
+                Ok(p) if matches!(e, Error::HubNetwork { .. }) => {
                     tracing::warn!("{e}; using the cached snapshot {}", p.display());
                     Ok(p)
                 }
-                Err(_) => Err(e),
+                // The reference may have been meant as a local folder: say where that was
+                // looked for too, not only what the Hub answered.
+                Err(Error::Unresolved { reference, looked }) => Err(Error::NotFetched {
+                    reference,
+                    looked,
+                    source: Box::new(e),
+                }),
+                _ => Err(e),
             }
         }
         Err(e) => Err(e),
@@ -697,6 +706,16 @@ fn link(at: &Path, file: &str, etag: &str) -> Result<()> {
     r.map_err(|e| Error::io(at, e))
 }
 
+/// A transport error without the URL (the message names it once already).
+fn transport_reason(t: &ureq::Transport) -> String {
+    match (t.message(), std::error::Error::source(t)) {
+        (Some(m), Some(src)) => format!("{}: {m}: {src}", t.kind()),
+        (Some(m), None) => format!("{}: {m}", t.kind()),
+        (None, Some(src)) => format!("{}: {src}", t.kind()),
+        (None, None) => t.kind().to_string(),
+    }
+}
+
 /// A blocking HTTP client for one endpoint and token.
 struct Client {
     opts: HubOptions,
@@ -863,7 +882,16 @@ impl Client {
                         });
                     }
                 },
-                Err(ureq::Error::Transport(t)) => t.to_string(),
+                // A name that does not resolve will not resolve in a few seconds either (and
+                // this is what an offline machine answers): fail now, not after the schedule.
+                Err(ureq::Error::Transport(t)) if t.kind() == ureq::ErrorKind::Dns => {
+                    return Err(Error::HubNetwork {
+                        url: url.to_string(),
+                        attempts: attempt + 1,
+                        reason: transport_reason(&t),
+                    })
+                }
+                Err(ureq::Error::Transport(t)) => transport_reason(&t),
             };
             if attempt >= self.opts.retries {
                 return Err(Error::HubNetwork {

@@ -172,6 +172,18 @@ pub enum Error {
         /// Every place that was tried, one per line.
         looked: String,
     },
+    /// A Hub id that is not a local folder nor cached, and that the Hub did not provide.
+    #[error(
+        "cannot find model `{reference}`: {source}\nnot found locally either; looked in:\n{looked}"
+    )]
+    NotFetched {
+        /// The reference as written.
+        reference: String,
+        /// Every place that was tried, one per line.
+        looked: String,
+        /// Why the Hub did not provide it.
+        source: Box<Error>,
+    },
     /// The Hub refused access (401/403): a gated or private repository, or a bad token.
     #[error("{repo}: the Hub refused access (HTTP {status}){}", match token_source {
         None => " and no token was sent: the repository is gated or private (or does not exist). \

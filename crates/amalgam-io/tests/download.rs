@@ -182,7 +182,17 @@ fn offline_uses_only_the_cache() {
         snap
     );
     let e = download::resolve_or_download("org/other", None, &base, &cache, &dead).unwrap_err();
-    assert!(matches!(e, Error::HubNetwork { .. }), "{e}");
+    let Error::NotFetched { source, .. } = &e else {
+        panic!("{e}")
+    };
+    assert!(matches!(**source, Error::HubNetwork { .. }), "{e}");
+    // The message says what the Hub did and where the model was looked for locally.
+    let msg = e.to_string();
+    assert!(msg.contains("cannot reach the Hub"), "{msg}");
+    assert!(
+        msg.contains("models--org--other") && msg.contains("work/org/other"),
+        "{msg}"
+    );
 }
 
 #[test]
