@@ -231,4 +231,17 @@ fn gated_repository_needs_a_token() {
         .join(&sha)
         .join("model.safetensors.index.json")
         .is_file());
+
+    // A config as argument: every Hub model it names.
+    ok(amalgam(
+        t,
+        t,
+        &[("HF_ENDPOINT", &srv.endpoint)],
+        &["download", cfg.to_str().unwrap(), "--quiet"],
+    ));
+    for m in ["ft-a", "ft-b", "ft-c"] {
+        assert!(t
+            .join(format!("cache/models--org--{m}/refs/main"))
+            .is_file());
+    }
 }

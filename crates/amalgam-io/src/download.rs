@@ -239,7 +239,7 @@ pub fn resolve_or_download(
                 Err(Error::Unresolved { reference, looked }) => Err(Error::NotFetched {
                     reference,
                     looked,
-                    source: Box::new(e),
+                    hub: Box::new(e),
                 }),
                 _ => Err(e),
             }
@@ -327,7 +327,19 @@ fn download_with(
         .filter(|m| seen.insert(m.etag.as_str()) && !blobs.join(&m.etag).is_file())
         .collect();
     let total: u64 = to_fetch.iter().filter_map(|m| m.size).sum();
+    // Bytes an earlier, interrupted run left in `.incomplete` files count as done: the transfer
+    // resumes after them.
+    let partial: u64 = to_fetch
+        .iter()
+        .filter_map(|m| {
+            let len = fs::metadata(blobs.join(format!("{}.incomplete", m.etag)))
+                .ok()?
+                .len();
+            Some(len.min(m.size.unwrap_or(0)))
+        })
+        .sum();
     job.total.store(total, Ordering::Relaxed);
+    job.done.store(partial, Ordering::Relaxed);
     // config.json and the other small files before the weights: a bad config or a missing
     // tokenizer shows up before gigabytes are fetched.
     let (small, large): (Vec<&Meta>, Vec<&Meta>) = to_fetch

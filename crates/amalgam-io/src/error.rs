@@ -174,15 +174,16 @@ pub enum Error {
     },
     /// A Hub id that is not a local folder nor cached, and that the Hub did not provide.
     #[error(
-        "cannot find model `{reference}`: {source}\nnot found locally either; looked in:\n{looked}"
+        "cannot find model `{reference}`: {hub}\nnot found locally either; looked in:\n{looked}"
     )]
     NotFetched {
         /// The reference as written.
         reference: String,
         /// Every place that was tried, one per line.
         looked: String,
-        /// Why the Hub did not provide it.
-        source: Box<Error>,
+        /// Why the Hub did not provide it (in the message, so not also an error `source`, which
+        /// `{:#}` would print a second time).
+        hub: Box<Error>,
     },
     /// The Hub refused access (401/403): a gated or private repository, or a bad token.
     #[error("{repo}: the Hub refused access (HTTP {status}){}", match token_source {
@@ -223,7 +224,7 @@ pub enum Error {
         body: String,
     },
     /// The Hub could not be reached (connection refused, reset, timeout), after retries.
-    #[error("{url}: cannot reach the Hub after {attempts} attempts: {reason} (set HF_HUB_OFFLINE=1 to use only the cache)")]
+    #[error("{url}: cannot reach the Hub ({attempts} attempt{}): {reason} (set HF_HUB_OFFLINE=1 to use only the cache)", if *attempts == 1 { "" } else { "s" })]
     HubNetwork {
         /// The URL asked.
         url: String,

@@ -182,10 +182,10 @@ fn offline_uses_only_the_cache() {
         snap
     );
     let e = download::resolve_or_download("org/other", None, &base, &cache, &dead).unwrap_err();
-    let Error::NotFetched { source, .. } = &e else {
+    let Error::NotFetched { hub, .. } = &e else {
         panic!("{e}")
     };
-    assert!(matches!(**source, Error::HubNetwork { .. }), "{e}");
+    assert!(matches!(**hub, Error::HubNetwork { .. }), "{e}");
     // The message says what the Hub did and where the model was looked for locally.
     let msg = e.to_string();
     assert!(msg.contains("cannot reach the Hub"), "{msg}");
@@ -260,7 +260,19 @@ fn resume_across_runs() {
     assert!(!tmp.path().join("models--org--model/refs/main").exists());
 
     server.clear_requests();
+    let last = Arc::new(std::sync::Mutex::new((0, 0)));
+    let l2 = last.clone();
+    let no_retry = HubOptions {
+        progress: Some(Arc::new(move |d, t| *l2.lock().unwrap() = (d, t))),
+        ..no_retry
+    };
     let snap = download::download("org/model", None, tmp.path(), &no_retry).unwrap();
+    let n = files[shard].len() as u64;
+    assert_eq!(
+        *last.lock().unwrap(),
+        (n, n),
+        "the resumed half counts as done"
+    );
     assert_eq!(std::fs::read(snap.join(shard)).unwrap(), files[shard]);
     assert!(!part.exists());
     let ranged: Vec<_> = server
