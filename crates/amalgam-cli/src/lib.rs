@@ -18,8 +18,10 @@
 #![deny(missing_docs)]
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use amalgam_engine::{MergeOptions, PlanOptions, UnmixOptions};
 use amalgam_io::DType;
@@ -75,6 +77,22 @@ enum Command {
     Unmix(UnmixArgs),
     /// Recompute a merge and compare it with an existing model folder (exit 0 only if identical).
     Verify(VerifyArgs),
+    /// Download Hub models (`org/name[@revision]`, or every Hub model a config names) into the
+    /// Hugging Face cache, without merging.
+    Download(DownloadArgs),
+}
+
+#[derive(Args)]
+struct DownloadArgs {
+    /// Hub ids (`org/name[@revision]`) or mergekit YAML configs (`.yml`/`.yaml`).
+    #[arg(required = true)]
+    models: Vec<String>,
+    /// Hugging Face cache folder (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub).
+    #[arg(long, alias = "transformers-cache")]
+    hf_cache: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -362,6 +380,29 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     let quiet = a.common.quiet;
     let progress = progress::Progress::new(!quiet);
     let (loaded, printed) = load_config(&a.config, a.strict, a.common.mergekit_version, registry)?;
+    // Hub models are fetched here, with a progress bar, once the config is known to be valid
+    // (a feature amalgam refuses should not cost a download first); the planner then finds
+    // them in the cache.
+    if let Some((path, key)) = amalgam_config::unsupported_features(&loaded.config)
+        .into_iter()
+        .next()
+    {
+        return Err(amalgam_engine::EngineError::Unsupported {
+            path,
+            key,
+            advice: "remove it or use mergekit for this config".into(),
+        })
+        .with_context(|| format!("merging {}", a.config.display()));
+    }
+    let cache = a
+        .common
+        .hf_cache
+        .clone()
+        .unwrap_or_else(amalgam_io::hub::cache_dir);
+    for r in loaded.config.referenced_models() {
+        fetch(&r.path, r.revision.as_deref(), &cache, a.common.quiet)
+            .with_context(|| format!("merging {}", a.config.display()))?;
+    }
     let opts = MergeOptions {
         plan: PlanOptions {
             compat: a.common.mergekit_version,
@@ -434,6 +475,83 @@ fn check_output(out: &Path, overwrite: bool) -> Result<()> {
              --overwrite to replace it",
             out.display()
         );
+    }
+    Ok(())
+}
+
+/// A progress bar for downloads, in the merge bar's style.
+fn download_bar(
+    quiet: bool,
+    label: &str,
+) -> (
+    Option<amalgam_io::download::DownloadProgress>,
+    Option<indicatif::ProgressBar>,
+) {
+    if quiet || !std::io::stderr().is_terminal() {
+        return (None, None);
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    pb.set_message(format!("downloading {label}"));
+    let pb2 = pb.clone();
+    let f: amalgam_io::download::DownloadProgress = Arc::new(move |done, total| {
+        pb2.set_length(total);
+        pb2.set_position(done);
+    });
+    (Some(f), Some(pb))
+}
+
+/// Resolves `path@revision` to a folder, downloading a Hub id missing from `cache` (with a
+/// progress bar) unless HF_HUB_OFFLINE is set. Local folders are returned as they are.
+fn fetch(path: &str, revision: Option<&str>, cache: &Path, quiet: bool) -> Result<PathBuf> {
+    let label = match revision {
+        Some(r) => format!("{path}@{r}"),
+        None => path.to_string(),
+    };
+    let (progress, pb) = download_bar(quiet, &label);
+    let opts = amalgam_io::download::HubOptions {
+        progress,
+        ..amalgam_io::download::HubOptions::from_env()
+    };
+    let r = amalgam_io::download::resolve_or_download(path, revision, &cwd(), cache, &opts);
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(r?)
+}
+
+fn run_download(a: DownloadArgs) -> Result<()> {
+    let cache = a
+        .hf_cache
+        .clone()
+        .unwrap_or_else(amalgam_io::hub::cache_dir);
+    let mut refs = Vec::new();
+    for m in &a.models {
+        let p = Path::new(m);
+        if p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yml" | "yaml")) {
+            let loaded = amalgam_config::load(p).map_err(|e| anyhow!("{e}"))?;
+            refs.extend(loaded.config.referenced_models());
+        } else {
+            refs.push(
+                amalgam_config::ModelRef::parse(m)
+                    .map_err(|e| anyhow!("`{m}` is not a model reference: {e}"))?,
+            );
+        }
+    }
+    for r in refs {
+        if cwd().join(&r.path).is_dir() {
+            if !a.quiet {
+                eprintln!("{}: local folder, nothing to download", r.path);
+            }
+            continue;
+        }
+        let dir = fetch(&r.path, r.revision.as_deref(), &cache, a.quiet)?;
+        println!("{} -> {}", r.model_path(), dir.display());
     }
     Ok(())
 }
@@ -547,7 +665,7 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
         Some((p, r)) => (p.to_string(), Some(r.to_string())),
         None => (a.src.clone(), None),
     };
-    let src = amalgam_io::hub::resolve_in(&path, rev.as_deref(), &cwd(), &cache)?;
+    let src = fetch(&path, rev.as_deref(), &cache, a.common.quiet)?;
     let opts = UnmixOptions {
         dtype: a.dtype,
         compat: a.common.mergekit_version,
@@ -703,14 +821,22 @@ fn render_error(e: &anyhow::Error) -> String {
         }
         msg.push_str(&text);
     }
-    if let Some(amalgam_io::Error::Unresolved { reference, looked }) = io_error(e) {
+    let missing = match io_error(e) {
+        Some(amalgam_io::Error::Unresolved { reference, looked })
+        | Some(amalgam_io::Error::HubOffline { reference, looked }) => Some((reference, looked)),
+        Some(amalgam_io::Error::NotFetched {
+            reference, looked, ..
+        }) => Some((reference, looked)),
+        _ => None,
+    };
+    if let Some((reference, looked)) = missing {
         let id = reference.split('@').next().unwrap_or(reference);
         if looked.contains("models--") {
-            // A Hub id that is not in the cache.
+            // A Hub id that is neither cached nor downloadable from here.
             msg.push_str(&format!(
-                "\nhint: amalgam does not download models: download it first (`hf download \
-                 {id}`, or `huggingface-cli download {id}`), or point --hf-cache (mergekit's \
-                 --transformers-cache) at the cache folder that holds it"
+                "\nhint: point --hf-cache (mergekit's --transformers-cache) at the cache folder \
+                 that holds it, or fetch it where the Hub is reachable (`amalgam download {id}`, \
+                 `hf download {id}`)"
             ));
         } else {
             // A path: the usual cause is running from another folder than the config expects.
@@ -846,6 +972,7 @@ where
         }
         Command::Unmix(a) => run_unmix(a).map(|_| true),
         Command::Verify(a) => run_verify(a, &registry),
+        Command::Download(a) => run_download(a).map(|_| true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -218,7 +218,11 @@ fn transformers_cache_is_the_hub_cache() {
     .unwrap();
     // Not found without the flag (an empty default cache), found with either spelling.
     let empty = tmp.path().join("empty-cache");
-    let env = [("HF_HUB_CACHE", empty.to_str().unwrap())];
+    // Offline: CI has no network, and the point is the cache flag, not a download.
+    let env = [
+        ("HF_HUB_CACHE", empty.to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
     let o = amalgam_env(tmp.path(), &["merge", "hub.yml", "x"], &env);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);

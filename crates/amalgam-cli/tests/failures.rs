@@ -9,7 +9,9 @@ fn models() -> PathBuf {
 }
 
 fn amalgam(cwd: &Path, args: &[&str]) -> Output {
+    // Missing models must be reported from the cache, not looked for on the real Hub.
     Command::new(env!("CARGO_BIN_EXE_amalgam"))
+        .env("HF_HUB_OFFLINE", "1")
         .current_dir(cwd)
         .args(args)
         .output()

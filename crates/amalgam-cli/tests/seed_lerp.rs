@@ -20,8 +20,11 @@ fn seed() -> PathBuf {
 }
 
 fn amalgam(cwd: &Path, args: &[&str]) -> std::process::Output {
+    // The cache below holds fake commits of real Hub ids: amalgam must not ask the Hub about
+    // them (online it would fetch the real 22B experts).
     Command::new(env!("CARGO_BIN_EXE_amalgam"))
         .current_dir(cwd)
+        .env("HF_HUB_OFFLINE", "1")
         .args(args)
         .output()
         .expect("run amalgam")

@@ -77,11 +77,12 @@ impl<'a> Planner<'a> {
             .hf_cache
             .clone()
             .unwrap_or_else(amalgam_io::hub::cache_dir);
-        let dir = amalgam_io::hub::resolve_in(
+        let dir = amalgam_io::download::resolve_or_download(
             &r.path,
             r.revision.as_deref(),
             &self.opts.base_dir,
             &cache,
+            &amalgam_io::download::HubOptions::from_env(),
         )?;
         let folder = ModelFolder::open(&dir)?;
         let config = crate::model_config::read_config(&folder)?;

@@ -168,6 +168,105 @@ pub enum Error {
         /// Every place that was tried, one per line.
         looked: String,
     },
+    /// `HF_HUB_OFFLINE` is set and the model is not in the cache.
+    #[error("cannot find model `{reference}` and HF_HUB_OFFLINE is set, so it was not downloaded; looked in:\n{looked}\n(unset HF_HUB_OFFLINE, or fetch it first with `amalgam download {reference}`)")]
+    HubOffline {
+        /// The reference as written.
+        reference: String,
+        /// Every place that was tried, one per line.
+        looked: String,
+    },
+    /// A Hub id that is not a local folder nor cached, and that the Hub did not provide.
+    #[error(
+        "cannot find model `{reference}`: {hub}\nnot found locally either; looked in:\n{looked}"
+    )]
+    NotFetched {
+        /// The reference as written.
+        reference: String,
+        /// Every place that was tried, one per line.
+        looked: String,
+        /// Why the Hub did not provide it (in the message, so not also an error `source`, which
+        /// `{:#}` would print a second time).
+        hub: Box<Error>,
+    },
+    /// The Hub refused access (401/403): a gated or private repository, or a bad token.
+    #[error("{repo}: the Hub refused access (HTTP {status}){}", match token_source {
+        None => " and no token was sent: the repository is gated or private (or does not exist). \
+                 Run `huggingface-cli login` or set HF_TOKEN to a token that can read it \
+                 (for a gated model, accept its terms on its Hub page first)".to_string(),
+        Some(src) => format!(" with the token from {src}: that token cannot read this \
+                 repository (gated, private, or it does not exist). For a gated model accept its \
+                 terms on its Hub page; else run `huggingface-cli login` or set HF_TOKEN to a \
+                 token with access"),
+    })]
+    HubAccess {
+        /// The repository id.
+        repo: String,
+        /// 401 or 403.
+        status: u16,
+        /// Where the token that was sent came from (`HF_TOKEN`, a token file), if one was.
+        token_source: Option<String>,
+    },
+    /// The repository, revision or file does not exist on the Hub (404).
+    #[error("{repo}: {what} not found on the Hub ({url})")]
+    HubNotFound {
+        /// The repository id.
+        repo: String,
+        /// What was missing: `revision `main``, `file `config.json``...
+        what: String,
+        /// The URL asked.
+        url: String,
+    },
+    /// The Hub answered with an HTTP error other than 401/403/404 (after retries for 5xx).
+    #[error("{url}: the Hub answered HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    HubHttp {
+        /// The URL asked.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The start of the response body (the Hub explains errors there).
+        body: String,
+    },
+    /// The Hub could not be reached (connection refused, reset, timeout), after retries.
+    #[error("{url}: cannot reach the Hub ({attempts} attempt{}): {reason} (set HF_HUB_OFFLINE=1 to use only the cache)", if *attempts == 1 { "" } else { "s" })]
+    HubNetwork {
+        /// The URL asked.
+        url: String,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The last error.
+        reason: String,
+    },
+    /// The Hub's answer is not what its API documents (missing commit, ETag, malformed JSON).
+    #[error("{url}: unexpected answer from the Hub: {reason}")]
+    HubResponse {
+        /// The URL asked.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A downloaded file's bytes do not match the checksum the Hub announced; it was deleted.
+    #[error("{repo}: `{file}` downloaded with {algorithm} {actual}, but the Hub announced {expected}; the download was deleted (retry, or check HF_ENDPOINT / any proxy)")]
+    ChecksumMismatch {
+        /// The repository id.
+        repo: String,
+        /// The file in the repository.
+        file: String,
+        /// `sha256` (LFS files) or `git sha1` (small files).
+        algorithm: &'static str,
+        /// The ETag the Hub announced.
+        expected: String,
+        /// The digest of the bytes received.
+        actual: String,
+    },
+    /// A Hub repository has only pickle weights, which amalgam does not read.
+    #[error("{repo}@{revision} has only pickle weights (.bin), which amalgam does not read yet; nothing was downloaded (convert the model to safetensors, or use a safetensors revision)")]
+    PickleOnlyRepo {
+        /// The repository id.
+        repo: String,
+        /// The revision asked.
+        revision: String,
+    },
     /// The output path exists and is not an empty folder.
     #[error("{}: the output path exists and is {what}; choose a new path or remove it", safe_path(.path))]
     OutputExists {
@@ -188,8 +287,8 @@ pub enum Error {
         shard: String,
         /// What is wrong with it.
         why: String,
-        /// The folder it must stay in.
-        root: PathBuf,
+        /// The folder it must stay in (boxed: keeps `Error` small).
+        root: Box<std::path::Path>,
     },
     /// A side file (tokenizer, config) is a symlink that resolves outside the model folder.
     /// Side files are copied by content into an output folder that is usually published, so a

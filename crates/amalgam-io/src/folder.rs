@@ -257,7 +257,7 @@ fn checked_shard(
         tensor: tensor.to_string(),
         shard: shard.to_string(),
         why,
-        root: root.clone(),
+        root: root.clone().into_boxed_path(),
     };
     let rel = Path::new(shard);
     if rel.is_absolute() || rel.has_root() {

@@ -1,7 +1,8 @@
 //! Model references resolved to folders: local paths, or Hub ids found in the Hugging Face cache.
 //!
-//! Resolution is offline: a model that is neither a local folder nor in the cache is an error
-//! that lists every place looked at, so the user knows what to download or fix.
+//! Resolution here is offline: a model that is neither a local folder nor in the cache is an
+//! error that lists every place looked at. [`crate::download::resolve_or_download`] adds the
+//! network: it fetches a missing Hub id into the same layout, then resolves it here.
 //!
 //! Cache layout (as `huggingface_hub` writes it):
 //! `<cache>/models--<org>--<name>/refs/<branch or tag>` holds a commit sha, and
@@ -93,7 +94,7 @@ pub fn resolve(path: &str, revision: Option<&str>, base: &Path) -> Result<PathBu
 
 /// Whether `s` can be a Hub repository id (`name` or `org/name`): the cache is only consulted
 /// for those, so a mistyped local path is not reported as a missing Hub model.
-fn is_repo_id(s: &str) -> bool {
+pub(crate) fn is_repo_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     let ok = |p: &&str| {
         !p.is_empty()
@@ -107,7 +108,7 @@ fn is_repo_id(s: &str) -> bool {
 }
 
 /// A revision must stay inside `refs/` and `snapshots/`.
-fn is_safe_revision(r: &str) -> bool {
+pub(crate) fn is_safe_revision(r: &str) -> bool {
     !r.is_empty()
         && !r.starts_with('/')
         && r.split('/').all(|p| !p.is_empty() && p != "." && p != "..")

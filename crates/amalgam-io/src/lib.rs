@@ -13,12 +13,14 @@
 //! * [`ShardLayout`] / [`OutputWriter`]: a streaming, positioned writer. The headers of all shards
 //!   are computed up front from the planned tensors, so tensor bytes can be written at their final
 //!   offsets in any order, from any thread, and memory never grows with the model.
-//! * [`hub`]: model references resolved to folders through the Hugging Face cache layout.
+//! * [`hub`]: model references resolved to folders through the Hugging Face cache layout;
+//!   [`download`]: Hub ids missing from the cache fetched into it.
 //! * [`display`]: untrusted names (tensors, shards, files) made safe to print in messages.
 #![deny(missing_docs)]
 
 pub mod convert;
 pub mod display;
+pub mod download;
 mod dtype;
 mod error;
 mod folder;
