@@ -298,6 +298,9 @@ struct VerifyArgs {
     config: PathBuf,
     /// The model folder to check.
     model_path: PathBuf,
+    /// The model was made with mergekit's --allow-crimes (models of different architectures).
+    #[arg(long)]
+    allow_crimes: bool,
     /// Which mergekit release's arithmetic (default: the one recorded in the model's index, else 0.1.5).
     #[arg(long, value_parser = parse_compat)]
     mergekit_version: Option<Compat>,
@@ -383,17 +386,6 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     // Hub models are fetched here, with a progress bar, once the config is known to be valid
     // (a feature amalgam refuses should not cost a download first); the planner then finds
     // them in the cache.
-    if let Some((path, key)) = amalgam_config::unsupported_features(&loaded.config)
-        .into_iter()
-        .next()
-    {
-        return Err(amalgam_engine::EngineError::Unsupported {
-            path,
-            key,
-            advice: "remove it or use mergekit for this config".into(),
-        })
-        .with_context(|| format!("merging {}", a.config.display()));
-    }
     let cache = a
         .common
         .hf_cache
@@ -409,6 +401,7 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
             strict: a.strict,
             base_dir: cwd(),
             hf_cache: a.common.hf_cache.clone(),
+            allow_crimes: a.allow_crimes,
         },
         out_shard_size: Some(a.out_shard_size),
         copy_tokenizer: !a.no_copy_tokenizer,
@@ -603,10 +596,7 @@ fn load_config(
     };
     let diags = amalgam_config::validate(&loaded, &registry.infos(), strict, compat);
     let rendered: Vec<String> = diags.iter().map(|d| d.render(Some(path))).collect();
-    if diags
-        .iter()
-        .any(|d| d.severity == amalgam_config::Severity::Error)
-    {
+    if diags.iter().any(|d| d.severity.refuses()) {
         // Warnings too, in file order: a "did you mean" on a misspelt key is often the
         // reason for the error that follows, and `validate` shows both.
         return Err(Rendered(rendered.join("\n")).into());
@@ -714,6 +704,7 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         strict: a.strict,
         base_dir: cwd(),
         hf_cache: a.hf_cache.clone(),
+        allow_crimes: a.allow_crimes,
     };
     // The plan verify will make, made here too (headers only) to tell the tensors the config
     // produces from those only the model has, and to size the work for the user.

@@ -26,15 +26,20 @@ pub fn run(configs: &[PathBuf], strict: bool, compat: Compat, registry: &Registr
                 continue;
             }
         };
-        let errors = diags
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .count();
-        let warnings = diags.len() - errors;
+        let count = |s: Severity| diags.iter().filter(|d| d.severity == s).count();
+        let (errors, unsupported) = (count(Severity::Error), count(Severity::Unsupported));
+        let warnings = count(Severity::Warning);
         if errors > 0 {
             all_ok = false;
             println!(
                 "{}: invalid ({errors} error(s), {warnings} warning(s))",
+                path.display()
+            );
+        } else if unsupported > 0 {
+            // mergekit would run it; amalgam refuses it, as `merge` does, and says why.
+            all_ok = false;
+            println!(
+                "{}: not supported yet ({unsupported} feature(s), {warnings} warning(s))",
                 path.display()
             );
         } else if warnings > 0 {

@@ -29,7 +29,9 @@ fn validate_command_matches_mergekit_verdicts() {
     let mut mismatches = Vec::new();
     for ((line, file), want) in summaries.iter().zip(&files).zip(&expected) {
         assert!(line.starts_with(&file.display().to_string()), "{line}");
-        let accepted = line.contains(": ok");
+        // A config mergekit runs is accepted, or refused only for features amalgam does not
+        // implement yet (said as such); one mergekit rejects is invalid.
+        let accepted = line.contains(": ok") || line.contains(": not supported yet");
         if accepted != *want {
             mismatches.push(format!(
                 "{line} (mergekit: {})",

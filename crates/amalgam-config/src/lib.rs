@@ -26,7 +26,7 @@ pub use types::{
     InputModel, InputSlice, MergeConfig, OutputModule, OutputSlice, TokenEmbedding,
     TokenEmbeddingSource, TokenizerConfig, TokenizerSource,
 };
-pub use validate::{uniform_fallback, unsupported_features, validate};
+pub use validate::{uniform_fallback, unsupported_features, unsupported_message, validate};
 pub use yaml::Location;
 
 /// The dtype names mergekit 0.1.5 accepts for `dtype`/`out_dtype` (`dtype_from_name`; an
@@ -71,6 +71,9 @@ fn render(file: Option<&Path>, diags: &[Diagnostic]) -> String {
 pub enum Severity {
     /// mergekit would refuse the config (or amalgam refuses it for a stated reason).
     Error,
+    /// mergekit runs the config, but it uses a feature amalgam does not implement yet: refused,
+    /// by `validate` and `merge` alike, and told apart from a config mergekit rejects.
+    Unsupported,
     /// mergekit accepts it, but it probably does not do what was meant.
     Warning,
 }
@@ -104,7 +107,7 @@ impl Diagnostic {
             s.push(' ');
         }
         s.push_str(match self.severity {
-            Severity::Error => "error: ",
+            Severity::Error | Severity::Unsupported => "error: ",
             Severity::Warning => "warning: ",
         });
         if !self.path.is_empty() {
@@ -113,6 +116,13 @@ impl Diagnostic {
         }
         s.push_str(&self.message);
         s
+    }
+}
+
+impl Severity {
+    /// Whether a diagnostic of this severity stops a merge (errors and unsupported features).
+    pub fn refuses(self) -> bool {
+        self != Severity::Warning
     }
 }
 

@@ -228,7 +228,11 @@ pub fn validate(
         .find(|m| m.name == config.merge_method);
     let mut push_at =
         |severity: Severity, path: &str, at: Option<crate::Location>, message: String| {
-            let severity = if strict { Severity::Error } else { severity };
+            let severity = if strict && severity == Severity::Warning {
+                Severity::Error
+            } else {
+                severity
+            };
             out.push(Diagnostic {
                 severity,
                 location: at.or_else(|| loaded.location(path)).or_else(|| {
@@ -404,6 +408,21 @@ pub fn validate(
         }
     }
 
+    for (path, key) in unsupported_features(config) {
+        // The path already names a top-level key: not said twice.
+        let what = if path == key {
+            "not supported yet by amalgam".to_string()
+        } else {
+            unsupported_message(&key)
+        };
+        push_at(
+            Severity::Unsupported,
+            &path,
+            None,
+            format!("{what}; remove it or use mergekit for this config"),
+        );
+    }
+
     if let Some(w) = fallback {
         if strict {
             let first = slices
@@ -475,11 +494,25 @@ fn check_contract<'v>(c: &Contract, view: &'v SliceView) -> Result<(), (Option<&
     })
 }
 
-/// What amalgam does not implement yet and refuses at merge time ("not supported yet"):
-/// `(YAML path, key)` for each `tokenizer_source`, `tokenizer`, `chat_template`, `modules`,
-/// LoRA (`+lora` or `lora:`) and `override_architecture`.
+/// The words of a "not supported yet" refusal of `key`, the same for `validate` and `merge`.
+pub fn unsupported_message(key: &str) -> String {
+    format!("`{key}` is not supported yet by amalgam")
+}
+
+/// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
+/// `tokenizer_source`, `tokenizer`, `chat_template`, `modules`, LoRA (`+lora` or `lora:`),
+/// `override_architecture` and float64 arithmetic (`dtype: float64`). [`validate`] reports
+/// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
+/// decide with this one function, before any model is read.
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    if config
+        .dtype
+        .as_deref()
+        .is_some_and(|d| d.trim_start_matches("torch.") == "float64")
+    {
+        out.push(("dtype".into(), "dtype: float64".into()));
+    }
     let model = |m: &ModelRef, path: String, out: &mut Vec<(String, String)>| {
         if m.lora.is_some() {
             out.push((path.clone(), "lora".to_string()));

@@ -6,6 +6,8 @@
 
 use serde_json::Value;
 
+use crate::mergekit_archs::MERGEKIT_ARCHITECTURES;
+
 /// A layer tensor name split around its index: `model.layers.3.mlp.up_proj.weight` ->
 /// (`model.layers.`, 3, `.mlp.up_proj.weight`).
 pub fn split_layer(name: &str) -> Option<(&str, usize, &str)> {
@@ -179,6 +181,32 @@ pub fn known(architecture: Option<&str>) -> Option<Known> {
         pre: PRE,
         post,
     })
+}
+
+/// The mergekit architecture definition a model gets (see [`MERGEKIT_ARCHITECTURES`]): by its
+/// `architectures[0]`, and by `model_type` when mergekit has several definitions of that name
+/// (none then if no model_type matches, as mergekit). An `#expert=K` view is a dense Mistral.
+pub fn mergekit_definition(cfg: Option<&Value>, expert_view: bool) -> Option<&'static str> {
+    let name = if expert_view {
+        "MistralForCausalLM"
+    } else {
+        architecture_of(cfg)?
+    };
+    let model_type = cfg
+        .and_then(|c| c.get("model_type"))
+        .and_then(Value::as_str);
+    let candidates: Vec<&(&str, &str, &str)> = MERGEKIT_ARCHITECTURES
+        .iter()
+        .filter(|(n, _, _)| *n == name)
+        .collect();
+    match candidates.as_slice() {
+        [] => None,
+        [(_, _, def)] => Some(def),
+        many => many
+            .iter()
+            .find(|(_, mt, _)| Some(*mt) == model_type || (expert_view && *mt == "mistral"))
+            .map(|(_, _, def)| *def),
+    }
 }
 
 /// The class name in a config.json.

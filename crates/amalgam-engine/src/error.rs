@@ -185,6 +185,15 @@ pub enum EngineError {
         /// What is missing or wrong.
         reason: String,
     },
+    /// Models of different architectures, without `--allow-crimes` (mergekit's message).
+    #[error(
+        "Must specify --allow-crimes to attempt to mix different architectures ({})",
+        archs.join(", ")
+    )]
+    MixedArchitectures {
+        /// `model is Architecture`, per model.
+        archs: Vec<String>,
+    },
     /// A feature mergekit has and amalgam does not implement yet.
     #[error("`{key}` (at {path}) is not supported yet by amalgam; {advice}")]
     Unsupported {

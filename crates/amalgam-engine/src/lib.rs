@@ -21,6 +21,7 @@ mod arch;
 mod error;
 pub mod exec;
 mod legacy_order;
+mod mergekit_archs;
 mod model_config;
 mod order;
 mod output;

@@ -30,6 +30,8 @@ pub struct PlanOptions {
     pub base_dir: PathBuf,
     /// Hugging Face cache folder; default from the environment.
     pub hf_cache: Option<PathBuf>,
+    /// mergekit's `--allow-crimes`: merge models of different architectures.
+    pub allow_crimes: bool,
 }
 
 /// A normalized output slice: what mergekit turns both `models:` and `slices:` into.
@@ -454,6 +456,34 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// mergekit's architecture check: when every model's architecture has a mergekit definition
+/// and they are not all the same one, the merge needs `--allow-crimes`. A model mergekit has
+/// no definition for sends it to inference instead, with no check; so here.
+fn check_one_architecture(models: &[Model]) -> Result<()> {
+    let defs: Vec<Option<&'static str>> = models
+        .iter()
+        .map(|m| arch::mergekit_definition(m.config.as_ref(), m.source.is_expert_view()))
+        .collect();
+    let Some(Some(first)) = defs.first() else {
+        return Ok(());
+    };
+    if defs.iter().all(Option::is_some) && defs.iter().any(|d| d != &Some(*first)) {
+        let archs = models
+            .iter()
+            .map(|m| {
+                let a = if m.source.is_expert_view() {
+                    "MistralForCausalLM"
+                } else {
+                    arch::architecture_of(m.config.as_ref()).unwrap_or("?")
+                };
+                format!("{} is {}", m.label, amalgam_io::display::safe(a))
+            })
+            .collect();
+        return Err(EngineError::MixedArchitectures { archs });
+    }
+    Ok(())
+}
+
 /// One parameter through [`amalgam_config::resolve_value`], its coercion error named.
 fn resolve(
     scopes: &ParamScopes,
@@ -516,11 +546,12 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         _ => {}
     }
     // The config against the method's schema, exactly as `amalgam validate` checks it, before
-    // any model is opened: a contract, parameter or version problem costs no I/O.
+    // any model is opened: a contract, parameter or version problem, or a feature amalgam does
+    // not implement yet, costs no I/O.
     let errors: Vec<_> =
         amalgam_config::validate(loaded, &registry.infos(), opts.strict, opts.compat)
             .into_iter()
-            .filter(|d| d.severity == amalgam_config::Severity::Error)
+            .filter(|d| d.severity.refuses())
             .collect();
     if !errors.is_empty() {
         return Err(amalgam_config::ConfigError::Invalid {
@@ -528,13 +559,6 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             diagnostics: errors,
         }
         .into());
-    }
-    if let Some((path, key)) = amalgam_config::unsupported_features(cfg).into_iter().next() {
-        return Err(EngineError::Unsupported {
-            path,
-            key,
-            advice: "remove it or use mergekit for this config".into(),
-        });
     }
     let config_dtype = parse_dtype("dtype", &cfg.dtype)?;
     let config_out_dtype = parse_dtype("out_dtype", &cfg.out_dtype)?;
@@ -552,6 +576,9 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         known: Vec::new(),
     };
     let slices = p.normalize()?;
+    if !opts.allow_crimes {
+        check_one_architecture(&p.models)?;
+    }
     // The config parser rejects empty lists, but a `MergeConfig` can be built by hand: these
     // checks keep the indexing below safe whatever the caller passes.
     let (Some(first), Some(last)) = (slices.first(), slices.last()) else {

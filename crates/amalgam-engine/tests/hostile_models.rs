@@ -260,3 +260,88 @@ fn expert_beyond_the_count_is_refused() {
     let m = mixtral_with(tmp.path(), &|_| {}, &|_| {});
     unmix_fails(&m, 12, "8 experts");
 }
+
+// ---- Mixed architectures ----
+
+/// `a`: the golden Llama; `q`: the same weights whose config.json says Qwen2 (mergekit knows
+/// both architectures, so it refuses to mix them without `--allow-crimes`).
+fn llama_and_qwen(dir: &Path) {
+    copy_dir(&repo().join("tests/golden/models/base"), &dir.join("a"));
+    copy_dir(&repo().join("tests/golden/models/base"), &dir.join("q"));
+    let p = dir.join("q/config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    v["model_type"] = "qwen2".into();
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+fn merge_two(
+    dir: &Path,
+    allow_crimes: bool,
+    second: &str,
+) -> amalgam_engine::Result<amalgam_engine::MergeReport> {
+    let loaded = amalgam_config::parse_str(&format!(
+        "merge_method: linear\nmodels:\n  - model: ./a\n    parameters: {{weight: 0.5}}\n  - model: \
+         ./{second}\n    parameters: {{weight: 0.5}}\n"
+    ))
+    .unwrap();
+    let opts = MergeOptions {
+        plan: PlanOptions {
+            base_dir: dir.to_path_buf(),
+            allow_crimes,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    merge(
+        &loaded,
+        &dir.join(format!("out-{allow_crimes}-{second}")),
+        &Registry::builtin(),
+        &opts,
+    )
+}
+
+#[test]
+fn mixing_architectures_needs_allow_crimes() {
+    let tmp = tempfile::tempdir().unwrap();
+    llama_and_qwen(tmp.path());
+    match merge_two(tmp.path(), false, "q") {
+        Err(e @ EngineError::MixedArchitectures { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains(
+                    "Must specify --allow-crimes to attempt to mix different architectures"
+                ),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("Qwen2ForCausalLM") && msg.contains("LlamaForCausalLM"),
+                "{msg}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!tmp.path().join("out-false-q").exists());
+    merge_two(tmp.path(), true, "q").expect("--allow-crimes merges");
+    // Same architecture: no flag needed.
+    copy_dir(
+        &repo().join("tests/golden/models/base"),
+        &tmp.path().join("b"),
+    );
+    merge_two(tmp.path(), false, "b").expect("one architecture");
+}
+
+/// mergekit checks only when it has a definition for every model: an architecture it does not
+/// know goes to inference, unchecked.
+#[test]
+fn unknown_architecture_is_not_a_crime() {
+    let tmp = tempfile::tempdir().unwrap();
+    llama_and_qwen(tmp.path());
+    let p = tmp.path().join("q/config.json");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("Qwen2ForCausalLM", "MadeUpForCausalLM");
+    std::fs::write(&p, text).unwrap();
+    merge_two(tmp.path(), false, "q").expect("unknown architecture: inferred, not refused");
+}
