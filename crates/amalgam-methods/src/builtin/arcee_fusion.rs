@@ -4,7 +4,7 @@
 use amalgam_io::DType;
 
 use crate::numerics::round;
-use crate::reduce::torch_sum_with;
+use crate::reduce::{full_sum_with, threads_for};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo, Tensor,
 };
@@ -151,7 +151,7 @@ impl MergeMethod for ArceeFusion {
                 .collect();
             let kl = round(
                 dt,
-                torch_sum_with(
+                full_sum_with(
                     |i| match (p.get(i), q.get(i)) {
                         (Some(&pv), Some(&qv)) => {
                             round(dt, pv * round(dt, round(dt, pv / qv).ln()))
@@ -160,6 +160,8 @@ impl MergeMethod for ArceeFusion {
                     },
                     p.len(),
                     dt,
+                    // `sum(dim=-1)` over a 1-D tensor is a reduction to one value: it splits.
+                    threads_for(n / row_len, args.torch_threads),
                 ),
             );
             for ((o, &a), &c) in ir.iter_mut().zip(xr).zip(br) {
