@@ -120,7 +120,7 @@ fn check_method(method: &str) -> Vec<String> {
             let want = run["sha256"].as_object().expect("sha256");
             let values = run["values"]
                 .as_str()
-                .map(|f| SafetensorsFile::open(&dir().join(f)).expect("values file"));
+                .map(|f| SafetensorsFile::open(dir().join(f)).expect("values file"));
             for (tensor, h) in want {
                 let Some((dt, bytes)) = ours.get(tensor) else {
                     problems.push(format!("{name} T={t}: {tensor} missing"));
@@ -137,7 +137,7 @@ fn check_method(method: &str) -> Vec<String> {
                 });
                 let other = other
                     .and_then(|r| r["values"].as_str())
-                    .map(|f| SafetensorsFile::open(&dir().join(f)).expect("values file"));
+                    .map(|f| SafetensorsFile::open(dir().join(f)).expect("values file"));
                 let stored = values
                     .as_ref()
                     .filter(|v| v.get(tensor).is_some())

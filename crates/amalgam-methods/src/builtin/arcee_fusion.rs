@@ -38,9 +38,10 @@ impl ArceeFusion {
                 card_names_base: true,
                 uniform_fallback: None,
                 deviations: "Output dtype is float32 whatever the inputs (as mergekit 0.1.5; cast with \
-                             out_dtype to get bf16). The softmax/exp/log are evaluated with the \
-                             platform libm in PyTorch's association order, where PyTorch uses SLEEF; \
-                             an element whose importance sits exactly at the threshold could flip. \
+                             out_dtype to get bf16). The softmax is PyTorch's (SLEEF u10 expf, \
+                             16-lane reduce_all sum): bit-exact with mergekit at 1, 2 and 4 torch \
+                             threads in bf16/f16/f32 (tests/golden-threads); the log is the \
+                             platform libm's. \
                              Only tensors over 1,000,000 elements consume the random stream. \
                              --mergekit-version 0.0.4.2 has no arcee_fusion.",
             },
@@ -76,16 +77,17 @@ fn softmax_row(row: &[f32], dt: DType) -> Vec<f32> {
 /// two-part ln 2, a degree-6 polynomial evaluated with fused multiply-adds, then scale by 2^q in
 /// two steps; below −104 it is 0, above 100 infinity. Deterministic and portable, so reproducible.
 pub(crate) fn sleef_expf_u10(d: f32) -> f32 {
-    const R_LN2: f32 = 1.442_695_040_888_963_4;
-    const L2U: f32 = 0.693_145_751_953_125;
-    const L2L: f32 = 1.428_606_765_330_187e-6;
+    // SLEEF's R_LN2f, L2Uf (0.693145751953125) and L2Lf (1.428606765330187045e-06) as f32.
+    const R_LN2: f32 = std::f32::consts::LOG2_E;
+    let l2u = f32::from_bits(0x3f317200);
+    let l2l = f32::from_bits(0x35bfbe8e);
     if d.is_nan() {
         return d;
     }
     let q = (d * R_LN2).round_ties_even();
     let qi = q as i32;
-    let s = q.mul_add(-L2U, d);
-    let s = q.mul_add(-L2L, s);
+    let s = q.mul_add(-l2u, d);
+    let s = q.mul_add(-l2l, s);
     let mut u = 0.000_198_527_62_f32;
     u = u.mul_add(s, 0.001_393_043_6);
     u = u.mul_add(s, 0.008_333_361);
