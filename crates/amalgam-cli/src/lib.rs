@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use amalgam_engine::{MergeOptions, PlanOptions, UnmixOptions};
+use amalgam_engine::{MergeOptions, PlanOptions, TorchThreads, UnmixOptions};
 use amalgam_io::DType;
 use amalgam_methods::{Compat, Registry};
 use anyhow::{anyhow, bail, Context, Result};
@@ -162,6 +162,11 @@ struct MergeArgs {
     /// Turn warnings (linear without weights, unknown keys) into mergekit's errors.
     #[arg(long)]
     strict: bool,
+    /// Reproduce mergekit run with N PyTorch threads (`torch.get_num_threads()`; mergekit's default
+    /// is the machine's core count): reductions over 32,768+ elements round differently per
+    /// thread count. Default 1, so the output never depends on the machine.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_torch_threads)]
+    torch_threads: usize,
     /// Write safetensors (the default; the only format amalgam writes).
     #[arg(long, overrides_with = "no_safe_serialization")]
     safe_serialization: bool,
@@ -319,6 +324,28 @@ struct VerifyArgs {
     /// Turn warnings into errors.
     #[arg(long)]
     strict: bool,
+    /// PyTorch threads the model was made with, or `auto`: try the thread counts that can
+    /// matter for the model's tensor sizes and report the one that reproduces it.
+    #[arg(long, value_name = "N|auto", default_value = "1", value_parser = parse_verify_threads)]
+    torch_threads: TorchThreads,
+}
+
+/// `--torch-threads N`: a positive thread count.
+fn parse_torch_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{s}` is not a thread count (a positive integer)")),
+    }
+}
+
+/// `verify --torch-threads N|auto`.
+fn parse_verify_threads(s: &str) -> Result<TorchThreads, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(TorchThreads::Auto);
+    }
+    parse_torch_threads(s)
+        .map(TorchThreads::Fixed)
+        .map_err(|e| format!("{e}, or `auto`"))
 }
 
 fn parse_compat(s: &str) -> Result<Compat, String> {
@@ -408,6 +435,7 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
         write_model_card: !a.no_write_model_card,
         seed: a.random_seed,
         progress: None,
+        torch_threads: a.torch_threads,
     };
     // Refuse an occupied output folder before the models are opened: a rerun of a merge is the
     // usual way to meet this, and it should not wait for the plan to say so.
@@ -730,13 +758,14 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         human_bytes(plan.output_bytes())
     ));
     drop(plan);
-    let report = amalgam_engine::verify(
+    let report = amalgam_engine::verify_threads(
         &loaded,
         &a.model_path,
         registry,
         &opts,
         Some(compat),
         a.random_seed,
+        a.torch_threads,
     )?;
     progress.finish();
     if a.json {
@@ -773,6 +802,31 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         summary.push_str(&format!(
             "; {extra} more in the model are not produced by the config"
         ));
+    }
+    if a.torch_threads == TorchThreads::Auto {
+        let tried: Vec<String> = report
+            .torch_threads_tried
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        if report.ok() {
+            summary.push_str(&format!(
+                "; reproduced with --torch-threads {}{}",
+                report.torch_threads,
+                if report.torch_threads_or_more {
+                    " (or more: no tensor splits further)"
+                } else {
+                    ""
+                }
+            ));
+        } else {
+            summary.push_str(&format!(
+                "; no torch thread count reproduces it (tried {})",
+                tried.join(", ")
+            ));
+        }
+    } else if report.torch_threads > 1 {
+        summary.push_str(&format!("; --torch-threads {}", report.torch_threads));
     }
     println!(
         "{summary} ({})",

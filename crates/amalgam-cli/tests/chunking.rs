@@ -72,6 +72,7 @@ fn whole(
         shared,
         rng: None,
         compat: Compat::V0_1_5,
+        torch_threads: 1,
     };
     let out = m.merge(args).unwrap();
     let mut bytes = vec![0u8; N * 2];

@@ -38,6 +38,9 @@ pub struct ExecOptions {
     pub seed: Option<u64>,
     /// Called as work completes.
     pub progress: Option<ProgressFn>,
+    /// PyTorch intra-op threads of the mergekit run to reproduce (0 is taken as 1): reductions
+    /// to one value over 32,768+ elements split per thread in PyTorch (docs/threads.md).
+    pub torch_threads: usize,
 }
 
 /// Something that receives merged tensor bytes: the output writer, or a hasher for `verify`.
@@ -112,6 +115,7 @@ fn merge_range(
     range: std::ops::Range<usize>,
     rng: Option<&mut Mt19937>,
     sink: &dyn Sink,
+    torch_threads: usize,
 ) -> Result<()> {
     let tensors: Vec<Tensor> = (0..op.inputs.len())
         .map(|j| load(plan, op, j, range.clone()))
@@ -151,6 +155,7 @@ fn merge_range(
         shared: &op.shared,
         rng,
         compat: plan.compat,
+        torch_threads,
     };
     // A method is third-party code as far as the engine is concerned: a panic in it (a bug,
     // but one a user may meet on an odd tensor) becomes an error naming the tensor and the
@@ -196,11 +201,17 @@ fn put(
 
 /// Merges an elementwise work item chunk by chunk: each chunk's inputs fit in the CPU cache
 /// between decoding and merging.
-fn merge_item(plan: &Plan, op: &Op, range: std::ops::Range<usize>, sink: &dyn Sink) -> Result<()> {
+fn merge_item(
+    plan: &Plan,
+    op: &Op,
+    range: std::ops::Range<usize>,
+    sink: &dyn Sink,
+    torch_threads: usize,
+) -> Result<()> {
     let mut s = range.start;
     while s < range.end {
         let e = (s + CHUNK_ELEMS).min(range.end);
-        merge_range(plan, op, s..e, None, sink)?;
+        merge_range(plan, op, s..e, None, sink, torch_threads)?;
         s = e;
     }
     Ok(())
@@ -227,6 +238,7 @@ fn copy_buffer(plan: &Plan, op: &Op, sink: &dyn Sink) -> Result<()> {
 
 /// Runs every op of `plan` into `sink`.
 pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
+    let threads = opts.torch_threads.max(1);
     let bytes_done = AtomicU64::new(0);
     let tensors_done = AtomicUsize::new(0);
     let report = |n: u64, finished: bool| {
@@ -241,7 +253,7 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
         for op in &plan.ops {
             if op.float {
                 let n = op.shape.iter().product();
-                merge_range(plan, op, 0..n, Some(&mut rng), sink)?;
+                merge_range(plan, op, 0..n, Some(&mut rng), sink, threads)?;
             } else {
                 copy_buffer(plan, op, sink)?;
             }
@@ -277,9 +289,9 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     items.par_iter().try_for_each(|(i, range, chunked)| {
         let op = &plan.ops[*i];
         if *chunked {
-            merge_item(plan, op, range.clone(), sink)?;
+            merge_item(plan, op, range.clone(), sink, threads)?;
         } else if op.float {
-            merge_range(plan, op, range.clone(), None, sink)?;
+            merge_range(plan, op, range.clone(), None, sink, threads)?;
         } else {
             copy_buffer(plan, op, sink)?;
         }

@@ -42,7 +42,7 @@ pub use exec::{ExecOptions, ProgressFn};
 pub use plan::{Plan, DEFAULT_SHARD_SIZE};
 pub use planner::{plan, PlanOptions};
 pub use unmix::{expert_count, unmix, UnmixOptions};
-pub use verify::{verify, TensorDiff, VerifyReport};
+pub use verify::{verify, verify_threads, TensorDiff, TorchThreads, VerifyReport};
 
 /// Options of [`merge`].
 #[derive(Clone, Default)]
@@ -59,6 +59,8 @@ pub struct MergeOptions {
     pub seed: Option<u64>,
     /// Progress callback.
     pub progress: Option<ProgressFn>,
+    /// PyTorch intra-op threads of the mergekit run to reproduce (0 or 1: one thread).
+    pub torch_threads: usize,
 }
 
 /// What a merge did.
@@ -152,6 +154,7 @@ pub fn merge_plan(
             exec: ExecOptions {
                 seed,
                 progress: opts.progress.clone(),
+                torch_threads: opts.torch_threads,
             },
             config_json: side::config_json(&plan),
             files,

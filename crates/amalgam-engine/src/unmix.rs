@@ -145,6 +145,8 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
             exec: ExecOptions {
                 seed: None,
                 progress: opts.progress.clone(),
+                // unmix copies tensors: no reduction, the thread count cannot matter.
+                torch_threads: 1,
             },
             config_json,
             files,

@@ -36,6 +36,14 @@ pub struct VerifyReport {
     pub tensors: usize,
     /// Tensors that differ, sorted by name.
     pub diffs: Vec<TensorDiff>,
+    /// The PyTorch thread count the merge was recomputed with (with `auto`: the one that
+    /// reproduced the model, else the last one tried).
+    pub torch_threads: usize,
+    /// With `auto`: every thread count tried, in order (empty otherwise).
+    pub torch_threads_tried: Vec<usize>,
+    /// With `auto` and a match: the match holds for every thread count from `torch_threads` on,
+    /// because no reduction of this model has more chunks than that (docs/threads.md).
+    pub torch_threads_or_more: bool,
 }
 
 impl VerifyReport {
@@ -112,8 +120,90 @@ pub fn recorded_version(folder: &Path) -> Option<Compat> {
     Compat::parse(v.get("metadata")?.get("mergekit_version")?.as_str()?)
 }
 
+/// Which PyTorch intra-op thread count `verify` recomputes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TorchThreads {
+    /// Exactly this many (mergekit's `torch.get_num_threads()`).
+    Fixed(usize),
+    /// Try the thread counts that can matter for the model's tensor sizes, and report the first
+    /// that reproduces it: a published model does not say how many cores made it.
+    Auto,
+}
+
+/// The order `auto` tries thread counts in: 1, the usual core counts (powers of two), then the
+/// others; only those below the split limit of the largest tensor (`distinct_thread_counts`),
+/// since more threads than chunks change nothing.
+fn auto_candidates(largest: usize) -> Vec<usize> {
+    /// Thread counts beyond this are not tried (each try recomputes the whole merge).
+    const CAP: usize = 256;
+    let all = amalgam_methods::reduce::distinct_thread_counts(largest, CAP);
+    let mut order: Vec<usize> = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+        .into_iter()
+        .filter(|t| all.contains(t))
+        .collect();
+    let rest: Vec<usize> = all.into_iter().filter(|t| !order.contains(t)).collect();
+    order.extend(rest);
+    order
+}
+
+/// Recomputes the merge of `loaded` with each candidate thread count (one for
+/// [`TorchThreads::Fixed`]) and compares it with the model in `model_dir`; stops at the first
+/// count that reproduces it. See [`verify`] for the rest.
+pub fn verify_threads(
+    loaded: &LoadedConfig,
+    model_dir: &Path,
+    registry: &Registry,
+    opts: &PlanOptions,
+    compat: Option<Compat>,
+    seed: Option<u64>,
+    threads: TorchThreads,
+) -> Result<VerifyReport> {
+    if let TorchThreads::Fixed(n) = threads {
+        return verify(loaded, model_dir, registry, opts, compat, seed, n);
+    }
+    let compat_now = compat
+        .or_else(|| recorded_version(model_dir))
+        .unwrap_or_default();
+    let plan = crate::planner::plan(
+        loaded,
+        registry,
+        &PlanOptions {
+            compat: compat_now,
+            ..opts.clone()
+        },
+    )?;
+    let largest = plan
+        .ops
+        .iter()
+        .map(|o| o.shape.iter().product::<usize>())
+        .max()
+        .unwrap_or(0);
+    drop(plan);
+    let candidates = auto_candidates(largest);
+    let most = candidates.iter().copied().max().unwrap_or(1);
+    let mut tried = Vec::new();
+    let mut last = None;
+    for t in candidates {
+        tried.push(t);
+        let mut report = verify(loaded, model_dir, registry, opts, compat, seed, t)?;
+        if report.ok() {
+            report.torch_threads_or_more = t == most;
+            report.torch_threads_tried = tried;
+            return Ok(report);
+        }
+        last = Some(report);
+    }
+    let mut report = match last {
+        Some(r) => r,
+        None => verify(loaded, model_dir, registry, opts, compat, seed, 1)?,
+    };
+    report.torch_threads_tried = tried;
+    Ok(report)
+}
+
 /// Recomputes the merge of `loaded` and compares it with the model in `model_dir`. The mergekit
-/// version is `compat` if given, else the one recorded in the folder's index, else 0.1.5.
+/// version is `compat` if given, else the one recorded in the folder's index, else 0.1.5;
+/// `torch_threads` is the PyTorch thread count mergekit ran with.
 pub fn verify(
     loaded: &LoadedConfig,
     model_dir: &Path,
@@ -121,6 +211,7 @@ pub fn verify(
     opts: &PlanOptions,
     compat: Option<Compat>,
     seed: Option<u64>,
+    torch_threads: usize,
 ) -> Result<VerifyReport> {
     let folder = ModelFolder::open(model_dir)?;
     let compat = compat
@@ -150,6 +241,7 @@ pub fn verify(
         &ExecOptions {
             seed,
             progress: None,
+            torch_threads,
         },
     )?;
     let mut diffs = cmp.diffs.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -173,5 +265,8 @@ pub fn verify(
         mergekit_version: compat.version_str().to_string(),
         tensors: plan.ops.len(),
         diffs: diffs.into_values().collect(),
+        torch_threads: torch_threads.max(1),
+        torch_threads_tried: Vec::new(),
+        torch_threads_or_more: false,
     })
 }

@@ -28,6 +28,10 @@ pub struct MergeArgs<'a> {
     pub rng: Option<&'a mut Mt19937>,
     /// Which mergekit arithmetic to reproduce.
     pub compat: Compat,
+    /// PyTorch intra-op threads mergekit ran with (`torch.get_num_threads()`, 1 = the default).
+    /// A reduction to one value over 32,768 or more elements splits per thread in PyTorch, which
+    /// changes its last bits, so methods pass this to `reduce` (docs/threads.md).
+    pub torch_threads: usize,
 }
 
 impl MergeInput<'_> {

@@ -17,12 +17,19 @@
 //!   of separate multiply and add, then a fused multiply-add tail); F16 and strided axes take the
 //!   generic reduction (one fused multiply-add accumulator).
 //!
+//! * **Thread splits** ([`full_sum_with`], [`full_mean_sum_with`]): a reduction to ONE value over
+//!   at least [`GRAIN_SIZE`] elements run with T > 1 intra-op threads is PyTorch's "two-pass
+//!   reduction": `min(T, ⌈n/GRAIN_SIZE⌉)` chunks of `⌈n/chunks⌉` elements, each summed by the
+//!   kernel above into its own slot of a T-long buffer of the output dtype (so for bf16/f16 each
+//!   partial is rounded), then that buffer summed by the same kernel. Reductions with several
+//!   outputs (sums over the model axis, per-row sums) give each output to one thread and do not
+//!   depend on T, nor do 2-norms, which never split (docs/threads.md, `tests/threads/probe.py`).
+//!
 //! All are checked bit for bit against torch 2.15 (CPU capability AVX512, whose reduction kernels
 //! still use 8-lane vectors) by `tests/reduce.rs` for every length around the kernels' switch
-//! points. Emulated: the single-threaded kernels. Above 32 768 input elements PyTorch may split a
-//! reduction per thread, and mergekit's thread count is the machine's core count, so that split
-//! (and other vector widths) is not reproduced: on such inputs mergekit itself rounds differently
-//! from one machine to another (spec §11).
+//! points, and the thread splits for T in 1..=8 on lengths around multiples of the grain. Other
+//! vector widths (a CPU without AVX2) are not reproduced: mergekit itself rounds differently
+//! there (spec §11).
 
 use amalgam_io::DType;
 
@@ -192,6 +199,102 @@ pub fn torch_sum(x: &[f32], dtype: DType, lanes: usize) -> f32 {
 /// never materialised), with PyTorch's 8 lanes; `dtype` is the dtype of the summed tensor.
 pub fn torch_sum_with(get: impl Fn(usize) -> f32, n: usize, dtype: DType) -> f32 {
     inner_sum::<LANES>(get, n, is_reduced(dtype))
+}
+
+/// PyTorch's `at::internal::GRAIN_SIZE`: reductions over fewer input elements never split.
+pub const GRAIN_SIZE: usize = 32_768;
+
+/// The chunk length of PyTorch's two-pass reduction of `n` elements with `threads` intra-op
+/// threads, or `None` when it runs on one thread.
+///
+/// Why this shape: `TensorIterator::parallel_reduce` goes serial below [`GRAIN_SIZE`] elements or
+/// with one thread; otherwise `at::parallel_for(0, n, GRAIN_SIZE)` (OpenMP) starts
+/// `min(threads, ⌈n/GRAIN_SIZE⌉)` workers and gives each `⌈n/workers⌉` consecutive elements.
+pub fn split_chunk(n: usize, threads: usize) -> Option<usize> {
+    if threads <= 1 || n < GRAIN_SIZE {
+        return None;
+    }
+    let workers = threads.min(n.div_ceil(GRAIN_SIZE)).max(1);
+    Some(n.div_ceil(workers))
+}
+
+/// The thread counts that can give different results for reductions over at most `n` elements,
+/// ascending: 1, then 2 ..= the number of chunks `n` can split into (capped at `cap`).
+///
+/// More threads than chunks leave buffer slots at zero, which change no sum; so for a model whose
+/// largest reduced tensor has `n` elements, every T above `⌈n/GRAIN_SIZE⌉` (and at most four
+/// chunks) gives the same bits as T = `⌈n/GRAIN_SIZE⌉`.
+pub fn distinct_thread_counts(n: usize, cap: usize) -> Vec<usize> {
+    let most = n.div_ceil(GRAIN_SIZE).clamp(1, cap.max(1));
+    (1..=most).collect()
+}
+
+/// `Σ get(0..n)` of a reduction to one value, as PyTorch computes it with `threads` intra-op
+/// threads: `in_dtype` is the summed tensor's dtype (how the kernel loads it), `out_dtype` the
+/// result's (each thread's partial is stored in it). Unrounded f32, like [`torch_sum_with`]; the
+/// caller rounds to `out_dtype`.
+pub fn sum_split(
+    get: impl Fn(usize) -> f32,
+    n: usize,
+    in_dtype: DType,
+    out_dtype: DType,
+    threads: usize,
+) -> f32 {
+    let reduced = is_reduced(in_dtype);
+    let Some(chunk) = split_chunk(n, threads) else {
+        return inner_sum::<LANES>(get, n, reduced);
+    };
+    // One slot per thread, zero-filled ("the identity"); thread k adds its chunk's sum to slot k.
+    let mut slots = vec![0f32; threads];
+    for (k, slot) in slots.iter_mut().enumerate() {
+        let start = k.saturating_mul(chunk);
+        if start >= n {
+            break;
+        }
+        let len = chunk.min(n - start);
+        let part = inner_sum::<LANES>(|i| get(start + i), len, reduced);
+        *slot = round(out_dtype, part);
+    }
+    // The second pass: the buffer (of the output dtype) summed by the same kernel.
+    inner_sum::<LANES>(
+        |i| slots.get(i).copied().unwrap_or(0.0),
+        threads,
+        is_reduced(out_dtype),
+    )
+}
+
+/// `x.sum()` (a reduction to one value, the result in `dtype`) with `threads` PyTorch intra-op
+/// threads; unrounded f32 (see [`sum_split`]).
+pub fn full_sum(x: &[f32], dtype: DType, threads: usize) -> f32 {
+    full_sum_with(
+        |i| x.get(i).copied().unwrap_or(0.0),
+        x.len(),
+        dtype,
+        threads,
+    )
+}
+
+/// [`full_sum`] of values computed on the fly (the products of a dot, `|x|` of an L1 norm).
+pub fn full_sum_with(get: impl Fn(usize) -> f32, n: usize, dtype: DType, threads: usize) -> f32 {
+    sum_split(get, n, dtype, dtype, threads)
+}
+
+/// The sum inside `x.mean()` (any float dtype) reduced to one value: on the CPU PyTorch casts a
+/// bf16/f16 input to f32 before the reduction (`make_reduction`) and sums it with an f32 result,
+/// so the loads are f32 vectors and, with threads, the partials stay f32. Verified against torch
+/// 2.15 (`tests/threads/probe.py`).
+pub fn full_mean_sum_with(get: impl Fn(usize) -> f32, n: usize, threads: usize) -> f32 {
+    sum_split(get, n, DType::F32, DType::F32, threads)
+}
+
+/// The thread count a reduction with `outputs` results over rows of `n` elements effectively
+/// runs with: only a reduction to a single value splits (see the module doc).
+pub fn threads_for(outputs: usize, threads: usize) -> usize {
+    if outputs == 1 {
+        threads
+    } else {
+        1
+    }
 }
 
 /// How PyTorch's `t.sum(dim=0)` orders the additions for one output column.

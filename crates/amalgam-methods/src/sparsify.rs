@@ -8,16 +8,41 @@
 //!   at the cut-off are broken exactly as PyTorch breaks them;
 //! * random masks draw one MT19937 word per element in row-major order, comparing against the
 //!   probability as stored in the probability tensor's dtype ([`Mt19937::bernoulli`]);
-//! * the L1 norms are PyTorch's cascade sum ([`crate::reduce::torch_sum`]) so that the rescale
+//! * the L1 norms are PyTorch's cascade sum, split per thread as PyTorch does ([`crate::reduce::full_sum_with`]) so that the rescale
 //!   factor, rounded to the dtype, is the same.
 
 use amalgam_io::DType;
 
 use crate::numerics::{as_dtype, round, scalar};
-use crate::reduce::{torch_float_lanes, torch_sum};
+use crate::reduce::full_sum_with;
 use crate::rng::Mt19937;
 use crate::stdsort::{argsort_keys, less_asc, std_sort, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
+
+/// Whether a sparsifier rescales the kept values back to the delta's L1 norm (mergekit's
+/// `rescale_norm=l1`), and with how many PyTorch threads mergekit computed that norm: the two
+/// sums are reductions to one value, whose last bits depend on the thread count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rescale {
+    /// No rescaling.
+    No,
+    /// Rescale to the L1 norm, summed as with `threads` PyTorch intra-op threads.
+    L1 {
+        /// `torch.get_num_threads()` of the run being reproduced.
+        threads: usize,
+    },
+}
+
+impl Rescale {
+    /// `rescale` as a config gives it, with the thread count of the run.
+    pub fn new(rescale: bool, threads: usize) -> Self {
+        if rescale {
+            Rescale::L1 { threads }
+        } else {
+            Rescale::No
+        }
+    }
+}
 
 /// The message mergekit raises when della's `density ± epsilon` leaves (0, 1).
 pub const DELLA_EPSILON_ERROR: &str =
@@ -26,22 +51,30 @@ pub const DELLA_EPSILON_ERROR: &str =
 /// The message PyTorch raises when a Bernoulli probability is outside [0, 1] (or NaN).
 pub const BERNOULLI_P_ERROR: &str = "Expected p_in >= 0 && p_in <= 1 to be true, but got false.";
 
-/// `Σ|x|` rounded to `dtype`, as `tensor.abs().sum()`.
-pub fn l1(x: &[f32], dtype: DType) -> f32 {
-    let abs: Vec<f32> = x.iter().map(|v| v.abs()).collect();
-    round(dtype, torch_sum(&abs, dtype, torch_float_lanes()))
+/// `Σ|x|` rounded to `dtype`, as `tensor.abs().sum()` with `threads` PyTorch intra-op threads
+/// (a reduction to one value, which PyTorch splits per thread from 32,768 elements).
+pub fn l1(x: &[f32], dtype: DType, threads: usize) -> f32 {
+    round(
+        dtype,
+        full_sum_with(
+            |i| x.get(i).map_or(0.0, |v| v.abs()),
+            x.len(),
+            dtype,
+            threads,
+        ),
+    )
 }
 
 /// mergekit's `rescaled_masked_tensor` with `norm = l1` (or none): `x·mask`, then, if both norms
 /// are at least 1e-7, times `round(before/after)`. `mask` holds 0/1; multiplying (rather than
 /// selecting) keeps PyTorch's signed zeros and NaNs.
-pub fn rescaled_masked(x: &[f32], mask: &[f32], dtype: DType, rescale: bool) -> Vec<f32> {
+pub fn rescaled_masked(x: &[f32], mask: &[f32], dtype: DType, rescale: Rescale) -> Vec<f32> {
     let mut masked: Vec<f32> = x.iter().zip(mask).map(|(&a, &m)| a * m).collect();
-    if !rescale {
+    let Rescale::L1 { threads } = rescale else {
         return masked;
-    }
-    let before = l1(x, dtype);
-    let after = l1(&masked, dtype);
+    };
+    let before = l1(x, dtype, threads);
+    let after = l1(&masked, dtype, threads);
     // A tensor compared with a Python float: PyTorch rounds the float to the tensor dtype.
     let eps = round(dtype, scalar(1e-7));
     if before < eps || after < eps {
@@ -55,7 +88,7 @@ pub fn rescaled_masked(x: &[f32], mask: &[f32], dtype: DType, rescale: bool) -> 
 }
 
 /// `magnitude(δ, density)`: keep the `max(1, ⌊density·n⌋)` largest `|δ|` (0.1.5 rules).
-pub fn magnitude(delta: &Tensor, density: f64, rescale: bool) -> Result<Tensor, MethodError> {
+pub fn magnitude(delta: &Tensor, density: f64, rescale: Rescale) -> Result<Tensor, MethodError> {
     if density >= 1.0 {
         return Ok(delta.clone());
     }
@@ -83,7 +116,7 @@ pub fn magnitude(delta: &Tensor, density: f64, rescale: bool) -> Result<Tensor, 
 pub fn magnitude_0_0_4_2(
     delta: &Tensor,
     density: f64,
-    rescale: bool,
+    rescale: Rescale,
 ) -> Result<Tensor, MethodError> {
     if density >= 1.0 {
         return Ok(delta.clone());
@@ -104,10 +137,10 @@ pub fn magnitude_0_0_4_2(
         }
     }
     let dtype = delta.dtype;
-    let data = if rescale {
+    let data = if let Rescale::L1 { threads } = rescale {
         let masked: Vec<f32> = delta.data.iter().zip(&mask).map(|(&a, &m)| a * m).collect();
-        let org = l1(&delta.data, dtype);
-        let new = l1(&masked, dtype);
+        let org = l1(&delta.data, dtype, threads);
+        let new = l1(&masked, dtype, threads);
         let scaled: Vec<f32> = if org >= round(dtype, scalar(1e-8)) {
             let f = round(dtype, org / new);
             delta.data.iter().map(|&v| round(dtype, v * f)).collect()
@@ -128,7 +161,7 @@ pub fn magnitude_outliers(
     delta: &Tensor,
     density: f64,
     gamma: f64,
-    rescale: bool,
+    rescale: Rescale,
 ) -> Result<Tensor, MethodError> {
     if density >= 1.0 {
         return Ok(delta.clone());
@@ -158,7 +191,7 @@ pub fn magnitude_outliers(
 pub fn bernoulli(
     delta: &Tensor,
     density: f64,
-    rescale: bool,
+    rescale: Rescale,
     rng: &mut Mt19937,
 ) -> Result<Tensor, MethodError> {
     if density >= 1.0 {
@@ -186,7 +219,7 @@ pub fn della_magprune(
     delta: &Tensor,
     density: f64,
     epsilon: f64,
-    rescale: bool,
+    rescale: Rescale,
     rng: &mut Mt19937,
 ) -> Result<Tensor, MethodError> {
     if density >= 1.0 {

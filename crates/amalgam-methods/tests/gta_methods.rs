@@ -253,6 +253,7 @@ fn run_case(reg: &Registry, cs: &Cases, case: &serde_json::Value) -> Result<Tens
             .as_str()
             .map(|c| Compat::parse(c).expect("compat"))
             .unwrap_or_default(),
+        torch_threads: 1,
     };
     method.merge(args).map_err(|e| e.to_string())
 }

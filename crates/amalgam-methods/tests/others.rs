@@ -181,6 +181,7 @@ fn run_case(c: &Case, rng: Option<&mut Mt19937>) -> Result<Tensor, amalgam_metho
         shared: &c.shared,
         rng,
         compat: Compat::V0_1_5,
+        torch_threads: 1,
     })
 }
 

@@ -119,6 +119,7 @@ fn exercise(registry: &Registry, tensors: &[Tensor], what: &str, failures: &mut 
                         shared: &shared,
                         rng: Some(&mut rng),
                         compat,
+                        torch_threads: 1,
                     };
                     m.merge(args)
                 }));
@@ -259,6 +260,7 @@ fn linear_refuses_mismatched_shapes() {
         shared: &shared,
         rng: None,
         compat: Compat::V0_1_5,
+        torch_threads: 1,
     };
     let err = m
         .merge(args)

@@ -64,6 +64,7 @@ fn run(
         shared,
         rng: Some(&mut rng),
         compat: Compat::V0_1_5,
+        torch_threads: 1,
     })
 }
 

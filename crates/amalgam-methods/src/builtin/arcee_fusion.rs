@@ -4,7 +4,7 @@
 use amalgam_io::DType;
 
 use crate::numerics::round;
-use crate::reduce::torch_sum_with;
+use crate::reduce::{full_sum_with, threads_for};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo, Tensor,
 };
@@ -38,9 +38,10 @@ impl ArceeFusion {
                 card_names_base: true,
                 uniform_fallback: None,
                 deviations: "Output dtype is float32 whatever the inputs (as mergekit 0.1.5; cast with \
-                             out_dtype to get bf16). The softmax/exp/log are evaluated with the \
-                             platform libm in PyTorch's association order, where PyTorch uses SLEEF; \
-                             an element whose importance sits exactly at the threshold could flip. \
+                             out_dtype to get bf16). The softmax is PyTorch's (SLEEF u10 expf, \
+                             16-lane reduce_all sum): bit-exact with mergekit at 1, 2 and 4 torch \
+                             threads in bf16/f16/f32 (tests/golden-threads); the log is the \
+                             platform libm's. \
                              Only tensors over 1,000,000 elements consume the random stream. \
                              --mergekit-version 0.0.4.2 has no arcee_fusion.",
             },
@@ -54,24 +55,69 @@ impl Default for ArceeFusion {
     }
 }
 
-/// `F.softmax(row)` in `dt`: f32 max, exp(x − max) in f32, f32 sum of the exps (8 lanes, then a
-/// tree over lanes), multiplication by the reciprocal of the sum, one rounding to `dt`.
+/// `F.softmax(row)` in `dt` as PyTorch's CPU kernel (`_vec_softmax_lastdim`, AVX512 build)
+/// computes it: f32 max, `exp(x − max)` with SLEEF's `expf` (u10, [`sleef_expf_u10`]), their sum
+/// by `vec::reduce_all` over 16-lane vectors ([`lane_tree_sum`]), multiplication by the
+/// reciprocal of the sum, one rounding to `dt`.
+///
+/// Why not libm's `exp`: the threshold arcee_fusion applies to these values flips on a 1-ulp
+/// difference of an exp (2-7 elements per tensor in a third of random f32 cases).
 fn softmax_row(row: &[f32], dt: DType) -> Vec<f32> {
     let max = row
         .iter()
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    let e: Vec<f32> = row.iter().map(|&v| (v - max).exp()).collect();
+    let e: Vec<f32> = row.iter().map(|&v| sleef_expf_u10(v - max)).collect();
     let sum = lane_tree_sum(&e);
     let inv = 1.0 / sum;
     e.iter().map(|&v| round(dt, v * inv)).collect()
 }
 
-/// PyTorch's `vec::reduce_all(+)`: an 8-lane accumulator over full vectors, the last partial
-/// vector merged lane-wise, then the lanes folded pairwise (4+4, 2+2, 1+1).
+/// SLEEF 3's vectorised `expf` (`xexpf`, 1.0-ulp bound), the function behind PyTorch's
+/// `Vectorized<float>::exp()` on x86-64: round `d/ln 2` to the nearest integer q, reduce with a
+/// two-part ln 2, a degree-6 polynomial evaluated with fused multiply-adds, then scale by 2^q in
+/// two steps; below −104 it is 0, above 100 infinity. Deterministic and portable, so reproducible.
+pub(crate) fn sleef_expf_u10(d: f32) -> f32 {
+    // SLEEF's R_LN2f, L2Uf (0.693145751953125) and L2Lf (1.428606765330187045e-06) as f32.
+    const R_LN2: f32 = std::f32::consts::LOG2_E;
+    let l2u = f32::from_bits(0x3f317200);
+    let l2l = f32::from_bits(0x35bfbe8e);
+    if d.is_nan() {
+        return d;
+    }
+    let q = (d * R_LN2).round_ties_even();
+    let qi = q as i32;
+    let s = q.mul_add(-l2u, d);
+    let s = q.mul_add(-l2l, s);
+    let mut u = 0.000_198_527_62_f32;
+    u = u.mul_add(s, 0.001_393_043_6);
+    u = u.mul_add(s, 0.008_333_361);
+    u = u.mul_add(s, 0.041_666_485);
+    u = u.mul_add(s, 0.166_666_67);
+    u = u.mul_add(s, 0.5);
+    let u = 1.0 + (s * s).mul_add(u, s);
+    // vldexp2: u · 2^(q>>1) · 2^(q − (q>>1)), each power built from its exponent bits.
+    let pow2 = |e: i32| f32::from_bits((((e + 127).clamp(0, 255)) as u32) << 23);
+    let h = qi >> 1;
+    let u = u * pow2(h) * pow2(qi - h);
+    if d < -104.0 {
+        0.0
+    } else if d > 100.0 {
+        f32::INFINITY
+    } else {
+        u
+    }
+}
+
+/// PyTorch's `vec::reduce_all(+)` with 16-lane (AVX-512) float vectors: the first vector as the
+/// accumulator, each further full vector added lane-wise, the last partial vector added into its
+/// lanes only, then the lanes folded by the shuffle tree (lane i with i^8, then i^4, i^2, i^1).
+/// Shorter rows are summed in sequence.
 fn lane_tree_sum(x: &[f32]) -> f32 {
-    const W: usize = 8;
+    const W: usize = 16;
     if x.len() < W {
-        return x.iter().fold(0f32, |a, &v| a + v);
+        let mut it = x.iter();
+        let first = it.next().copied().unwrap_or(0.0);
+        return it.fold(first, |a, &v| a + v);
     }
     let mut acc = [0f32; W];
     for (a, &v) in acc.iter_mut().zip(x) {
@@ -89,14 +135,10 @@ fn lane_tree_sum(x: &[f32]) -> f32 {
             *a += v;
         }
     }
-    let mut w = W;
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            let hi = acc.get(l + w).copied().unwrap_or(0.0);
-            if let Some(a) = acc.get_mut(l) {
-                *a += hi;
-            }
+    for k in [8usize, 4, 2, 1] {
+        let prev = acc;
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = prev[l] + prev[l ^ k];
         }
     }
     acc[0]
@@ -151,7 +193,7 @@ impl MergeMethod for ArceeFusion {
                 .collect();
             let kl = round(
                 dt,
-                torch_sum_with(
+                full_sum_with(
                     |i| match (p.get(i), q.get(i)) {
                         (Some(&pv), Some(&qv)) => {
                             round(dt, pv * round(dt, round(dt, pv / qv).ln()))
@@ -160,6 +202,8 @@ impl MergeMethod for ArceeFusion {
                     },
                     p.len(),
                     dt,
+                    // `sum(dim=-1)` over a 1-D tensor is a reduction to one value: it splits.
+                    threads_for(n / row_len, args.torch_threads),
                 ),
             );
             for ((o, &a), &c) in ir.iter_mut().zip(xr).zip(br) {

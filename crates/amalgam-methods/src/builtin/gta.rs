@@ -321,7 +321,8 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         let base = base_input.tensor;
         check_well_formed(base, args.tensor_name)?;
         let normalize = args.shared_bool("normalize")?;
-        let rescale = args.shared_bool("rescale")?;
+        let rescale_on = args.shared_bool("rescale")?;
+        let rescale = sparsify::Rescale::new(rescale_on, args.torch_threads);
         let lambda = args.shared_f64("lambda")?;
 
         // Task vectors in input order.
@@ -358,7 +359,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                     let rng = rng.as_deref_mut().ok_or_else(|| self.no_rng())?;
                     match args.compat {
                         Compat::V0_1_5 => sparsify::bernoulli(&delta, density, rescale, rng)?,
-                        Compat::V0_0_4_2 => bernoulli_0_0_4_2(&delta, density, rescale, rng)?,
+                        Compat::V0_0_4_2 => bernoulli_0_0_4_2(&delta, density, rescale_on, rng)?,
                     }
                 }
                 Some(Sparsifier::DellaMagprune) => {
@@ -515,7 +516,7 @@ fn bernoulli_0_0_4_2(
         return Ok(delta.clone());
     }
     // Drawing with rescale off gives `x·mask` in the work dtype, already rounded back.
-    let masked = sparsify::bernoulli(delta, density, false, rng)?;
+    let masked = sparsify::bernoulli(delta, density, sparsify::Rescale::No, rng)?;
     if !rescale {
         return Ok(masked);
     }

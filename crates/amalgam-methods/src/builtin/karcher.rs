@@ -48,11 +48,12 @@ impl Karcher {
                 legacy: Legacy::Absent,
                 card_names_base: true,
                 uniform_fallback: None,
-                deviations: "`torch.dot` is BLAS (f32) or a vectorised f32 kernel (16-bit); amalgam \
-                             sums in PyTorch's `sum` order instead, and uses the platform libm where \
-                             PyTorch uses SLEEF, so on large tensors rare last-bit differences are \
-                             possible (bit-exact on the test fixtures). karcher does not exist in \
-                             mergekit 0.0.4.2.",
+                deviations: "`torch.dot` is MKL `sdot` in PyTorch; amalgam sums in PyTorch's \
+                             `sum` order instead (MKL's order is not replayed yet), and f32 \
+                             acos/sin/cos are MKL VML in PyTorch, the platform libm here. Tolerance: \
+                             every element within 4 ulp of the tensor's largest magnitude \
+                             (measured: at most 2 ulp on tests/golden-threads, 1/2/4 threads). \
+                             karcher does not exist in mergekit 0.0.4.2.",
             },
         }
     }

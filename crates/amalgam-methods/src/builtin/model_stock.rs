@@ -3,7 +3,7 @@
 
 use super::common::{require_base, task_vector};
 use crate::numerics::round;
-use crate::reduce::{norm2, outer_sum, torch_sum_with};
+use crate::reduce::{full_sum_with, norm2, outer_sum, threads_for};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -91,13 +91,16 @@ impl MergeMethod for ModelStock {
                         let np = if np < floor { floor } else { np };
                         let dot = round(
                             dt,
-                            torch_sum_with(
+                            full_sum_with(
                                 |k| match (ra.get(k), rb.get(k)) {
                                     (Some(&x), Some(&y)) => round(dt, x * y),
                                     _ => 0.0,
                                 },
                                 row_len,
                                 dt,
+                                // Only a single row (the flattened tensor, or a 1-D one
+                                // filter-wise) is a reduction to one value, which splits.
+                                threads_for(rows, args.torch_threads),
                             ),
                         );
                         let c = round(dt, dot / np);

@@ -61,8 +61,9 @@ impl MultiSlerp {
                 card_names_base: true,
                 uniform_fallback: None,
                 deviations: "f32 inputs: cos/sin of the tangent norm use the platform libm where \
-                             PyTorch uses SLEEF (rare last-bit differences). multislerp does not \
-                             exist in mergekit 0.0.4.2.",
+                             PyTorch uses SLEEF/MKL (rare last-bit differences); tolerance 4 ulp of \
+                             each tensor's largest magnitude (bit-exact on tests/golden-threads at \
+                             1/2/4 torch threads). multislerp does not exist in mergekit 0.0.4.2.",
             },
         }
     }

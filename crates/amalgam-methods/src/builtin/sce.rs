@@ -5,7 +5,7 @@ use amalgam_io::DType;
 
 use super::common::{require_base, task_vector};
 use crate::numerics::{round, scalar};
-use crate::reduce::{outer_sum, torch_float_lanes, torch_sum};
+use crate::reduce::{full_mean_sum_with, outer_sum, threads_for, torch_float_lanes, torch_sum};
 use crate::stdsort::topk_largest;
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
@@ -155,11 +155,15 @@ impl MergeMethod for Sce {
         let energy: Vec<f32> = tv
             .iter()
             .map(|t| {
-                let sq: Vec<f32> = t.iter().map(|&v| round(dt, v * v)).collect();
-                round(
-                    dt,
-                    torch_sum(&sq, dt, torch_float_lanes()) / n.max(1) as f32,
-                )
+                // `.mean(dim=1)`: on the CPU PyTorch casts bf16/f16 to f32 before reducing, so
+                // the squares (rounded to `dt`) are summed with f32 loads; one model is a
+                // reduction to one value, which splits per thread.
+                let s = full_mean_sum_with(
+                    |i| t.get(i).map_or(0.0, |&v| round(dt, v * v)),
+                    t.len(),
+                    threads_for(nm, args.torch_threads),
+                );
+                round(dt, s / n.max(1) as f32)
             })
             .collect();
         let total = round(dt, torch_sum(&energy, dt, torch_float_lanes())) as f64;
