@@ -782,8 +782,14 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         match &d.problem {
             Some(p) => println!("DIFF {}: {p}", d.tensor),
             None => println!(
-                "DIFF {}: {} of {} elements differ",
-                d.tensor, d.differing_elements, d.elements
+                "DIFF {}: {} of {} elements differ{}",
+                d.tensor,
+                d.differing_elements,
+                d.elements,
+                match (d.max_abs_diff, d.max_abs_value) {
+                    (Some(m), Some(v)) => format!(", by up to {m:e} (largest |value| {v:e})"),
+                    _ => String::new(),
+                }
             ),
         }
     }

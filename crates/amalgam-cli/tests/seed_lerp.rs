@@ -332,6 +332,25 @@ fn verify_passes_on_expected_and_names_a_flipped_tensor() {
     assert_eq!(diffs.len(), 1, "{report}");
     assert_eq!(diffs[0]["differing_elements"], 1);
     assert_eq!(report["mergekit_version"], "0.0.4.2");
+    // The size of the difference: the flipped element's old and new values, decoded here.
+    let orig =
+        std::fs::read(seed().join("expected-0.0.4.2/model-00003-of-00003.safetensors")).unwrap();
+    let dtype = amalgam_io::SafetensorsFile::open(
+        seed().join("expected-0.0.4.2/model-00003-of-00003.safetensors"),
+    )
+    .unwrap()
+    .tensors()
+    .iter()
+    .max_by_key(|t| t.end)
+    .unwrap()
+    .dtype;
+    let es = dtype.size();
+    let mut flipped = orig[last + 1 - es..].to_vec();
+    flipped[es - 1] ^= 0x01;
+    let was = amalgam_io::convert::decode_f32_vec(dtype, &orig[last + 1 - es..]).unwrap()[0];
+    let now = amalgam_io::convert::decode_f32_vec(dtype, &flipped).unwrap()[0];
+    let want = (f64::from(was) - f64::from(now)).abs();
+    assert_eq!(diffs[0]["max_abs_diff"].as_f64(), Some(want), "{report}");
     // The tensor named is the one whose bytes end the shard.
     let f = amalgam_io::SafetensorsFile::open(
         seed().join("expected-0.0.4.2/model-00003-of-00003.safetensors"),

@@ -15,7 +15,7 @@ use crate::plan::Op;
 use crate::planner::PlanOptions;
 
 /// How one tensor differs.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TensorDiff {
     /// Tensor name.
     pub tensor: String,
@@ -23,6 +23,12 @@ pub struct TensorDiff {
     pub differing_elements: u64,
     /// Total elements.
     pub elements: u64,
+    /// The largest |recomputed − model| over the differing elements (float tensors; NaN where
+    /// one side is NaN and the other not), to tell a last-bit difference from a wrong merge.
+    pub max_abs_diff: Option<f64>,
+    /// The largest |value| of the recomputed tensor over the compared elements, the scale
+    /// `max_abs_diff` is relative to.
+    pub max_abs_value: Option<f64>,
     /// What differs, when it is not just values.
     pub problem: Option<String>,
 }
@@ -84,15 +90,21 @@ impl Sink for Compare<'_> {
                     .filter(|(a, b)| a != b)
                     .count() as u64;
                 if diff > 0 {
+                    let sizes = magnitudes(op.out_dtype, bytes, &theirs);
                     let mut d = self.diffs.lock().unwrap_or_else(|e| e.into_inner());
-                    d.entry(op.out_name.clone())
-                        .or_insert_with(|| TensorDiff {
-                            tensor: op.out_name.clone(),
-                            differing_elements: 0,
-                            elements: n,
-                            problem: None,
-                        })
-                        .differing_elements += diff;
+                    let e = d.entry(op.out_name.clone()).or_insert_with(|| TensorDiff {
+                        tensor: op.out_name.clone(),
+                        differing_elements: 0,
+                        elements: n,
+                        max_abs_diff: None,
+                        max_abs_value: None,
+                        problem: None,
+                    });
+                    e.differing_elements += diff;
+                    if let Some((dmax, vmax)) = sizes {
+                        e.max_abs_diff = Some(e.max_abs_diff.map_or(dmax, |m| nan_max(m, dmax)));
+                        e.max_abs_value = Some(e.max_abs_value.map_or(vmax, |m| m.max(vmax)));
+                    }
                 }
                 None
             }
@@ -105,11 +117,44 @@ impl Sink for Compare<'_> {
                     tensor: op.out_name.clone(),
                     differing_elements: n,
                     elements: n,
+                    max_abs_diff: None,
+                    max_abs_value: None,
                     problem: Some(problem),
                 },
             );
         }
         Ok(())
+    }
+}
+
+/// For float tensors: the largest |ours − theirs| over differing elements and the largest
+/// |ours| over all of them (`None` for other dtypes or undecodable bytes).
+fn magnitudes(dtype: amalgam_io::DType, ours: &[u8], theirs: &[u8]) -> Option<(f64, f64)> {
+    if !dtype.is_float() {
+        return None;
+    }
+    let a = amalgam_io::convert::decode_f32_vec(dtype, ours).ok()?;
+    let b = amalgam_io::convert::decode_f32_vec(dtype, theirs).ok()?;
+    let mut dmax = 0f64;
+    let mut vmax = 0f64;
+    for (&x, &y) in a.iter().zip(&b) {
+        let (x, y) = (f64::from(x), f64::from(y));
+        if x.is_finite() {
+            vmax = vmax.max(x.abs());
+        }
+        if x.to_bits() != y.to_bits() && !(x.is_nan() && y.is_nan()) {
+            dmax = nan_max(dmax, (x - y).abs());
+        }
+    }
+    Some((dmax, vmax))
+}
+
+/// `max` where a NaN (one side NaN, the other not) wins: such a difference is never small.
+fn nan_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
     }
 }
 
@@ -256,6 +301,8 @@ pub fn verify(
                     tensor: name.to_string(),
                     differing_elements: n,
                     elements: n,
+                    max_abs_diff: None,
+                    max_abs_value: None,
                     problem: Some("in the model but not produced by the config".into()),
                 },
             );
