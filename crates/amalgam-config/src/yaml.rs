@@ -103,9 +103,10 @@ fn loc(m: &Marker) -> Location {
     }
 }
 
-/// Most nodes a config may expand to, aliases counted at their expanded size. Aliases are
+/// Most nodes aliases may add to a config, each alias counted at its expanded size. Aliases are
 /// copied into the tree, so without a bound a few lines of nested aliases (the "billion laughs"
-/// pattern) would exhaust memory; real configs have a few thousand nodes at most.
+/// pattern) would exhaust memory; real configs have a few thousand nodes at most. Nodes written
+/// out in the text are not limited (the text bounds them).
 pub(crate) const MAX_NODES: usize = 1_000_000;
 
 /// Deepest nesting of collections accepted. The tree is built (and dropped) recursively, so
@@ -130,6 +131,7 @@ pub(crate) fn load(text: &str) -> Result<Document, YamlError> {
         anchors: HashMap::new(),
         duplicates: Vec::new(),
         nodes: 0,
+        expanded: 0,
         depth: 0,
     };
     b.stream()
@@ -195,6 +197,8 @@ struct Builder<'p, 'a> {
     duplicates: Vec<Duplicate>,
     /// Nodes built so far (see [`MAX_NODES`]).
     nodes: usize,
+    /// Of those, the copies made by aliases (see [`MAX_NODES`]).
+    expanded: usize,
     /// Collections open around the node being built (see [`MAX_DEPTH`]).
     depth: usize,
 }
@@ -260,16 +264,21 @@ impl Builder<'_, '_> {
         }
     }
 
-    /// Counts `n` more nodes, failing past [`MAX_NODES`].
-    fn count(&mut self, n: usize, at: Location) -> Result<(), YamlError> {
+    /// Counts `n` more nodes. Only copies made by aliases count against [`MAX_NODES`]: nodes
+    /// written out in the text are bounded by its length (a 10^6-value gradient is a valid
+    /// config, as for PyYAML), while aliases of aliases grow exponentially ("billion laughs").
+    fn count(&mut self, n: usize, alias: bool, at: Location) -> Result<(), YamlError> {
         self.nodes = self.nodes.saturating_add(n);
-        if self.nodes > MAX_NODES {
+        if alias {
+            self.expanded = self.expanded.saturating_add(n);
+        }
+        if self.expanded > MAX_NODES {
             return Err(YamlError {
                 loc: at,
                 message: format!(
-                    "the config expands to more than {MAX_NODES} YAML values (aliases `*name` \
-                     copy their anchor's value each time they are used); a merge config needs \
-                     far fewer: remove the nested aliases"
+                    "aliases expand the config to more than {MAX_NODES} YAML values (`*name` \
+                     copies its anchor's value each time it is used); a merge config needs far \
+                     fewer: remove the nested aliases"
                 ),
             });
         }
@@ -280,7 +289,7 @@ impl Builder<'_, '_> {
         let at = loc(&m);
         let start = self.nodes;
         if !matches!(ev, Event::Alias(_)) {
-            self.count(1, at)?;
+            self.count(1, false, at)?;
         }
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
@@ -300,7 +309,7 @@ impl Builder<'_, '_> {
                     .map(|(_, size)| *size)
                     .ok_or_else(unknown)?;
                 // Counted before the copy is made.
-                self.count(size, at)?;
+                self.count(size, true, at)?;
                 self.anchors
                     .get(&id)
                     .map(|(n, _)| Node {

@@ -70,3 +70,20 @@ fn huge_numbers_are_errors() {
         let _ = amalgam_config::parse_str(t);
     }
 }
+
+/// A long gradient written out in full is not an alias bomb: PyYAML reads it, and so does
+/// amalgam (issue: a 10^6-entry gradient was refused with a message blaming aliases).
+#[test]
+fn long_literal_gradient_loads() {
+    let n = 1_100_000;
+    let mut t = String::from(
+        "merge_method: slerp\nbase_model: a\nmodels:\n  - model: a\n  - model: b\nparameters:\n  t: [",
+    );
+    t.push_str(&vec!["0.5"; n].join(", "));
+    t.push_str("]\n");
+    let loaded = amalgam_config::parse_str(&t).expect("a literal list of 1.1M values loads");
+    match &loaded.config.parameters["t"] {
+        amalgam_config::ParamValue::Gradient(v) => assert_eq!(v.len(), n),
+        other => panic!("{other:?}"),
+    }
+}
