@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 
 mod model_ref;
+mod multi;
 mod params;
 mod schema;
 mod types;
@@ -18,6 +19,9 @@ mod validate;
 mod yaml;
 
 pub use model_ref::{ModelPath, ModelRef};
+pub use multi::{
+    is_multi_document, load_documents, order, parse_documents, redirect_models, NamedConfig,
+};
 pub use params::{
     coerce, evaluate, evaluate_as, missing_parameter_message, py_float_repr, resolve, resolve_as,
     resolve_value, CoerceError, ParamKind, ParamScopes, ParamValue, Parameters, Scalar,
