@@ -476,8 +476,7 @@ fn check_contract<'v>(c: &Contract, view: &'v SliceView) -> Result<(), (Option<&
 }
 
 /// What amalgam does not implement yet and refuses at merge time ("not supported yet"):
-/// `(YAML path, key)` for each `tokenizer_source`, `tokenizer`, `chat_template`, `modules`,
-/// LoRA (`+lora` or `lora:`) and `override_architecture`.
+/// `(YAML path, key)` for each `modules`, LoRA (`+lora` or `lora:`) and `override_architecture`.
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let model = |m: &ModelRef, path: String, out: &mut Vec<(String, String)>| {
@@ -488,15 +487,6 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
             out.push((path, "override_architecture".to_string()));
         }
     };
-    if config.tokenizer_source.is_some() {
-        out.push(("tokenizer_source".into(), "tokenizer_source".into()));
-    }
-    if config.tokenizer.is_some() {
-        out.push(("tokenizer".into(), "tokenizer".into()));
-    }
-    if config.chat_template.is_some() {
-        out.push(("chat_template".into(), "chat_template".into()));
-    }
     if config.modules.is_some() {
         out.push(("modules".into(), "modules".into()));
     }

@@ -30,6 +30,7 @@ pub mod side;
 mod source;
 mod unmix;
 mod verify;
+mod vocab;
 
 use std::path::{Path, PathBuf};
 
@@ -134,6 +135,11 @@ pub fn merge_plan(
         opts.seed
     };
     let mut files = Vec::new();
+    if let Some(t) = &plan.tokenizer {
+        if t.vocab_size.is_some() || opts.copy_tokenizer {
+            files.extend(t.files.iter().cloned());
+        }
+    }
     if opts.write_model_card {
         let name = out
             .file_name()
@@ -154,7 +160,11 @@ pub fn merge_plan(
             },
             config_json: side::config_json(&plan),
             files,
-            tokenizer: if opts.copy_tokenizer {
+            // With a tokenizer config the built tokenizer is always written (as mergekit does);
+            // a chat template alone re-saves the donor's, only when tokenizers are copied.
+            tokenizer: if plan.tokenizer.is_some() {
+                output::TokenizerCopy::No
+            } else if opts.copy_tokenizer {
                 output::TokenizerCopy::WhenComplete
             } else {
                 output::TokenizerCopy::No
