@@ -430,7 +430,67 @@ pub fn validate(
             });
         }
     }
+    for (path, message) in tokenizer_problems(config) {
+        out.push(Diagnostic {
+            severity: Severity::Error,
+            location: loaded
+                .location(&path)
+                .or_else(|| loaded.location("tokenizer")),
+            path,
+            message,
+        });
+    }
     out.sort_by_key(|d| (d.severity, d.location));
+    out
+}
+
+/// Tokenizer settings that name a model which is not an input of the merge, visible without
+/// opening any model: a `tokenizer.tokens` source (mergekit fails on it with "requires a
+/// vocabulary weight from model ..., but that weight is missing") and a tokenizer source
+/// (amalgam reads the output tokenizer only from an input model).
+pub fn tokenizer_problems(config: &MergeConfig) -> Vec<(String, String)> {
+    let mut inputs: Vec<&ModelRef> = Vec::new();
+    inputs.extend(config.base_model.iter());
+    for m in config.models.iter().flatten() {
+        inputs.push(&m.model);
+    }
+    for s in config.slices.iter().flatten() {
+        inputs.extend(s.base_model.iter());
+        for src in &s.sources {
+            inputs.push(&src.model);
+        }
+    }
+    let mut out = Vec::new();
+    let mut check = |m: &ModelRef, path: String, why: &str| {
+        if !inputs.contains(&m) {
+            out.push((
+                path,
+                format!("`{m}` is not among the merge's input models; {why}"),
+            ));
+        }
+    };
+    let source_why = "amalgam takes the output tokenizer from an input model: add it to the \
+                      models or name one of them";
+    if let Some(TokenizerSource::Model(m)) = &config.tokenizer_source {
+        check(m, "tokenizer_source".into(), source_why);
+    }
+    if let Some(t) = &config.tokenizer {
+        if let TokenizerSource::Model(m) = &t.source {
+            check(m, "tokenizer.source".into(), source_why);
+        }
+        for (tok, e) in t.tokens.iter().flatten() {
+            if let Some(TokenEmbeddingSource::Model(m))
+            | Some(TokenEmbeddingSource::ModelToken { model: m, .. }) = &e.source
+            {
+                check(
+                    m,
+                    format!("tokenizer.tokens.{tok}.source"),
+                    "mergekit fails on it (\"requires a vocabulary weight from model ..., but \
+                     that weight is missing\"); name an input model",
+                );
+            }
+        }
+    }
     out
 }
 
