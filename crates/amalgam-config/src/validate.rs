@@ -446,8 +446,7 @@ pub fn validate(
 
 /// Tokenizer settings that name a model which is not an input of the merge, visible without
 /// opening any model: a `tokenizer.tokens` source (mergekit fails on it with "requires a
-/// vocabulary weight from model ..., but that weight is missing") and a tokenizer source
-/// (amalgam reads the output tokenizer only from an input model).
+/// vocabulary weight from model ..., but that weight is missing").
 pub fn tokenizer_problems(config: &MergeConfig) -> Vec<(String, String)> {
     let mut inputs: Vec<&ModelRef> = Vec::new();
     inputs.extend(config.base_model.iter());
@@ -469,15 +468,8 @@ pub fn tokenizer_problems(config: &MergeConfig) -> Vec<(String, String)> {
             ));
         }
     };
-    let source_why = "amalgam takes the output tokenizer from an input model: add it to the \
-                      models or name one of them";
-    if let Some(TokenizerSource::Model(m)) = &config.tokenizer_source {
-        check(m, "tokenizer_source".into(), source_why);
-    }
+    // A tokenizer source need not be an input (mergekit reads only its tokenizer).
     if let Some(t) = &config.tokenizer {
-        if let TokenizerSource::Model(m) = &t.source {
-            check(m, "tokenizer.source".into(), source_why);
-        }
         for (tok, e) in t.tokens.iter().flatten() {
             if let Some(TokenEmbeddingSource::Model(m))
             | Some(TokenEmbeddingSource::ModelToken { model: m, .. }) = &e.source

@@ -802,7 +802,7 @@ fn plan_tokenizer(p: &mut Planner<'_>, slices: &[NSlice]) -> Result<Option<Token
                     files.push((f, bytes));
                 }
             }
-            files.extend(crate::vocab::tokenizer_config_files(model, Some(&t))?);
+            files.extend(crate::vocab::tokenizer_config_files(folder, Some(&t))?);
             return Ok(Some(TokenizerOut {
                 files,
                 vocab_size: None,
@@ -813,6 +813,24 @@ fn plan_tokenizer(p: &mut Planner<'_>, slices: &[NSlice]) -> Result<Option<Token
         Some(b) => p.by_ref.get(b).copied(),
         None => None,
     };
+    // mergekit reads the output tokenizer from a source model that need not be an input.
+    let outside = match source {
+        amalgam_config::TokenizerSource::Model(r) if !p.by_ref.contains_key(r) => {
+            let cache = p
+                .opts
+                .hf_cache
+                .clone()
+                .unwrap_or_else(amalgam_io::hub::cache_dir);
+            let dir = amalgam_io::hub::resolve_in(
+                &r.path,
+                r.revision.as_deref(),
+                &p.opts.base_dir,
+                &cache,
+            )?;
+            Some((r.to_string(), ModelFolder::open(&dir)?))
+        }
+        _ => None,
+    };
     let vocab = crate::vocab::Vocab::build(
         &p.models,
         &p.by_ref,
@@ -822,6 +840,7 @@ fn plan_tokenizer(p: &mut Planner<'_>, slices: &[NSlice]) -> Result<Option<Token
             pad_to_multiple_of: pad,
             base_model,
             chat_template,
+            outside_source: outside.as_ref().map(|(l, f)| (l.clone(), f)),
         },
     )?;
     p.warnings.extend(vocab.warnings.iter().cloned());

@@ -60,6 +60,9 @@ pub struct VocabConfig<'a> {
     pub base_model: Option<usize>,
     /// The resolved chat template, if any.
     pub chat_template: Option<String>,
+    /// A tokenizer source that is not an input model (mergekit accepts one): its label and
+    /// folder.
+    pub outside_source: Option<(String, &'a amalgam_io::ModelFolder)>,
 }
 
 fn tok_err(model: &str, reason: String) -> EngineError {
@@ -71,13 +74,17 @@ fn tok_err(model: &str, reason: String) -> EngineError {
 
 /// A model's `tokenizer.json`, or an error saying why not.
 pub fn load_tokenizer(model: &Model) -> Result<Tokenizer> {
-    let folder = model.source.folder_ref();
+    load_tokenizer_from(&model.label, model.source.folder_ref())
+}
+
+/// [`load_tokenizer`] from a folder (a tokenizer source need not be an input model).
+pub fn load_tokenizer_from(label: &str, folder: &amalgam_io::ModelFolder) -> Result<Tokenizer> {
     let Some(path) = folder.aux_file("tokenizer.json") else {
         let other = ["tokenizer.model", "vocab.json", "tiktoken.model"]
             .into_iter()
             .find(|f| folder.aux_file(f).is_some());
         return Err(tok_err(
-            &model.label,
+            label,
             match other {
                 Some(f) => format!(
                     "it has {f} but no tokenizer.json; amalgam aligns vocabularies from \
@@ -88,8 +95,7 @@ pub fn load_tokenizer(model: &Model) -> Result<Tokenizer> {
             },
         ));
     };
-    Tokenizer::from_file(&path)
-        .map_err(|e| tok_err(&model.label, format!("{}: {e}", path.display())))
+    Tokenizer::from_file(&path).map_err(|e| tok_err(label, format!("{}: {e}", path.display())))
 }
 
 /// The model's vocabulary size from its config.json (`vocab_size`, or `text_config.vocab_size`).
@@ -219,12 +225,18 @@ impl Vocab {
             config_vocab_size(&models[i]).unwrap_or_else(|| t.get_vocab_size(added))
         };
         let (mut out, source_model) = match cfg.source {
-            TokenizerSource::Base => (toks[base].clone(), base),
-            TokenizerSource::Model(r) => {
-                let i = model_index(by_ref, r, "tokenizer source")?;
+            TokenizerSource::Base => (toks[base].clone(), Some(base)),
+            TokenizerSource::Model(r) => match (by_ref.get(r), &cfg.outside_source) {
                 // Not stripped, as in mergekit.
-                (load_tokenizer(&models[i])?, i)
-            }
+                (Some(&i), _) => (load_tokenizer(&models[i])?, Some(i)),
+                (None, Some((label, folder))) => (load_tokenizer_from(label, folder)?, None),
+                (None, None) => {
+                    return Err(EngineError::TokenizerModel {
+                        what: "tokenizer source".into(),
+                        model: r.to_string(),
+                    })
+                }
+            },
             TokenizerSource::Union => {
                 let order: Vec<usize> = std::iter::once(base)
                     .chain((0..models.len()).filter(|&i| i != base))
@@ -288,8 +300,13 @@ impl Vocab {
                     .map_err(|e| tok_err(&base_model.label, e.to_string()))?;
                 res.add_tokens(out_added)
                     .map_err(|e| tok_err(&base_model.label, e.to_string()))?;
-                (res, base)
+                (res, Some(base))
             }
+        };
+        let (source_label, source_folder) = match (source_model, &cfg.outside_source) {
+            (Some(i), _) => (models[i].label.clone(), models[i].source.folder_ref()),
+            (None, Some((l, f))) => (l.clone(), *f),
+            (None, None) => (base_model.label.clone(), base_model.source.folder_ref()),
         };
         let existing = out.get_vocab(true);
         let extra: Vec<AddedToken> = cfg
@@ -310,7 +327,7 @@ impl Vocab {
                 Some(slot) => *slot = Some(t.clone()),
                 None => {
                     return Err(tok_err(
-                        &models[source_model].label,
+                        &source_label,
                         format!(
                             "the output vocabulary has {n} tokens but token {t:?} has id {id}: \
                              its ids are not contiguous"
@@ -366,7 +383,12 @@ impl Vocab {
             };
             configured.insert(t.clone(), (e.clone(), m));
         }
-        let files = output_files(&models[source_model], &out, cfg.chat_template.as_deref())?;
+        let files = output_files(
+            &source_label,
+            source_folder,
+            &out,
+            cfg.chat_template.as_deref(),
+        )?;
         Ok(Vocab {
             tokens,
             padded,
@@ -552,27 +574,27 @@ pub fn truncation(input_rows: &[usize], row_len: usize) -> VocabAlign {
 /// gains `is_local` and `local_files_only`); the vocabulary, the added tokens and their flags are
 /// the same.
 pub fn output_files(
-    source: &Model,
+    label: &str,
+    folder: &amalgam_io::ModelFolder,
     tok: &Tokenizer,
     chat_template: Option<&str>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut files = Vec::new();
     let json = tok
         .to_string(true)
-        .map_err(|e| tok_err(&source.label, e.to_string()))?;
+        .map_err(|e| tok_err(label, e.to_string()))?;
     files.push(("tokenizer.json", json.into_bytes()));
-    files.extend(tokenizer_config_files(source, chat_template)?);
+    files.extend(tokenizer_config_files(folder, chat_template)?);
     Ok(files)
 }
 
 /// `tokenizer_config.json` and `chat_template.jinja` of `source`, with `chat_template` (when
 /// given) replacing the source's template.
 pub fn tokenizer_config_files(
-    source: &Model,
+    folder: &amalgam_io::ModelFolder,
     chat_template: Option<&str>,
 ) -> Result<Vec<(&'static str, Vec<u8>)>> {
     let mut files = Vec::new();
-    let folder = source.source.folder_ref();
     if let Some(p) = folder.aux_file("tokenizer_config.json") {
         let bytes = std::fs::read(&p).map_err(|e| EngineError::SideFile {
             path: p.clone(),
