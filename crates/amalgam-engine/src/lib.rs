@@ -7,6 +7,7 @@
 //! - `order`, `legacy_order`: mergekit 0.1.5's and 0.0.4.2's save orders;
 //! - [`exec`]: the streaming executor; [`side`]: config.json, tokenizer and model card;
 //! - `output`: one "write a plan to an output folder", used by merge and unmix;
+//! - `vocab`: vocabulary alignment (`tokenizer_source`, `tokenizer:`), as plan data;
 //! - `planner` and `unmix`: the two producers of a plan;
 //! - `verify`, on top: recompute a plan and compare instead of writing.
 //!
