@@ -396,9 +396,6 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     if a.no_safe_serialization {
         bail!("--no-safe-serialization (pickle output) is not supported yet; amalgam writes safetensors");
     }
-    if a.unsafe_truncate_embeddings {
-        bail!("--unsafe-truncate-embeddings is not supported yet");
-    }
     let ignored = a.mergekit_only.ignored();
     if !ignored.is_empty() {
         eprintln!(
@@ -429,6 +426,8 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
             base_dir: cwd(),
             hf_cache: a.common.hf_cache.clone(),
             allow_crimes: a.allow_crimes,
+            unsafe_truncate_embeddings: a.unsafe_truncate_embeddings
+                && !a.no_unsafe_truncate_embeddings,
         },
         out_shard_size: Some(a.out_shard_size),
         copy_tokenizer: !a.no_copy_tokenizer,
@@ -733,6 +732,7 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         base_dir: cwd(),
         hf_cache: a.hf_cache.clone(),
         allow_crimes: a.allow_crimes,
+        unsafe_truncate_embeddings: false,
     };
     // The plan verify will make, made here too (headers only) to tell the tensors the config
     // produces from those only the model has, and to size the work for the user.

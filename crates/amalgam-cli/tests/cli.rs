@@ -53,6 +53,7 @@ const MERGEKIT_FLAGS: &[&[&str]] = &[
     &["--allow-crimes"],
     &["--no-allow-crimes"],
     &["--no-unsafe-truncate-embeddings"],
+    &["--unsafe-truncate-embeddings"],
     &["--transformers-cache", "hub-cache"],
     &["--lora-merge-cache", "lora-cache"],
     &["--lora-merge-dtype", "bfloat16"],
@@ -92,7 +93,7 @@ const MERGEKIT_FLAGS: &[&[&str]] = &[
 ];
 
 /// The two mergekit options amalgam refuses by name: they ask for output it does not produce.
-const REFUSED_FLAGS: &[&str] = &["--no-safe-serialization", "--unsafe-truncate-embeddings"];
+const REFUSED_FLAGS: &[&str] = &["--no-safe-serialization"];
 
 #[test]
 fn every_mergekit_flag_is_accepted() {

@@ -449,7 +449,59 @@ pub fn validate(
             });
         }
     }
+    for (path, message) in tokenizer_problems(config) {
+        out.push(Diagnostic {
+            severity: Severity::Error,
+            location: loaded
+                .location(&path)
+                .or_else(|| loaded.location("tokenizer")),
+            path,
+            message,
+        });
+    }
     out.sort_by_key(|d| (d.severity, d.location));
+    out
+}
+
+/// Tokenizer settings that name a model which is not an input of the merge, visible without
+/// opening any model: a `tokenizer.tokens` source (mergekit fails on it with "requires a
+/// vocabulary weight from model ..., but that weight is missing").
+pub fn tokenizer_problems(config: &MergeConfig) -> Vec<(String, String)> {
+    let mut inputs: Vec<&ModelRef> = Vec::new();
+    inputs.extend(config.base_model.iter());
+    for m in config.models.iter().flatten() {
+        inputs.push(&m.model);
+    }
+    for s in config.slices.iter().flatten() {
+        inputs.extend(s.base_model.iter());
+        for src in &s.sources {
+            inputs.push(&src.model);
+        }
+    }
+    let mut out = Vec::new();
+    let mut check = |m: &ModelRef, path: String, why: &str| {
+        if !inputs.contains(&m) {
+            out.push((
+                path,
+                format!("`{m}` is not among the merge's input models; {why}"),
+            ));
+        }
+    };
+    // A tokenizer source need not be an input (mergekit reads only its tokenizer).
+    if let Some(t) = &config.tokenizer {
+        for (tok, e) in t.tokens.iter().flatten() {
+            if let Some(TokenEmbeddingSource::Model(m))
+            | Some(TokenEmbeddingSource::ModelToken { model: m, .. }) = &e.source
+            {
+                check(
+                    m,
+                    format!("tokenizer.tokens.{tok}.source"),
+                    "mergekit fails on it (\"requires a vocabulary weight from model ..., but \
+                     that weight is missing\"); name an input model",
+                );
+            }
+        }
+    }
     out
 }
 
@@ -500,7 +552,7 @@ pub fn unsupported_message(key: &str) -> String {
 }
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
-/// `tokenizer_source`, `tokenizer`, `chat_template`, `modules`, LoRA (`+lora` or `lora:`),
+/// `modules`, LoRA (`+lora` or `lora:`),
 /// `override_architecture` and float64 arithmetic (`dtype: float64`). [`validate`] reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
 /// decide with this one function, before any model is read.
@@ -521,15 +573,6 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
             out.push((path, "override_architecture".to_string()));
         }
     };
-    if config.tokenizer_source.is_some() {
-        out.push(("tokenizer_source".into(), "tokenizer_source".into()));
-    }
-    if config.tokenizer.is_some() {
-        out.push(("tokenizer".into(), "tokenizer".into()));
-    }
-    if config.chat_template.is_some() {
-        out.push(("chat_template".into(), "chat_template".into()));
-    }
     if config.modules.is_some() {
         out.push(("modules".into(), "modules".into()));
     }

@@ -135,6 +135,40 @@ pub enum EngineError {
         /// Model folder.
         path: PathBuf,
     },
+    /// A model's tokenizer cannot be used for vocabulary alignment.
+    #[error("tokenizer of {model}: {reason}")]
+    Tokenizer {
+        /// Model label.
+        model: String,
+        /// Why.
+        reason: String,
+    },
+    /// A tokenizer setting names a model that is not an input of the merge.
+    #[error(
+        "{what} names {model}, which is not among the merge's input models (add it to \
+         `models:`/`slices:` or `base_model`, or name one of them)"
+    )]
+    TokenizerModel {
+        /// The setting (`tokenizer source`, `tokenizer.tokens.<tok>.source`).
+        what: String,
+        /// The model reference.
+        model: String,
+    },
+    /// A vocabulary-indexed tensor cannot be aligned (mergekit's assertion or ValueError).
+    #[error("{tensor}: {reason}")]
+    VocabAlign {
+        /// Output tensor.
+        tensor: String,
+        /// Why.
+        reason: String,
+    },
+    /// `chat_template` is neither `auto`, a built-in name nor a Jinja template (mergekit:
+    /// shorter than 20 characters or without `{`).
+    #[error("Invalid chat template: {value}")]
+    ChatTemplate {
+        /// The value given.
+        value: String,
+    },
     /// The inputs of a tensor have different shapes (mergekit's message, with a hint).
     #[error("Tensor size mismatch for {tensor}: {}{hint}", shapes.join(", "))]
     ShapeMismatch {

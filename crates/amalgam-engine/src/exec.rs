@@ -19,7 +19,9 @@ use amalgam_methods::{rng::Mt19937, MergeArgs, MergeInput, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
-use crate::plan::{Op, Plan};
+use crate::plan::{DefaultEmbed, Op, Plan, RowSource, VocabAlign};
+use amalgam_methods::numerics::round;
+use amalgam_methods::reduce::{self, Dim0Sum};
 
 /// Elements per chunk of an elementwise merge: small enough that every input's chunk stays in
 /// the CPU cache between decoding and merging.
@@ -55,8 +57,116 @@ impl Sink for OutputWriter {
     }
 }
 
-/// Loads input `j` of `op`, elements `range`, converted to the working dtype.
-fn load(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Tensor> {
+/// Padding rows of each aligned input of an op (`pad_to_multiple_of`), computed before the op
+/// runs: `pads[op][input]`.
+type Pads = Vec<Option<Vec<Vec<f32>>>>;
+
+/// Loads input `j` of `op`, elements `range` of the tensor the method sees (the aligned one for
+/// a vocabulary-indexed op), converted to the working dtype.
+fn load(
+    plan: &Plan,
+    op: &Op,
+    j: usize,
+    range: std::ops::Range<usize>,
+    pad: Option<&Vec<Vec<f32>>>,
+) -> Result<Tensor> {
+    let Some(a) = &op.align else {
+        return load_raw(plan, op, j, range);
+    };
+    let h = a.row_len.max(1);
+    let mut data = Vec::with_capacity(range.len());
+    let (r0, r1) = (range.start / h, range.end.div_ceil(h));
+    for r in r0..r1 {
+        let row = aligned_row(plan, op, a, j, r, pad)?;
+        let s = range.start.max(r * h) - r * h;
+        let e = range.end.min((r + 1) * h) - r * h;
+        data.extend_from_slice(row.get(s..e).unwrap_or_default());
+    }
+    let shape = if range.len() == op.numel() {
+        op.shape.clone()
+    } else {
+        vec![range.len()]
+    };
+    Ok(Tensor::new(op.work_dtype, shape, data))
+}
+
+/// Row `r` of aligned input `j` (mergekit's `PermutedVocabulary`), in the working dtype.
+fn aligned_row(
+    plan: &Plan,
+    op: &Op,
+    a: &VocabAlign,
+    j: usize,
+    r: usize,
+    pad: Option<&Vec<Vec<f32>>>,
+) -> Result<Vec<f32>> {
+    let h = a.row_len;
+    let src = a.rows.get(j).and_then(|v| v.get(r)).copied();
+    match src {
+        Some(RowSource::Own(x)) => input_row(plan, op, j, x, h),
+        Some(RowSource::Default(k)) => match a.defaults.get(k) {
+            Some(DefaultEmbed::Copy { input, row }) => input_row(plan, op, *input, *row, h),
+            Some(DefaultEmbed::Average(list)) => {
+                // zeros, then `embed = embed + row` per model in slice order, then
+                // `embed /= count`, each rounded to the working dtype as PyTorch does.
+                let w = op.work_dtype;
+                let mut acc = vec![0f32; h];
+                for &(input, row) in list {
+                    let x = input_row(plan, op, input, row, h)?;
+                    for (a, b) in acc.iter_mut().zip(&x) {
+                        *a = round(w, *a + *b);
+                    }
+                }
+                let n = list.len() as f32;
+                for a in &mut acc {
+                    *a = round(w, *a / n);
+                }
+                Ok(acc)
+            }
+            Some(DefaultEmbed::Zero) | None => Ok(vec![0f32; h]),
+        },
+        Some(RowSource::PadMean) => Ok(pad
+            .and_then(|p| p.get(j))
+            .cloned()
+            .unwrap_or_else(|| vec![0f32; h])),
+        Some(RowSource::Zero) | None => Ok(vec![0f32; h]),
+    }
+}
+
+/// Row `row` (of `h` elements) of input `j`'s own tensor, in the working dtype.
+fn input_row(plan: &Plan, op: &Op, j: usize, row: usize, h: usize) -> Result<Vec<f32>> {
+    Ok(load_raw(plan, op, j, row * h..(row + 1) * h)?.data)
+}
+
+/// The padding rows of an aligned op: per input, `torch.mean` over dim 0 of its aligned real
+/// rows (an f32 sum in PyTorch's dim-0 order, divided by the row count, rounded to the dtype:
+/// PyTorch sums bf16/f16 in f32 for a mean). The real rows of one input are held while summing.
+fn pad_rows(plan: &Plan, op: &Op) -> Result<Option<Vec<Vec<f32>>>> {
+    let Some(a) = &op.align else { return Ok(None) };
+    if a.rows.iter().all(|r| r.len() <= a.real_rows) {
+        return Ok(None);
+    }
+    let h = a.row_len;
+    let n = a.real_rows;
+    let sum = Dim0Sum::new(h, DType::F32, reduce::torch_float_lanes());
+    let mut out = Vec::with_capacity(a.rows.len());
+    for j in 0..a.rows.len() {
+        let mut rows = Vec::with_capacity(n);
+        for r in 0..n {
+            rows.push(aligned_row(plan, op, a, j, r, None)?);
+        }
+        let mean = (0..h)
+            .map(|c| {
+                let s = sum.sum_with(c, |i| rows[i][c], n);
+                round(op.work_dtype, s / n as f32)
+            })
+            .collect();
+        out.push(mean);
+    }
+    Ok(Some(out))
+}
+
+/// Loads elements `range` of input `j`'s own tensor, converted to the working dtype.
+fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Tensor> {
     let inp = &op.inputs[j];
     let model = &plan.models[inp.model];
     let raw = model.source.require(&inp.name, &model.label)?;
@@ -116,9 +226,10 @@ fn merge_range(
     rng: Option<&mut Mt19937>,
     sink: &dyn Sink,
     torch_threads: usize,
+    pad: Option<&Vec<Vec<f32>>>,
 ) -> Result<()> {
     let tensors: Vec<Tensor> = (0..op.inputs.len())
-        .map(|j| load(plan, op, j, range.clone()))
+        .map(|j| load(plan, op, j, range.clone(), pad))
         .collect::<Result<_>>()?;
     let Some(method) = &plan.method else {
         // A method-less plan copies its one input, already converted to the working dtype.
@@ -207,11 +318,12 @@ fn merge_item(
     range: std::ops::Range<usize>,
     sink: &dyn Sink,
     torch_threads: usize,
+    pad: Option<&Vec<Vec<f32>>>,
 ) -> Result<()> {
     let mut s = range.start;
     while s < range.end {
         let e = (s + CHUNK_ELEMS).min(range.end);
-        merge_range(plan, op, s..e, None, sink, torch_threads)?;
+        merge_range(plan, op, s..e, None, sink, torch_threads, pad)?;
         s = e;
     }
     Ok(())
@@ -248,12 +360,25 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             p(b, t);
         }
     };
+    let pads: Pads = plan
+        .ops
+        .iter()
+        .map(|op| pad_rows(plan, op))
+        .collect::<Result<_>>()?;
     if plan.is_random() {
         let mut rng = Mt19937::new(opts.seed.unwrap_or(0));
-        for op in &plan.ops {
+        for (i, op) in plan.ops.iter().enumerate() {
             if op.float {
                 let n = op.shape.iter().product();
-                merge_range(plan, op, 0..n, Some(&mut rng), sink, threads)?;
+                merge_range(
+                    plan,
+                    op,
+                    0..n,
+                    Some(&mut rng),
+                    sink,
+                    threads,
+                    pads[i].as_ref(),
+                )?;
             } else {
                 copy_buffer(plan, op, sink)?;
             }
@@ -289,9 +414,17 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     items.par_iter().try_for_each(|(i, range, chunked)| {
         let op = &plan.ops[*i];
         if *chunked {
-            merge_item(plan, op, range.clone(), sink, threads)?;
+            merge_item(plan, op, range.clone(), sink, threads, pads[*i].as_ref())?;
         } else if op.float {
-            merge_range(plan, op, range.clone(), None, sink, threads)?;
+            merge_range(
+                plan,
+                op,
+                range.clone(),
+                None,
+                sink,
+                threads,
+                pads[*i].as_ref(),
+            )?;
         } else {
             copy_buffer(plan, op, sink)?;
         }

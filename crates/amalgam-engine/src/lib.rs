@@ -7,6 +7,7 @@
 //! - `order`, `legacy_order`: mergekit 0.1.5's and 0.0.4.2's save orders;
 //! - [`exec`]: the streaming executor; [`side`]: config.json, tokenizer and model card;
 //! - `output`: one "write a plan to an output folder", used by merge and unmix;
+//! - `vocab`: vocabulary alignment (`tokenizer_source`, `tokenizer:`), as plan data;
 //! - `planner` and `unmix`: the two producers of a plan;
 //! - `verify`, on top: recompute a plan and compare instead of writing.
 //!
@@ -31,6 +32,7 @@ pub mod side;
 mod source;
 mod unmix;
 mod verify;
+mod vocab;
 
 use std::path::{Path, PathBuf};
 
@@ -137,6 +139,11 @@ pub fn merge_plan(
         opts.seed
     };
     let mut files = Vec::new();
+    if let Some(t) = &plan.tokenizer {
+        if t.vocab_size.is_some() || opts.copy_tokenizer {
+            files.extend(t.files.iter().cloned());
+        }
+    }
     if opts.write_model_card {
         let name = out
             .file_name()
@@ -158,7 +165,11 @@ pub fn merge_plan(
             },
             config_json: side::config_json(&plan),
             files,
-            tokenizer: if opts.copy_tokenizer {
+            // With a tokenizer config the built tokenizer is always written (as mergekit does);
+            // a chat template alone re-saves the donor's, only when tokenizers are copied.
+            tokenizer: if plan.tokenizer.is_some() {
+                output::TokenizerCopy::No
+            } else if opts.copy_tokenizer {
                 output::TokenizerCopy::WhenComplete
             } else {
                 output::TokenizerCopy::No

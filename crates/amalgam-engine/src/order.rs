@@ -474,6 +474,7 @@ mod tests {
             out_dtype: amalgam_io::DType::BF16,
             float: true,
             label,
+            align: None,
         }
     }
 

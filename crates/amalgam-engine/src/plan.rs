@@ -61,6 +61,54 @@ pub struct Op {
     pub float: bool,
     /// mergekit's scheduling label (the largest resolved input name), which sets the save order.
     pub label: String,
+    /// For a vocabulary-indexed tensor (embeddings, LM head) whose inputs are re-indexed to the
+    /// output vocabulary (or truncated) before the method sees them: how each input's rows are
+    /// made. `shape` is then the aligned shape.
+    pub align: Option<Arc<VocabAlign>>,
+}
+
+/// Where one row of an aligned input comes from (mergekit's `PermutedVocabulary`, or the common
+/// prefix of `--unsafe-truncate-embeddings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowSource {
+    /// Row `n` of this input's own tensor.
+    Own(usize),
+    /// The default embedding number `n` of [`VocabAlign::defaults`].
+    Default(usize),
+    /// Zeros (mergekit: "No embedding for token ...").
+    Zero,
+    /// A padding row (`pad_to_multiple_of`): the mean of this input's aligned real rows.
+    PadMean,
+}
+
+/// A default embedding, computed in the working dtype from the op's inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultEmbed {
+    /// Zeros.
+    Zero,
+    /// Row `row` of input `input` of the op.
+    Copy {
+        /// Index into the op's inputs.
+        input: usize,
+        /// Row in that input's tensor.
+        row: usize,
+    },
+    /// `zeros + row_1 + ... + row_k`, then `/ k`, each operation rounded to the working dtype
+    /// (mergekit adds in slice order in the promoted dtype).
+    Average(Vec<(usize, usize)>),
+}
+
+/// How the inputs of one vocabulary-indexed op are re-indexed (vocabulary axis 0).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VocabAlign {
+    /// Elements of one row (the product of the non-vocabulary dimensions).
+    pub row_len: usize,
+    /// Per input, one source per output row.
+    pub rows: Vec<Vec<RowSource>>,
+    /// The default embeddings the rows refer to.
+    pub defaults: Vec<DefaultEmbed>,
+    /// Rows before the padding (the real vocabulary), for [`RowSource::PadMean`].
+    pub real_rows: usize,
 }
 
 impl Op {
@@ -98,6 +146,18 @@ pub struct Plan {
     pub compat: Compat,
     /// Warnings raised while planning.
     pub warnings: Vec<String>,
+    /// With a tokenizer config: the output tokenizer's files (replacing the donor's) and the new
+    /// vocabulary size for config.json.
+    pub tokenizer: Option<TokenizerOut>,
+}
+
+/// The output tokenizer of a vocabulary-aligned merge.
+#[derive(Debug, Clone)]
+pub struct TokenizerOut {
+    /// Files to write, by name.
+    pub files: Vec<(&'static str, Vec<u8>)>,
+    /// `vocab_size` written to config.json (padded); `None` when only the chat template changes.
+    pub vocab_size: Option<usize>,
 }
 
 impl std::fmt::Debug for Plan {

@@ -16,7 +16,7 @@ use amalgam_methods::{
 
 use crate::arch;
 use crate::error::{EngineError, Result};
-use crate::plan::{Model, Op, OpInput, Plan};
+use crate::plan::{Model, Op, OpInput, Plan, TokenizerOut};
 use crate::source::Source;
 
 /// Options that change the plan.
@@ -32,6 +32,9 @@ pub struct PlanOptions {
     pub hf_cache: Option<PathBuf>,
     /// mergekit's `--allow-crimes`: merge models of different architectures.
     pub allow_crimes: bool,
+    /// `--unsafe-truncate-embeddings`: without a tokenizer config, vocabulary-indexed tensors of
+    /// different sizes keep their common prefix of rows (mergekit 0.1.5).
+    pub unsafe_truncate_embeddings: bool,
 }
 
 /// A normalized output slice: what mergekit turns both `models:` and `slices:` into.
@@ -67,6 +70,8 @@ struct Planner<'a> {
     layer_index: Vec<HashMap<usize, Vec<(String, String)>>>,
     /// mergekit's definition of each model's architecture, when known.
     known: Vec<Option<arch::Known>>,
+    /// The output vocabulary, with a tokenizer config.
+    vocab: Option<crate::vocab::Vocab>,
 }
 
 impl<'a> Planner<'a> {
@@ -277,6 +282,57 @@ impl<'a> Planner<'a> {
         };
         // Checked here so that no later size computation (shard layout, work items) can
         // overflow: only an expert view's derived shapes are not already bounded by a file.
+        // Vocabulary alignment (or truncation) before the method sees the tensors, so the
+        // aligned shape is the op's shape and no mismatch remains.
+        let mut shape0 = shape0;
+        let mut align = None;
+        let differ = shapes.iter().any(|s| s != &shape0);
+        if crate::vocab::is_vocab_tensor(&out_name)
+            && (self.vocab.is_some() || (self.opts.unsafe_truncate_embeddings && differ))
+        {
+            let tuples: Vec<String> = shapes.iter().map(|s| format!("{s:?}")).collect();
+            if shapes.iter().any(|s| s.is_empty() || s[1..] != shape0[1..]) {
+                return Err(EngineError::VocabAlign {
+                    tensor: out_name,
+                    reason: format!(
+                        "Non-vocabulary dimensions must match (vocabulary_axis=0): {}",
+                        tuples.join(", ")
+                    ),
+                });
+            }
+            if shapes.iter().any(|s| s[0] == 0) {
+                return Err(EngineError::VocabAlign {
+                    tensor: out_name,
+                    reason: format!("Empty vocabulary: {}", tuples.join(", ")),
+                });
+            }
+            let row_len: usize = shape0[1..].iter().product();
+            let input_rows: Vec<usize> = shapes.iter().map(|s| s[0]).collect();
+            let a = match &self.vocab {
+                Some(v) => {
+                    let models: Vec<usize> = resolved.iter().map(|(m, _)| *m).collect();
+                    let labels = |m: usize| self.models[m].label.clone();
+                    let a = v.align(&out_name, &models, &input_rows, row_len, s.base, &labels)?;
+                    shape0[0] = v.rows();
+                    a
+                }
+                None => {
+                    let a = crate::vocab::truncation(&input_rows, row_len);
+                    shape0[0] = a.real_rows;
+                    self.warnings.push(format!(
+                        "UNSAFE vocabulary truncation for {out_name}: {} -> {:?} \
+                         (vocabulary_axis=0). Discarding trailing token slices; this assumes \
+                         identical token IDs in the retained prefix and can corrupt the model \
+                         otherwise. Use tokenizer configuration (e.g. tokenizer: {{source: base}}) \
+                         instead.",
+                        tuples.join(", "),
+                        shape0
+                    ));
+                    a
+                }
+            };
+            align = Some(Arc::new(a));
+        }
         if shape0
             .iter()
             .try_fold(dtype0.size(), |acc, &d| acc.checked_mul(d))
@@ -287,14 +343,16 @@ impl<'a> Planner<'a> {
                 shape: shape0,
             });
         }
-        if shapes.iter().any(|s| s != &shape0) {
+        if align.is_none() && shapes.iter().any(|s| s != &shape0) {
             let list: Vec<String> = shapes
                 .iter()
                 .zip(&resolved)
                 .map(|(s, (m, _))| format!("{} {:?}", self.models[*m].label, s))
                 .collect();
-            let hint = if out_name.contains("embed") || out_name.starts_with("lm_head") {
-                " (vocabulary sizes differ: aligning vocabularies with `tokenizer:` is not supported yet)"
+            // mergekit 0.1.5's hint for a vocabulary-indexed tensor.
+            let hint = if crate::vocab::is_vocab_tensor(&out_name) {
+                ". Align vocabulary axes with tokenizer configuration before merging (for \
+                 example, tokenizer: {source: base}); other dimensions must already match."
             } else {
                 ""
             };
@@ -416,6 +474,7 @@ impl<'a> Planner<'a> {
             out_dtype,
             float,
             label,
+            align,
         });
         Ok(())
     }
@@ -574,11 +633,13 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         config_out_dtype,
         layer_index: Vec::new(),
         known: Vec::new(),
+        vocab: None,
     };
     let slices = p.normalize()?;
     if !opts.allow_crimes {
         check_one_architecture(&p.models)?;
     }
+    let tokenizer = plan_tokenizer(&mut p, &slices)?;
     // The config parser rejects empty lists, but a `MergeConfig` can be built by hand: these
     // checks keep the indexing below safe whatever the caller passes.
     let (Some(first), Some(last)) = (slices.first(), slices.last()) else {
@@ -725,5 +786,104 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         config_out_dtype,
         compat: opts.compat,
         warnings: p.warnings,
+        tokenizer,
     })
+}
+
+/// The output vocabulary (with `tokenizer_source` / `tokenizer:`) and the output tokenizer
+/// files; with only `chat_template`, the donor's tokenizer with that template (mergekit then
+/// re-saves the donor's tokenizer instead of copying it).
+fn plan_tokenizer(p: &mut Planner<'_>, slices: &[NSlice]) -> Result<Option<TokenizerOut>> {
+    let cfg = &p.loaded.config;
+    let chat_template = match &cfg.chat_template {
+        Some(v) => crate::vocab::resolve_chat_template(v, &p.models)?,
+        None => None,
+    };
+    let (source, tokens, pad) = match (&cfg.tokenizer, &cfg.tokenizer_source) {
+        (Some(t), _) => (
+            &t.source,
+            t.tokens.as_deref().unwrap_or_default(),
+            t.pad_to_multiple_of,
+        ),
+        (None, Some(s)) => (s, &[][..], None),
+        (None, None) => {
+            let Some(t) = chat_template else {
+                return Ok(None);
+            };
+            // The donor is the base model, else the first model of the first slice.
+            let donor = cfg
+                .base_model
+                .as_ref()
+                .and_then(|b| p.by_ref.get(b).copied())
+                .or_else(|| slices.first().and_then(|s| s.sources.first()).map(|x| x.0))
+                .unwrap_or(0);
+            let Some(model) = p.models.get(donor) else {
+                return Ok(None);
+            };
+            let folder = model.source.folder_ref();
+            let mut files = Vec::new();
+            for f in crate::side::TOKENIZER_FILES {
+                if matches!(
+                    f,
+                    "tokenizer_config.json" | "chat_template.jinja" | "chat_template.json"
+                ) {
+                    continue;
+                }
+                if let Some(path) = folder.aux_file(f) {
+                    let bytes = std::fs::read(&path).map_err(|e| EngineError::SideFile {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                    files.push((f, bytes));
+                }
+            }
+            files.extend(crate::vocab::tokenizer_config_files(folder, Some(&t))?);
+            return Ok(Some(TokenizerOut {
+                files,
+                vocab_size: None,
+            }));
+        }
+    };
+    let base_model = match &cfg.base_model {
+        Some(b) => p.by_ref.get(b).copied(),
+        None => None,
+    };
+    // mergekit reads the output tokenizer from a source model that need not be an input.
+    let outside = match source {
+        amalgam_config::TokenizerSource::Model(r) if !p.by_ref.contains_key(r) => {
+            let cache = p
+                .opts
+                .hf_cache
+                .clone()
+                .unwrap_or_else(amalgam_io::hub::cache_dir);
+            let dir = amalgam_io::hub::resolve_in(
+                &r.path,
+                r.revision.as_deref(),
+                &p.opts.base_dir,
+                &cache,
+            )?;
+            Some((r.to_string(), ModelFolder::open(&dir)?))
+        }
+        _ => None,
+    };
+    let vocab = crate::vocab::Vocab::build(
+        &p.models,
+        &p.by_ref,
+        &crate::vocab::VocabConfig {
+            source,
+            tokens,
+            pad_to_multiple_of: pad,
+            base_model,
+            chat_template,
+            outside_source: outside.as_ref().map(|(l, f)| (l.clone(), f)),
+        },
+    )?;
+    p.warnings.extend(vocab.warnings.iter().cloned());
+    for t in vocab.missing_everywhere() {
+        p.warnings
+            .push(format!("Token {t:?} not found in any model"));
+    }
+    let out = vocab.out.clone();
+    p.vocab = Some(vocab);
+    Ok(Some(out))
 }

@@ -42,6 +42,25 @@ pub fn config_json(plan: &Plan) -> Option<Vec<u8>> {
             .unwrap_or("num_hidden_layers");
         obj.insert(key.to_string(), Json::from(n));
     }
+    // mergekit's `_update_config_vocab`: the output vocabulary size, padded, under the key the
+    // config uses (`text_config.vocab_size` for VL configs that keep the text vocabulary there).
+    if let (Some(n), Some(obj)) = (
+        plan.tokenizer.as_ref().and_then(|t| t.vocab_size),
+        cfg.as_object_mut(),
+    ) {
+        let nested = !obj.contains_key("vocab_size")
+            && obj
+                .get("text_config")
+                .is_some_and(|t| t.get("vocab_size").is_some());
+        match obj.get_mut("text_config").and_then(|t| t.as_object_mut()) {
+            Some(text) if nested => {
+                text.insert("vocab_size".into(), Json::from(n));
+            }
+            _ => {
+                obj.insert("vocab_size".into(), Json::from(n));
+            }
+        }
+    }
     Some(to_sorted_json(&cfg))
 }
 

@@ -89,6 +89,7 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
             out_dtype: dt,
             float,
             label: name.clone(),
+            align: None,
         });
     }
     let label = format!("{}#expert={k}", src.display());
@@ -112,6 +113,7 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
         config_out_dtype: None,
         compat: opts.compat,
         warnings: vec![],
+        tokenizer: None,
     };
     match opts.compat {
         Compat::V0_1_5 => plan.ops.sort_by(|a, b| a.label.cmp(&b.label)),
