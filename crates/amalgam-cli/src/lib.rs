@@ -135,6 +135,17 @@ struct MergeArgs {
     /// swapped in only when complete).
     #[arg(long)]
     overwrite: bool,
+    /// For a multi-document (mergekit-multi) config: the folder where each named merge is
+    /// written (`DIR/<name>`); OUT_PATH receives the unnamed, final one.
+    #[arg(short = 'I', long, value_name = "DIR")]
+    intermediate_dir: Option<PathBuf>,
+    /// Multi-document configs: skip a named merge whose folder already holds a model
+    /// (mergekit-multi's default).
+    #[arg(long, overrides_with = "no_lazy")]
+    lazy: bool,
+    /// Multi-document configs: redo every named merge.
+    #[arg(long, overrides_with = "lazy")]
+    no_lazy: bool,
     /// Maximum shard size: bytes (elements with --mergekit-version 0.0.4.2), with optional K/M/B suffix.
     #[arg(long, default_value = "5B", value_parser = parse_kmb)]
     out_shard_size: u64,
@@ -404,9 +415,25 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
         );
     }
     setup_threads(a.common.num_threads)?;
+    let text = std::fs::read_to_string(&a.config).unwrap_or_default();
+    if amalgam_config::is_multi_document(&text) {
+        return run_multi(&a, registry);
+    }
+    let (loaded, printed) = load_config(&a.config, a.strict, a.common.mergekit_version, registry)?;
+    merge_one(&a, &loaded, &printed, &a.out_path, a.overwrite, registry)
+}
+
+/// Merges one config (a file, or one document of a multi-document file) into `out`.
+fn merge_one(
+    a: &MergeArgs,
+    loaded: &amalgam_config::LoadedConfig,
+    printed: &[String],
+    out: &Path,
+    overwrite: bool,
+    registry: &Registry,
+) -> Result<()> {
     let quiet = a.common.quiet;
     let progress = progress::Progress::new(!quiet);
-    let (loaded, printed) = load_config(&a.config, a.strict, a.common.mergekit_version, registry)?;
     // Hub models are fetched here, with a progress bar, once the config is known to be valid
     // (a feature amalgam refuses should not cost a download first); the planner then finds
     // them in the cache.
@@ -438,11 +465,11 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     };
     // Refuse an occupied output folder before the models are opened: a rerun of a merge is the
     // usual way to meet this, and it should not wait for the plan to say so.
-    check_output(&a.out_path, a.overwrite)?;
+    check_output(out, overwrite)?;
     // Plan first (headers only) so the progress bar knows the total, then run that plan.
     progress.phase("resolving models and planning");
-    let plan = amalgam_engine::plan(&loaded, registry, &opts.plan)?;
-    let target = output::Target::prepare(&a.out_path, a.overwrite)?;
+    let plan = amalgam_engine::plan(loaded, registry, &opts.plan)?;
+    let target = output::Target::prepare(out, overwrite)?;
     let cb = progress.tensors(
         "merging",
         plan.output_bytes(),
@@ -460,7 +487,7 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     )?;
     let path = target.commit(report.path.clone())?;
     progress.finish();
-    for w in report.warnings.iter().filter(|w| !printed.contains(w)) {
+    for w in report.warnings.iter().filter(|w| !printed.contains(*w)) {
         eprintln!("warning: {w}");
     }
     if let (Some(seed), None) = (report.seed, a.random_seed) {
@@ -474,6 +501,111 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
             path.display(),
             progress::format_secs(progress.elapsed().as_secs_f64())
         );
+    }
+    Ok(())
+}
+
+/// Files whose presence (with config.json) marks a finished model folder for `--lazy`, as in
+/// mergekit-multi.
+const MODEL_FILES: [&str; 4] = [
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+];
+
+/// A multi-document config, as `mergekit-multi CONFIG --intermediate-dir DIR --out-path OUT`:
+/// every document is validated first (a mistake in the last one costs no merge), then the merges
+/// run in dependency order, each named one into `DIR/<name>` (skipped with `--lazy`, the default,
+/// when that folder already holds a model), the unnamed one into OUT_PATH.
+fn run_multi(a: &MergeArgs, registry: &Registry) -> Result<()> {
+    let Some(dir) = a.intermediate_dir.clone() else {
+        bail!(
+            "{}: this file holds several YAML documents (a mergekit-multi config): give \
+             --intermediate-dir DIR for its named merges, as mergekit-multi requires",
+            a.config.display()
+        );
+    };
+    let docs = match amalgam_config::load_documents(&a.config) {
+        Ok(d) => d,
+        Err(e @ amalgam_config::ConfigError::Invalid { .. }) => {
+            return Err(Rendered(e.to_string()).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !docs.iter().any(|d| d.name.is_none()) {
+        // mergekit-multi runs such a file too (its --out-path is then unused).
+        eprintln!(
+            "warning: every document of {} has a `name:`: the merges are written to {} and \
+             nothing to {}",
+            a.config.display(),
+            dir.display(),
+            a.out_path.display()
+        );
+    }
+    let outputs: std::collections::BTreeMap<String, String> = docs
+        .iter()
+        .filter_map(|d| d.name.clone())
+        .map(|n| (n.clone(), dir.join(&n).to_string_lossy().into_owned()))
+        .collect();
+    let order = amalgam_config::order(&docs).map_err(|e| Rendered(e.to_string()))?;
+    let mut checked = Vec::new();
+    for d in &docs {
+        let mut loaded = d.loaded.clone();
+        amalgam_config::redirect_models(&mut loaded.config, &outputs);
+        loaded.path = Some(a.config.clone());
+        let diags = amalgam_config::validate(
+            &loaded,
+            &registry.infos(),
+            a.strict,
+            a.common.mergekit_version,
+        );
+        let rendered: Vec<String> = diags.iter().map(|x| x.render(Some(&a.config))).collect();
+        if diags.iter().any(|x| x.severity.refuses()) {
+            return Err(Rendered(rendered.join("\n")).into());
+        }
+        for r in &rendered {
+            eprintln!("{r}");
+        }
+        checked.push((
+            loaded,
+            diags.into_iter().map(|x| x.message).collect::<Vec<_>>(),
+        ));
+    }
+    let lazy = !a.no_lazy;
+    for i in order {
+        let (loaded, printed) = &checked[i];
+        let name = docs[i].name.as_deref();
+        let out = match name {
+            Some(n) => dir.join(n),
+            None => a.out_path.clone(),
+        };
+        if let Some(n) = name {
+            let done = out.join("config.json").is_file()
+                && MODEL_FILES.iter().any(|f| out.join(f).is_file());
+            if lazy && done {
+                if !a.common.quiet {
+                    eprintln!(
+                        "{n}: {} already holds a model; skipped (--no-lazy redoes it)",
+                        out.display()
+                    );
+                }
+                continue;
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let label = name.unwrap_or("final merge");
+        if !a.common.quiet {
+            eprintln!("{label}: merging into {}", out.display());
+        }
+        // A named merge redone with --no-lazy replaces its folder, as mergekit-multi does.
+        let overwrite = if name.is_some() {
+            !lazy || a.overwrite
+        } else {
+            a.overwrite
+        };
+        merge_one(a, loaded, printed, &out, overwrite, registry)
+            .with_context(|| format!("merge `{label}` of {}", a.config.display()))?;
     }
     Ok(())
 }

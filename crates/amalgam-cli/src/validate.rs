@@ -11,7 +11,23 @@ pub fn run(configs: &[PathBuf], strict: bool, compat: Compat, registry: &Registr
     let schemas = registry.infos();
     let mut all_ok = true;
     for path in configs {
+        let multi = std::fs::read_to_string(path)
+            .map(|t| amalgam_config::is_multi_document(&t))
+            .unwrap_or(false);
         let diags = match amalgam_config::load(path) {
+            // A mergekit-multi file: every document, as `merge` checks them before running.
+            _ if multi => match amalgam_config::load_documents(path) {
+                Ok(docs) => docs
+                    .iter()
+                    .flat_map(|d| amalgam_config::validate(&d.loaded, &schemas, strict, compat))
+                    .collect(),
+                Err(amalgam_config::ConfigError::Invalid { diagnostics, .. }) => diagnostics,
+                Err(e) => {
+                    all_ok = false;
+                    println!("{}: error: {e}", path.display());
+                    continue;
+                }
+            },
             Ok(loaded) => amalgam_config::validate(&loaded, &schemas, strict, compat),
             Err(amalgam_config::ConfigError::Invalid { diagnostics, .. }) => diagnostics,
             Err(amalgam_config::ConfigError::Io { source, .. }) => {

@@ -1068,8 +1068,8 @@ fn unknown_key_hint(path: &str, key: &str, known: &[&str]) -> String {
             .into();
     }
     if key == "name" && path.is_empty() {
-        return " (`name` only means something to mergekit-multi, whose multi-document configs \
-                 amalgam does not support yet)"
+        return " (`name` only means something in a multi-document, mergekit-multi config: \
+                 in a single-document one it is ignored)"
             .into();
     }
     match closest(key, known.iter().copied()) {

@@ -224,9 +224,10 @@ impl Builder<'_, '_> {
                     if docs > 1 {
                         return Err(YamlError {
                             loc: loc(&m),
-                            message: "this file holds more than one YAML document (`---`): \
-                                      multi-document configs (mergekit-multi) are not supported \
-                                      yet; split it into one file per merge"
+                            message: "this file holds more than one YAML document (`---`), a \
+                                      mergekit-multi config: `amalgam merge` runs it with \
+                                      --intermediate-dir DIR (library: \
+                                      `amalgam_config::load_documents`)"
                                 .into(),
                         });
                     }
