@@ -909,6 +909,6 @@ mod tests {
     fn second_document_is_an_error() {
         let e = load("a: 1\n---\nb: 2\n").unwrap_err();
         assert_eq!(e.loc.line, 2);
-        assert!(e.message.contains("multi-document"));
+        assert!(e.message.contains("mergekit-multi"), "{}", e.message);
     }
 }
