@@ -32,10 +32,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "float64.yml",
         "merge_method: linear\ndtype: float64\nmodels:\n  - model: a\n    parameters: {weight: 1}\n",
     ),
-    (
-        "override_architecture.yml",
-        "merge_method: linear\nmodels:\n  - model: {model: {path: a}, override_architecture: LlamaForCausalLM}\n    parameters: {weight: 1}\n",
-    ),
 ];
 
 #[test]

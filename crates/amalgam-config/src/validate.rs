@@ -552,8 +552,8 @@ pub fn unsupported_message(key: &str) -> String {
 }
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
-/// `modules`, LoRA (`+lora` or `lora:`),
-/// `override_architecture` and float64 arithmetic (`dtype: float64`). [`validate`] reports
+/// `modules`, LoRA (`+lora` or `lora:`) and float64 arithmetic (`dtype: float64`). [`validate`]
+/// reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
 /// decide with this one function, before any model is read.
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
@@ -567,10 +567,7 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     }
     let model = |m: &ModelRef, path: String, out: &mut Vec<(String, String)>| {
         if m.lora.is_some() {
-            out.push((path.clone(), "lora".to_string()));
-        }
-        if m.override_architecture.is_some() {
-            out.push((path, "override_architecture".to_string()));
+            out.push((path, "lora".to_string()));
         }
     };
     if config.modules.is_some() {

@@ -92,7 +92,18 @@ impl<'a> Planner<'a> {
             &amalgam_io::download::HubOptions::from_env(),
         )?;
         let folder = ModelFolder::open(&dir)?;
-        let config = crate::model_config::read_config(&folder)?;
+        let mut config = crate::model_config::read_config(&folder)?;
+        // mergekit reads the model's config with `architectures` replaced: its architecture
+        // (template, the --allow-crimes check) and, for the donor, the output config.json.
+        if let (Some(a), Some(obj)) = (
+            &r.override_architecture,
+            config.as_mut().and_then(|c| c.as_object_mut()),
+        ) {
+            obj.insert(
+                "architectures".into(),
+                serde_json::Value::Array(vec![serde_json::Value::String(a.clone())]),
+            );
+        }
         let source = match r.expert {
             Some(k) => Source::expert(folder, k)?,
             None => Source::folder(folder),
