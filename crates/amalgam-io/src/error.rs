@@ -296,8 +296,9 @@ pub enum Error {
         /// The digest of the bytes received.
         actual: String,
     },
-    /// A Hub repository has only pickle weights, which amalgam does not read.
-    #[error("{repo}@{revision} has only pickle weights (.bin), which amalgam does not read yet; nothing was downloaded (convert the model to safetensors, or use a safetensors revision)")]
+    /// A Hub repository has only pickle weights, which amalgam reads but, as mergekit, does not
+    /// download.
+    #[error("{repo}@{revision} has only pickle weights (.bin); amalgam reads them from a local folder or the cache, but downloads only what mergekit downloads (safetensors, json and tokenizer files), so nothing was downloaded (fetch it first with `hf download {repo}`, or use a safetensors revision)")]
     PickleOnlyRepo {
         /// The repository id.
         repo: String,

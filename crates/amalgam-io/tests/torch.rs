@@ -51,7 +51,7 @@ fn bin_folder(model: &str) -> ModelFolder {
 #[test]
 fn bin_models_equal_their_safetensors() {
     // bf16, f16 and f32 single files; a sharded index; Parameters (some through
-    // `_rebuild_from_type_v2`) inside a training checkpoint's `state_dict`.
+    // `_rebuild_from_type_v2`).
     for model in ["base", "base-fp16", "base-f32", "ft-a", "ft-b", "ft-c"] {
         let bin = tensors_of(&bin_folder(model));
         let st = tensors_of(&ModelFolder::open(golden(model)).unwrap());
@@ -86,9 +86,10 @@ fn bin_models_equal_their_safetensors() {
 }
 
 #[test]
-fn protocol_4_and_zip64_archives() {
+fn protocol_4_zip64_and_training_checkpoint() {
     let want = tensors_of(&ModelFolder::open(golden("ft-c")).unwrap());
-    for f in ["proto4.bin", "zip64.bin"] {
+    // checkpoint.bin: the state dict is the `state_dict` entry, `epoch` is skipped.
+    for f in ["proto4.bin", "zip64.bin", "checkpoint.bin"] {
         let got = file_tensors(&SafetensorsFile::open_torch(fixtures().join(f)).unwrap());
         assert_eq!(got, want, "{f}");
     }
