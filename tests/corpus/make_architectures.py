@@ -10,6 +10,9 @@ import pathlib
 
 from importlib.metadata import version
 from mergekit.architecture.json_definitions import NAME_TO_ARCH
+import importlib.resources
+import json
+import re
 
 ids = {}
 rows = []
@@ -34,6 +37,58 @@ lines = [
 ]
 for name, mt, key in rows:
     lines.append(f'    ("{name}", "{mt}", "{key}"),')
+lines.append("];")
+
+# Templates of the decoder-only ("kind": "decoder") definitions whose layer weights are all
+# `<prefix>${layer_index}<suffix>` with no other placeholder: what amalgam's planner merges for a
+# known architecture (pre weights, layer suffixes, post weights, each in mergekit's order).
+lines += [
+    "",
+    "/// One mergekit decoder definition: its key (as in [`MERGEKIT_ARCHITECTURES`]), the tensors",
+    "/// before the layers and after them (name, optional), and each layer's tensor suffixes.",
+    "pub struct Template {",
+    "    /// The definition key.",
+    "    pub definition: &'static str,",
+    "    /// Tensors before the layers: (name, optional).",
+    "    pub pre: &'static [(&'static str, bool)],",
+    "    /// Each layer's tensors, as suffixes after `<prefix><index>`.",
+    "    pub layer: &'static [&'static str],",
+    "    /// Tensors after the layers: (name, optional).",
+    "    pub post: &'static [(&'static str, bool)],",
+    "}",
+    "",
+    "/// mergekit's decoder definitions that amalgam plans from.",
+    "pub const MERGEKIT_TEMPLATES: &[Template] = &[",
+]
+data = importlib.resources.files("mergekit") / "_data" / "architectures"
+by_key = {}
+for f in sorted(p for p in data.iterdir() if p.name.endswith(".json")):
+    d = json.loads(f.read_text())
+    if d.get("kind", "decoder") != "decoder":
+        continue
+    key = f"{sorted(d['architectures'])[0]}/{d['model_type']}"
+    layer = []
+    ok = True
+    for w in d.get("layer_templates", {}).get("weights", []):
+        m = re.fullmatch(r"(.*)\$\{layer_index\}(\..*)", w["name"])
+        if not m or "${" in m.group(2) or "${" in m.group(1):
+            ok = False
+            break
+        layer.append(m.group(2))
+    if not ok or any("${" in w["name"] for w in d.get("pre_weights", []) + d.get("post_weights", [])):
+        continue
+    def pairs(ws):
+        return ", ".join(f'("{w["name"]}", {"true" if w.get("optional") else "false"})' for w in ws)
+    by_key[key] = (pairs(d.get("pre_weights", [])), ", ".join(f'"{x}"' for x in layer), pairs(d.get("post_weights", [])))
+for key, (pre, layer, post) in sorted(by_key.items()):
+    lines += [
+        "    Template {",
+        f'        definition: "{key}",',
+        f"        pre: &[{pre}],",
+        f"        layer: &[{layer}],",
+        f"        post: &[{post}],",
+        "    },",
+    ]
 lines.append("];")
 out.write_text("\n".join(lines) + "\n")
 print(f"{len(rows)} names written to {out}")

@@ -121,7 +121,7 @@ struct Common {
 /// mergekit declares each boolean option as a `--x/--no-x` pair where the last one given wins;
 /// here each pair is two clap flags overriding each other, which behaves the same. Flags that
 /// cannot change amalgam's output are accepted so that a mergekit command line runs unchanged;
-/// the ones asking for something amalgam does differently (GPU, pickle reading) get a single
+/// the ones asking for something amalgam does differently (GPU) get a single
 /// warning listing them.
 #[derive(Args)]
 struct MergeArgs {
@@ -230,7 +230,9 @@ struct MergekitOnly {
     /// All the GPU flags at once (ignored, with a warning). mergekit has no `--no-` form.
     #[arg(long, hide = true)]
     gpu_rich: bool,
-    /// Lazy unpickler (ignored, with a warning: pickle inputs are refused by name).
+    /// Lazy unpickler: amalgam always reads `.bin` inputs lazily with its own restricted
+    /// unpickler (which also reads the `_rebuild_from_type_v2` files mergekit's lazy unpickler
+    /// cannot), so this changes nothing and passes silently.
     #[arg(long, hide = true, overrides_with = "no_lazy_unpickle")]
     lazy_unpickle: bool,
     #[arg(long, hide = true, overrides_with = "lazy_unpickle")]
@@ -256,7 +258,7 @@ struct MergekitOnly {
 }
 
 impl MergekitOnly {
-    /// The given flags that ask for something amalgam does not do (GPU, pickle reading), for
+    /// The given flags that ask for something amalgam does not do (GPU), for
     /// one warning. The others have no observable effect in mergekit either, for the configs
     /// amalgam accepts, and pass silently.
     fn ignored(&self) -> Vec<String> {
@@ -266,7 +268,6 @@ impl MergekitOnly {
             (self.read_to_gpu, "--read-to-gpu"),
             (self.multi_gpu, "--multi-gpu"),
             (self.gpu_rich, "--gpu-rich"),
-            (self.lazy_unpickle, "--lazy-unpickle"),
         ]
         .into_iter()
         .filter(|(on, _)| *on)
@@ -410,7 +411,7 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
     let ignored = a.mergekit_only.ignored();
     if !ignored.is_empty() {
         eprintln!(
-            "warning: {} ignored: amalgam streams on the CPU and reads only safetensors",
+            "warning: {} ignored: amalgam streams on the CPU",
             ignored.join(", ")
         );
     }

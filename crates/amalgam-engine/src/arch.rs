@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::mergekit_archs::MERGEKIT_ARCHITECTURES;
+use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_TEMPLATES};
 
 /// A layer tensor name split around its index: `model.layers.3.mlp.up_proj.weight` ->
 /// (`model.layers.`, 3, `.mlp.up_proj.weight`).
@@ -62,125 +62,34 @@ pub fn tied_name(name: &str) -> Option<&'static str> {
     }
 }
 
-/// The order in which mergekit's architecture definitions list each layer's tensors, for the
-/// architectures whose order differs from checkpoint order. It decides mergekit's task
-/// numbering, hence how its scheduler breaks ties between outputs (frankenmerges) and the whole
-/// 0.0.4.2 save order. Names in a checkpoint's layers that such a definition does not list are
-/// not merged by mergekit, and not by amalgam either.
-const LLAMA_ORDER: &[&str] = &[
-    ".input_layernorm.weight",
-    ".self_attn.q_proj.weight",
-    ".self_attn.k_proj.weight",
-    ".self_attn.v_proj.weight",
-    ".self_attn.o_proj.weight",
-    ".post_attention_layernorm.weight",
-    ".mlp.up_proj.weight",
-    ".mlp.gate_proj.weight",
-    ".mlp.down_proj.weight",
-];
-const QWEN2_ORDER: &[&str] = &[
-    ".input_layernorm.weight",
-    ".mlp.down_proj.weight",
-    ".mlp.gate_proj.weight",
-    ".mlp.up_proj.weight",
-    ".post_attention_layernorm.weight",
-    ".self_attn.k_proj.bias",
-    ".self_attn.k_proj.weight",
-    ".self_attn.o_proj.weight",
-    ".self_attn.q_proj.bias",
-    ".self_attn.q_proj.weight",
-    ".self_attn.v_proj.bias",
-    ".self_attn.v_proj.weight",
-];
-const QWEN3_ORDER: &[&str] = &[
-    ".input_layernorm.weight",
-    ".mlp.down_proj.weight",
-    ".mlp.gate_proj.weight",
-    ".mlp.up_proj.weight",
-    ".post_attention_layernorm.weight",
-    ".self_attn.k_norm.weight",
-    ".self_attn.k_proj.weight",
-    ".self_attn.q_norm.weight",
-    ".self_attn.q_proj.weight",
-    ".self_attn.v_proj.weight",
-    ".self_attn.o_proj.weight",
-];
-const GEMMA2_ORDER: &[&str] = &[
-    ".input_layernorm.weight",
-    ".self_attn.q_proj.weight",
-    ".self_attn.k_proj.weight",
-    ".self_attn.v_proj.weight",
-    ".self_attn.o_proj.weight",
-    ".post_attention_layernorm.weight",
-    ".pre_feedforward_layernorm.weight",
-    ".mlp.up_proj.weight",
-    ".mlp.gate_proj.weight",
-    ".mlp.down_proj.weight",
-    ".post_feedforward_layernorm.weight",
-];
-const GEMMA3_ORDER: &[&str] = &[
-    ".input_layernorm.weight",
-    ".self_attn.q_proj.weight",
-    ".self_attn.q_norm.weight",
-    ".self_attn.k_proj.weight",
-    ".self_attn.k_norm.weight",
-    ".self_attn.v_proj.weight",
-    ".self_attn.o_proj.weight",
-    ".post_attention_layernorm.weight",
-    ".pre_feedforward_layernorm.weight",
-    ".mlp.up_proj.weight",
-    ".mlp.gate_proj.weight",
-    ".mlp.down_proj.weight",
-    ".post_feedforward_layernorm.weight",
-];
-const PHI3_ORDER: &[&str] = &[
-    ".input_layernorm.weight",
-    ".post_attention_layernorm.weight",
-    ".self_attn.o_proj.weight",
-    ".self_attn.qkv_proj.weight",
-    ".mlp.gate_up_proj.weight",
-    ".mlp.down_proj.weight",
-];
-
 /// What mergekit's architecture definition says about a known architecture: the layer tensors
 /// in template order, the tensors before and after the layers (with "optional" flags). mergekit
 /// merges exactly these names, requires the non-optional ones, and ignores any other tensor a
-/// checkpoint may hold.
+/// checkpoint may hold. The template order decides mergekit's task numbering, hence how its
+/// scheduler breaks ties between outputs (frankenmerges) and the whole 0.0.4.2 save order.
+/// The data is mergekit 0.1.5's own definitions (`mergekit_archs.rs`, generated).
 #[derive(Debug)]
 pub struct Known {
     /// Layer tensor suffixes, in template order.
     pub layer: &'static [&'static str],
-    /// Tensors before the layers.
-    pub pre: &'static [&'static str],
+    /// Tensors before the layers, with whether each is optional.
+    pub pre: &'static [(&'static str, bool)],
     /// Tensors after the layers, in template order, with whether each is optional.
     pub post: &'static [(&'static str, bool)],
 }
 
-const PRE: &[&str] = &["model.embed_tokens.weight"];
-const POST: &[(&str, bool)] = &[("model.norm.weight", false), ("lm_head.weight", true)];
-
-/// The definition for a config.json `architectures[0]` class name, if known.
-pub fn known(architecture: Option<&str>) -> Option<Known> {
-    let (layer, post): (&'static [&'static str], &'static [(&'static str, bool)]) =
-        match architecture? {
-            "LlamaForCausalLM" | "LLaMaForCausalLM" | "MistralForCausalLM"
-            | "MixtralForCausalLM" => (LLAMA_ORDER, POST),
-            "GemmaForCausalLM" => (LLAMA_ORDER, &[("model.norm.weight", false)]),
-            "Qwen2ForCausalLM" => (QWEN2_ORDER, POST),
-            "Qwen3ForCausalLM" => (QWEN3_ORDER, POST),
-            "Gemma2ForCausalLM" => (GEMMA2_ORDER, POST),
-            "Gemma3ForCausalLM" => (GEMMA3_ORDER, POST),
-            "Phi3ForCausalLM" => (
-                PHI3_ORDER,
-                &[("lm_head.weight", false), ("model.norm.weight", false)],
-            ),
-            _ => return None,
-        };
-    Some(Known {
-        layer,
-        pre: PRE,
-        post,
-    })
+/// The template of a model's architecture, when mergekit has a decoder definition for it (see
+/// [`mergekit_definition`]); `None` sends the planner to inference from tensor names.
+pub fn known(cfg: Option<&Value>, expert_view: bool) -> Option<Known> {
+    let def = mergekit_definition(cfg, expert_view)?;
+    MERGEKIT_TEMPLATES
+        .iter()
+        .find(|t| t.definition == def)
+        .map(|t| Known {
+            layer: t.layer,
+            pre: t.pre,
+            post: t.post,
+        })
 }
 
 /// The mergekit architecture definition a model gets (see [`MERGEKIT_ARCHITECTURES`]): by its

@@ -141,7 +141,18 @@ impl<'a> Planner<'a> {
         }
         // A known architecture's layers are exactly its template: every listed tensor is
         // required (a missing one fails planning with mergekit's message), others are ignored.
-        let known = arch::known(arch_name);
+        let known = arch::known(config.as_ref(), source.is_expert_view());
+        if let (None, Some(a)) = (&known, arch_name) {
+            let w = format!(
+                "{}: architecture {} has no mergekit decoder definition amalgam plans from; its \
+                 tensors are inferred from the checkpoint's names",
+                r,
+                amalgam_io::display::safe(a)
+            );
+            if !self.warnings.contains(&w) {
+                self.warnings.push(w);
+            }
+        }
         if let Some(k) = &known {
             for v in index.values_mut() {
                 let prefix = v
@@ -503,7 +514,13 @@ impl<'a> Planner<'a> {
                     .map(|(n, _)| n.to_string())
                     .collect()
             } else {
-                k.pre.iter().map(|n| n.to_string()).collect()
+                k.pre
+                    .iter()
+                    .filter(|(n, optional)| {
+                        !optional || models.iter().any(|&m| self.models[m].source.has(n))
+                    })
+                    .map(|(n, _)| n.to_string())
+                    .collect()
             };
         }
         let mut seen = std::collections::HashSet::new();

@@ -343,5 +343,15 @@ fn unknown_architecture_is_not_a_crime() {
         .unwrap()
         .replace("Qwen2ForCausalLM", "MadeUpForCausalLM");
     std::fs::write(&p, text).unwrap();
-    merge_two(tmp.path(), false, "q").expect("unknown architecture: inferred, not refused");
+    let report =
+        merge_two(tmp.path(), false, "q").expect("unknown architecture: inferred, not refused");
+    // Said so: its tensors come from the checkpoint's names, not a mergekit template.
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("MadeUpForCausalLM") && w.contains("inferred")),
+        "{:?}",
+        report.warnings
+    );
 }

@@ -15,7 +15,8 @@
 //!   renamed to `blobs/<etag>`; `snapshots/<commit>/<file>` is a relative symlink to it, and
 //!   `refs/<rev>` holds the commit.
 //!
-//! Only what a merge reads is fetched (see [`wanted`]); `.bin` pickles never are.
+//! Only what a merge reads is fetched (see [`wanted`]); `.bin` pickles never are (as in
+//! mergekit, whose allow-list has no `.bin`; amalgam reads them once they are in the cache).
 //! `HF_HUB_OFFLINE=1` never touches the network. Every environment variable is read once, by
 //! [`HubOptions::from_env`], so tests and library users can pass everything explicitly.
 

@@ -133,16 +133,53 @@ pub enum Error {
         path: PathBuf,
     },
     /// A folder holds no loadable checkpoint.
-    #[error("{}: no model found: expected model.safetensors or model.safetensors.index.json", safe_path(.path))]
+    #[error("{}: no model found: expected model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json", safe_path(.path))]
     NoModelFiles {
         /// The folder.
         path: PathBuf,
     },
-    /// A folder holds only pickle checkpoints.
-    #[error("{}: pickle checkpoints (pytorch_model*.bin) are not supported yet; convert the model to safetensors first", safe_path(.path))]
-    PickleNotSupported {
-        /// The folder.
+    /// A `torch.save` file in the legacy (pre-1.6, non-zip) format, which amalgam does not read.
+    #[error("{}: legacy torch format (not a zip archive; torch < 1.6 or `_use_new_zipfile_serialization=False`), not supported; re-save it with a recent torch or convert the model to safetensors", safe_path(.path))]
+    LegacyTorch {
+        /// The file.
         path: PathBuf,
+    },
+    /// A `.bin` file whose zip structure is invalid (truncated, not a zip, compressed members).
+    #[error("{}: not a readable torch.save archive: {}", safe_path(.path), safe(.reason))]
+    TorchZip {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The pickle of a `.bin` file references a global outside the allow-list (a checkpoint
+    /// that would run code under `torch.load`, such as `posix.system`); nothing was executed.
+    #[error("{}: refused: the pickle references `{}`, which is not one of the classes and functions a state dict needs (nothing was executed)", safe_path(.path), safe(.global))]
+    PickleGlobal {
+        /// The file.
+        path: PathBuf,
+        /// `module.name`.
+        global: String,
+    },
+    /// The pickle of a `.bin` file is malformed or uses what a state dict does not.
+    #[error("{}: invalid pickle at byte {offset} of data.pkl: {}", safe_path(.path), safe(.reason))]
+    Pickle {
+        /// The file.
+        path: PathBuf,
+        /// Byte offset of the opcode in `data.pkl`.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor of a `.bin` file cannot be served: strided, or outside its storage.
+    #[error("{}: tensor `{}`: {}", safe_path(.path), safe(.tensor), safe(.reason))]
+    TorchTensor {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The index file is malformed or names missing shards.
     #[error("{}: invalid index: {}", safe_path(.path), safe(.reason))]
@@ -259,8 +296,9 @@ pub enum Error {
         /// The digest of the bytes received.
         actual: String,
     },
-    /// A Hub repository has only pickle weights, which amalgam does not read.
-    #[error("{repo}@{revision} has only pickle weights (.bin), which amalgam does not read yet; nothing was downloaded (convert the model to safetensors, or use a safetensors revision)")]
+    /// A Hub repository has only pickle weights, which amalgam reads but, as mergekit, does not
+    /// download.
+    #[error("{repo}@{revision} has only pickle weights (.bin); amalgam reads them from a local folder or the cache, but downloads only what mergekit downloads (safetensors, json and tokenizer files), so nothing was downloaded (fetch it first with `hf download {repo}`, or use a safetensors revision)")]
     PickleOnlyRepo {
         /// The repository id.
         repo: String,

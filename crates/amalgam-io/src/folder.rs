@@ -5,11 +5,13 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::{Error, Result, SafetensorsFile, TensorRef};
 
-const SINGLE: &str = "model.safetensors";
-const INDEX: &str = "model.safetensors.index.json";
+/// Checkpoint file names in mergekit's order of preference (`ShardedTensorIndex.from_disk`):
+/// safetensors first, then a `torch.save` pickle. Each may be sharded with `<name>.index.json`.
+const CANDIDATES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
 
-/// A checkpoint folder: `model.safetensors`, or `model.safetensors.index.json` with its shards.
-/// Every shard is opened and validated up front so errors surface before a merge starts.
+/// A checkpoint folder: `model.safetensors` or `pytorch_model.bin`, or either's
+/// `.index.json` with its shards. Every shard is opened and validated up front so errors
+/// surface before a merge starts.
 #[derive(Debug)]
 pub struct ModelFolder {
     path: PathBuf,
@@ -23,47 +25,40 @@ pub struct ModelFolder {
 }
 
 impl ModelFolder {
-    /// Opens a folder. A folder with only `pytorch_model*.bin` gets
-    /// [`crate::Error::PickleNotSupported`]; an empty one [`crate::Error::NoModelFiles`].
+    /// Opens a folder; one with no checkpoint gets [`crate::Error::NoModelFiles`].
     ///
-    /// Discovery follows mergekit's `ShardedTensorIndex.from_disk`: when
-    /// `model.safetensors.index.json` exists it is used (even if `model.safetensors` exists
-    /// too), else `model.safetensors`. The index must be a JSON object with a `weight_map` object
-    /// of string file names; every shard must exist and hold each tensor the index puts there.
+    /// Discovery follows mergekit's `ShardedTensorIndex.from_disk`: the first of
+    /// `model.safetensors` and `pytorch_model.bin` that exists, alone or as
+    /// `<name>.index.json`, is used; its index wins over the single file. The index must be a
+    /// JSON object with a `weight_map` object of string file names; every shard must exist and
+    /// hold each tensor the index puts there. Shards named `*.safetensors` are read as
+    /// safetensors and others as `torch.save` archives ([`SafetensorsFile::open_torch`]), as
+    /// mergekit's `TensorLoader.get` does.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if !path.is_dir() {
             return Err(Error::MissingFolder { path });
         }
-        let index_path = path.join(INDEX);
-        if index_path.is_file() {
-            return Self::open_index(path, &index_path);
+        for single_name in CANDIDATES {
+            let index_path = path.join(format!("{single_name}.index.json"));
+            let single = path.join(single_name);
+            if index_path.is_file() {
+                return Self::open_index(path, &index_path);
+            }
+            if single.is_file() {
+                let file = crate::torch::open_shard(&single)?;
+                let names: Vec<String> = file.tensors().iter().map(|t| t.name.clone()).collect();
+                let by_name = names.iter().map(|n| (n.clone(), 0)).collect();
+                return Ok(ModelFolder {
+                    path,
+                    files: vec![file],
+                    file_names: vec![single_name.to_string()],
+                    names,
+                    by_name,
+                });
+            }
         }
-        let single = path.join(SINGLE);
-        if single.is_file() {
-            let file = SafetensorsFile::open(&single)?;
-            let names: Vec<String> = file.tensors().iter().map(|t| t.name.clone()).collect();
-            let by_name = names.iter().map(|n| (n.clone(), 0)).collect();
-            return Ok(ModelFolder {
-                path,
-                files: vec![file],
-                file_names: vec![SINGLE.to_string()],
-                names,
-                by_name,
-            });
-        }
-        let entries = std::fs::read_dir(&path).map_err(|e| Error::io(&path, e))?;
-        let pickle = entries.flatten().any(|e| {
-            let n = e.file_name();
-            let n = n.to_string_lossy();
-            n.starts_with("pytorch_model")
-                && (n.ends_with(".bin") || n.ends_with(".bin.index.json"))
-        });
-        if pickle {
-            Err(Error::PickleNotSupported { path })
-        } else {
-            Err(Error::NoModelFiles { path })
-        }
+        Err(Error::NoModelFiles { path })
     }
 
     fn open_index(path: PathBuf, index_path: &Path) -> Result<Self> {
@@ -94,7 +89,7 @@ impl ModelFolder {
                 Some(&k) => k,
                 None => {
                     let shard_path = checked_shard(&path, index_path, tensor, shard, &mut root)?;
-                    files.push(SafetensorsFile::open(&shard_path)?);
+                    files.push(crate::torch::open_shard(&shard_path)?);
                     file_names.push(shard.to_string());
                     file_idx.insert(shard.to_string(), files.len() - 1);
                     files.len() - 1

@@ -9,7 +9,10 @@
 //!   before any tensor is handed out, so no input, however hostile, can cause a panic or an
 //!   out-of-bounds read.
 //! * [`ModelFolder`]: a checkpoint folder found by mergekit's rules (single file or sharded
-//!   index), routing tensor names to shards.
+//!   index, safetensors or `torch.save` pickles), routing tensor names to shards.
+//! * [`SafetensorsFile::open_torch`]: a `pytorch_model.bin` (the `torch.save` zip format) read
+//!   without running code: a restricted unpickler with an allow-list of globals, tensors served
+//!   lazily as byte ranges of the mapped file.
 //! * [`ShardLayout`] / [`OutputWriter`]: a streaming, positioned writer. The headers of all shards
 //!   are computed up front from the planned tensors, so tensor bytes can be written at their final
 //!   offsets in any order, from any thread, and memory never grows with the model.
@@ -26,7 +29,10 @@ mod error;
 mod folder;
 pub mod hub;
 mod read;
+mod torch;
+mod unpickle;
 mod write;
+mod zipdir;
 
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -48,6 +48,10 @@ pub struct TensorRef<'a> {
 }
 
 /// A memory-mapped safetensors file whose header has been validated.
+///
+/// Also what a `torch.save` archive (`pytorch_model.bin`) is opened as (see
+/// [`SafetensorsFile::open_torch`]): its tensors are stored uncompressed, so each is a byte range
+/// of the file too, and the engine reads both kinds the same way.
 pub struct SafetensorsFile {
     path: PathBuf,
     file: File,
@@ -99,6 +103,30 @@ impl SafetensorsFile {
             by_name,
             metadata,
         })
+    }
+
+    /// A file whose tensor table was validated by another reader (`torch.rs` for a
+    /// `torch.save` archive): every entry's `start..end` must lie inside `mmap`. Tensors may
+    /// share bytes there (views of one storage), which a safetensors file never does.
+    pub(crate) fn from_validated(
+        path: PathBuf,
+        file: File,
+        mmap: Mmap,
+        tensors: Vec<TensorInfo>,
+    ) -> Self {
+        let by_name = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        SafetensorsFile {
+            path,
+            file,
+            mmap,
+            tensors,
+            by_name,
+            metadata: None,
+        }
     }
 
     /// The file path.

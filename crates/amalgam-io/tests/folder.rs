@@ -138,18 +138,22 @@ fn corrupt_shard_is_reported_up_front() {
 }
 
 #[test]
-fn no_model_pickle_and_missing_folder() {
+fn no_model_empty_pickle_and_missing_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     assert!(matches!(
         ModelFolder::open(d),
         Err(Error::NoModelFiles { .. })
     ));
+    // A shard without its index is not a model (as for mergekit); `pytorch_model.bin` is
+    // opened as a torch.save archive, and an empty one is not one.
     std::fs::write(d.join("pytorch_model-00001-of-00002.bin"), b"").unwrap();
     assert!(matches!(
         ModelFolder::open(d),
-        Err(Error::PickleNotSupported { .. })
+        Err(Error::NoModelFiles { .. })
     ));
+    std::fs::write(d.join("pytorch_model.bin"), b"").unwrap();
+    assert!(matches!(ModelFolder::open(d), Err(Error::TorchZip { .. })));
     let missing = d.join("nowhere");
     let e = ModelFolder::open(&missing).unwrap_err();
     assert!(matches!(e, Error::MissingFolder { .. }));
