@@ -13,10 +13,10 @@
 
 use amalgam_io::DType;
 
-use crate::numerics::{as_dtype, round, scalar};
+use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::full_sum_with;
 use crate::rng::Mt19937;
-use crate::stdsort::{argsort_keys, less_asc, std_sort, topk_largest, Keyed};
+use crate::stdsort::{less_asc, select_keys, std_sort, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
 
 /// Whether a sparsifier rescales the kept values back to the delta's L1 norm (mergekit's
@@ -82,8 +82,9 @@ pub fn rescaled_masked(x: &[f32], mask: &[f32], dtype: DType, rescale: Rescale) 
     }
     let factor = round(dtype, before / after);
     for v in masked.iter_mut() {
-        *v = round(dtype, *v * factor);
+        *v *= factor;
     }
+    round_slice(dtype, &mut masked);
     masked
 }
 
@@ -97,10 +98,11 @@ pub fn magnitude(delta: &Tensor, density: f64, rescale: Rescale) -> Result<Tenso
         return Ok(zeros_like(delta));
     }
     let k = (py_int(density * n as f64)?.max(1) as usize).min(n);
-    let order = sorted(&delta.data, true)?;
+    // Only which elements the sort puts before position k matters.
+    let order = select(&delta.data, true, &[k])?;
     let mut mask = vec![0f32; n];
-    for &i in order.iter().take(k) {
-        if let Some(m) = mask.get_mut(i as usize) {
+    for x in order.iter().take(k) {
+        if let Some(m) = mask.get_mut(x.index as usize) {
             *m = 1.0;
         }
     }
@@ -170,13 +172,13 @@ pub fn magnitude_outliers(
     let target = py_int(density * n as f64)?;
     let n_top = py_int(gamma * n as f64)?;
     let n_bot = (n as i64 - target - n_top).max(0);
-    let order = sorted(&delta.data, false)?;
+    let range = py_slice(n, n_bot, n_bot.saturating_add(target));
+    // Only which elements the sort puts inside the kept range matters.
+    let bounds: Vec<usize> = range.iter().flat_map(|r| [r.start, r.end]).collect();
+    let order = select(&delta.data, false, &bounds)?;
     let mut mask = vec![0f32; n];
-    for &i in py_slice(n, n_bot, n_bot.saturating_add(target))
-        .and_then(|r| order.get(r))
-        .unwrap_or(&[])
-    {
-        if let Some(m) = mask.get_mut(i as usize) {
+    for x in range.and_then(|r| order.get(r)).unwrap_or(&[]) {
+        if let Some(m) = mask.get_mut(x.index as usize) {
             *m = 1.0;
         }
     }
@@ -205,11 +207,9 @@ pub fn bernoulli(
     let mask: Vec<f32> = (0..delta.numel())
         .map(|_| if rng.bernoulli(p) { 1.0 } else { 0.0 })
         .collect();
-    let out = rescaled_masked(&delta.data, &mask, work, rescale);
-    Ok(with_data(
-        delta,
-        out.into_iter().map(|v| round(delta.dtype, v)).collect(),
-    ))
+    let mut out = rescaled_masked(&delta.data, &mask, work, rescale);
+    round_slice(delta.dtype, &mut out);
+    Ok(with_data(delta, out))
 }
 
 /// DELLA's `della_magprune(δ, density, ε)`: per row (dim 1; a 1-D tensor is one row), rank `|δ|`
@@ -292,11 +292,9 @@ pub fn della_magprune(
         }
         *m = if rng.bernoulli(p) { 1.0 } else { 0.0 };
     }
-    let out = rescaled_masked(&delta.data, &mask, work, rescale);
-    Ok(with_data(
-        delta,
-        out.into_iter().map(|v| round(delta.dtype, v)).collect(),
-    ))
+    let mut out = rescaled_masked(&delta.data, &mask, work, rescale);
+    round_slice(delta.dtype, &mut out);
+    Ok(with_data(delta, out))
 }
 
 /// The dtype PyTorch's CPU Bernoulli works in for a tensor of `dtype`.
@@ -313,10 +311,11 @@ fn index_u32(i: usize) -> Result<u32, MethodError> {
         .map_err(|_| MethodError::Other("tensor too large to sort (> 2^32 elements)".into()))
 }
 
-/// Flat argsort of `|x|` as `torch.argsort(|x|.float(), descending=...)`.
-fn sorted(x: &[f32], descending: bool) -> Result<Vec<u32>, MethodError> {
+/// `torch.argsort(|x|.float(), descending=...)` as far as the sets before each of `bounds` go
+/// ([`select_keys`]).
+fn select(x: &[f32], descending: bool, bounds: &[usize]) -> Result<Vec<Keyed>, MethodError> {
     index_u32(x.len())?;
-    Ok(argsort_keys(x.iter().map(|k| k.abs()), descending))
+    Ok(select_keys(x.iter().map(|k| k.abs()), descending, bounds))
 }
 
 /// Python's `int(x)` for a float: truncation, refusing NaN/inf as Python does.

@@ -76,6 +76,68 @@ pub fn argsort_keys(keys: impl IntoIterator<Item = f32>, descending: bool) -> Ve
     v.into_iter().map(|k| k.index).collect()
 }
 
+/// The sets [`argsort_keys`] puts before each of `bounds` (sorted positions), without sorting
+/// what cannot change them: the returned `(key, index)` pairs hold, for every `b` in `bounds`,
+/// exactly the elements the full sort puts at positions `< b` in positions `< b` (and the ones
+/// it puts at `>= b` at `>= b`); the order inside each side is unspecified.
+///
+/// Why this is exact: introsort partitions fix which elements a sub-range holds, and the rest of
+/// the algorithm only permutes inside it (recursion, the heapsort fallback, and the final
+/// insertion sort, which never moves an element past an equal one, so never across a partition
+/// boundary). A sub-range that does not straddle a bound changes no set, so only the sub-ranges
+/// containing a bound are followed, with the same depth budget as the full sort; a straddling
+/// leaf is insertion-sorted on its own, which gives the same order as the final pass (a stable
+/// insertion sort). Expected linear time instead of n·log n. Checked against the full replay by
+/// the tests below.
+pub fn select_keys(
+    keys: impl IntoIterator<Item = f32>,
+    descending: bool,
+    bounds: &[usize],
+) -> Vec<Keyed> {
+    let mut v = keyed(keys);
+    let n = v.len();
+    if n >= 2 {
+        let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
+        if descending {
+            introsort_select(&mut v, 0, depth, less_desc, bounds);
+        } else {
+            introsort_select(&mut v, 0, depth, less_asc, bounds);
+        }
+    }
+    v
+}
+
+fn straddles(start: usize, end: usize, bounds: &[usize]) -> bool {
+    bounds.iter().any(|&b| start < b && b < end)
+}
+
+fn introsort_select<F: Fn(f32, f32) -> bool + Copy>(
+    v: &mut [Keyed],
+    at: usize,
+    mut depth: usize,
+    comp: F,
+    bounds: &[usize],
+) {
+    let mut len = v.len();
+    while len > THRESHOLD {
+        if !straddles(at, at + len, bounds) {
+            return;
+        }
+        let part = &mut v[..len];
+        if depth == 0 {
+            heap_sort(part, comp);
+            return;
+        }
+        depth -= 1;
+        let cut = partition_pivot(part, comp);
+        introsort_select(&mut part[cut..], at + cut, depth, comp, bounds);
+        len = cut;
+    }
+    if straddles(at, at + len, bounds) {
+        insertion_sort(&mut v[..len], comp);
+    }
+}
+
 /// `torch.topk(keys, k, largest=True)` indices on CPU (a 1-D tensor), in the order returned.
 ///
 /// PyTorch's CPU top-k copies `(key, index)` pairs and, when `64·k <= n`, runs
@@ -333,6 +395,67 @@ mod tests {
                 assert!(keys[w[0] as usize] >= keys[w[1] as usize]);
             }
         }
+    }
+
+    /// Keys with many ties (as bf16 magnitudes have), some NaN, of various lengths.
+    fn tie_keys(n: usize, distinct: u64, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                if s.is_multiple_of(97) {
+                    f32::NAN
+                } else {
+                    (s % distinct) as f32 * 0.25
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn select_keys_agrees_with_the_full_sort() {
+        // Every bound of every small case, and spread bounds of larger ones (including sizes that
+        // reach the heapsort fallback through many equal keys), both directions.
+        let mut cases = 0;
+        for (n, distinct) in [
+            (17usize, 3u64),
+            (40, 2),
+            (100, 5),
+            (257, 1000),
+            (1000, 7),
+            (5000, 2),
+            (20_000, 50),
+            (70_000, 3),
+            (100_000, 1 << 20),
+        ] {
+            for seed in 0..3 {
+                let keys = tie_keys(n, distinct, seed + n as u64);
+                for desc in [false, true] {
+                    let full = argsort(&keys, desc);
+                    let ks: Vec<usize> = if n <= 257 {
+                        (0..=n).collect()
+                    } else {
+                        vec![0, 1, 15, 16, 17, n / 3, n / 2, n - 16, n - 1, n]
+                    };
+                    for &k in &ks {
+                        for bounds in [vec![k], vec![k / 2, k]] {
+                            let sel = select_keys(keys.iter().copied(), desc, &bounds);
+                            for &b in &bounds {
+                                let mut a: Vec<u32> = full[..b].to_vec();
+                                let mut c: Vec<u32> = sel[..b].iter().map(|x| x.index).collect();
+                                a.sort_unstable();
+                                c.sort_unstable();
+                                assert_eq!(a, c, "n {n} distinct {distinct} desc {desc} b {b}");
+                            }
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(cases > 1000);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 use amalgam_io::DType;
 
 use super::common::{check_well_formed, shape_str};
-use crate::numerics::{as_dtype, round, scalar};
+use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::{torch_float_lanes, Dim0Sum};
 use crate::sparsify;
 use crate::{
@@ -325,25 +325,25 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         let rescale = sparsify::Rescale::new(rescale_on, args.torch_threads);
         let lambda = args.shared_f64("lambda")?;
 
-        // Task vectors in input order.
-        let mut deltas: Vec<Vec<f32>> = Vec::new();
-        let mut weights: Vec<f64> = Vec::new();
-        let mut rng = args.rng;
+        // Task vectors in input order: the inputs aligned first, in order (0.0.4.2 warns about
+        // skipped ones), then each sparsified.
+        let mut kept = Vec::new();
         for (i, input) in args.inputs.iter().enumerate() {
             if Some(i) == args.base {
                 continue;
             }
-            let x = match aligned(input, base, args.tensor_name, &args.inputs, args.compat)? {
-                Some(x) => x,
-                None => continue,
-            };
+            if let Some(x) = aligned(input, base, args.tensor_name, &args.inputs, args.compat)? {
+                kept.push((input, x));
+            }
+        }
+        let task = |input: &MergeInput<'_>,
+                    x: &[f32],
+                    rng: Option<&mut crate::rng::Mt19937>|
+         -> Result<(Vec<f32>, f64), MethodError> {
             let weight = input.f64("weight")?;
             let density = input.f64("density")?;
-            let raw: Vec<f32> = x
-                .iter()
-                .zip(&base.data)
-                .map(|(&a, &b)| round(dtype, a - b))
-                .collect();
+            let mut raw: Vec<f32> = x.iter().zip(&base.data).map(|(&a, &b)| a - b).collect();
+            round_slice(dtype, &mut raw);
             let delta = Tensor::new(dtype, base.shape.clone(), raw);
             let delta = match self.sparsifier {
                 None => delta,
@@ -356,7 +356,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                     sparsify::magnitude_outliers(&delta, density, gamma, rescale)?
                 }
                 Some(Sparsifier::Random) => {
-                    let rng = rng.as_deref_mut().ok_or_else(|| self.no_rng())?;
+                    let rng = rng.ok_or_else(|| self.no_rng())?;
                     match args.compat {
                         Compat::V0_1_5 => sparsify::bernoulli(&delta, density, rescale, rng)?,
                         Compat::V0_0_4_2 => bernoulli_0_0_4_2(&delta, density, rescale_on, rng)?,
@@ -364,13 +364,30 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                 }
                 Some(Sparsifier::DellaMagprune) => {
                     let epsilon = input.f64("epsilon")?;
-                    let rng = rng.as_deref_mut().ok_or_else(|| self.no_rng())?;
+                    let rng = rng.ok_or_else(|| self.no_rng())?;
                     sparsify::della_magprune(&delta, density, epsilon, rescale, rng)?
                 }
             };
-            deltas.push(delta.data);
-            weights.push(weight);
-        }
+            Ok((delta.data, weight))
+        };
+        let done: Vec<(Vec<f32>, f64)> = if self.info.random {
+            // One random stream, consumed model after model.
+            let mut rng = args.rng;
+            kept.iter()
+                .map(|(input, x)| task(input, x, rng.as_deref_mut()))
+                .collect::<Result<_, _>>()?
+        } else {
+            // Independent per model (each a whole-tensor sort for ties and breadcrumbs): both
+            // cores work inside one large tensor; the results come back in input order.
+            use rayon::prelude::*;
+            let each: Vec<_> = kept
+                .par_iter()
+                .map(|(input, x)| task(input, x, None))
+                .collect();
+            // The first error in input order, as the sequential loop would report it.
+            each.into_iter().collect::<Result<_, _>>()?
+        };
+        let (mut deltas, weights): (Vec<Vec<f32>>, Vec<f64>) = done.into_iter().unzip();
         if deltas.is_empty() {
             return Ok(base.clone());
         }
@@ -379,8 +396,9 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         let w: Vec<f32> = weights.iter().map(|&v| as_dtype(dtype, v)).collect();
         for (d, &wi) in deltas.iter_mut().zip(&w) {
             for v in d.iter_mut() {
-                *v = round(dtype, *v * wi);
+                *v *= wi;
             }
+            round_slice(dtype, d);
         }
 
         let n = base.numel();
@@ -398,8 +416,71 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                 d
             }
         };
-        let apply_lambda = lambda != 1.0;
+        let apply_lambda = lambda != 1.0 && args.compat == Compat::V0_1_5;
         let lam = scalar(lambda);
+        if m <= SEQ_MAX && n > 1 && deltas.iter().all(|d| d.len() == n) {
+            // Up to four models every column's sum over the model axis adds in plain sequence
+            // from zero (see `Dim0Sum::sum_with`), so the whole tensor is computed block by
+            // block with bulk roundings: the same operations in the same order as below.
+            let mut out = vec![0f32; n];
+            let steps = Steps {
+                dtype,
+                normalize,
+                lam: apply_lambda.then_some(lam),
+            };
+            let mut s = [0f32; BLOCK];
+            let mut wd = [0f32; BLOCK];
+            for (blk, (o, b)) in out
+                .chunks_mut(BLOCK)
+                .zip(base.data.chunks(BLOCK))
+                .enumerate()
+            {
+                let at = blk * BLOCK;
+                let len = o.len();
+                let cols: Vec<&[f32]> = deltas.iter().map(|d| &d[at..at + len]).collect();
+                if self.consensus {
+                    let (s, wd) = (&mut s[..len], &mut wd[..len]);
+                    s.fill(0.0);
+                    for c in &cols {
+                        for (a, &v) in s.iter_mut().zip(c.iter()) {
+                            *a += v;
+                        }
+                    }
+                    round_slice(dtype, s);
+                    // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative; multiplying by
+                    // the 0/1 mask (not selecting) keeps PyTorch's signed zeros.
+                    o.fill(0.0);
+                    wd.fill(0.0);
+                    for (c, &wi) in cols.iter().zip(&w) {
+                        for ((a, wa), (&v, &sv)) in
+                            o.iter_mut().zip(wd.iter_mut()).zip(c.iter().zip(s.iter()))
+                        {
+                            let keep = if agrees(v, sv >= 0.0) { 1.0 } else { 0.0 };
+                            *a += v * keep;
+                            *wa += wi * keep;
+                        }
+                    }
+                    round_slice(dtype, o);
+                    round_slice(dtype, wd);
+                    for d in wd.iter_mut() {
+                        if *d == 0.0 {
+                            *d = 1.0;
+                        }
+                    }
+                    steps.finish(o, b, |k| wd.get(k).copied().unwrap_or(1.0));
+                } else {
+                    o.fill(0.0);
+                    for c in &cols {
+                        for (a, &v) in o.iter_mut().zip(c.iter()) {
+                            *a += v;
+                        }
+                    }
+                    round_slice(dtype, o);
+                    steps.finish(o, b, |_| global_div);
+                }
+            }
+            return Ok(Tensor::new(dtype, base.shape.clone(), out));
+        }
         let mut vals = vec![0f32; m];
         let mut masked = vec![0f32; m];
         let mut wmask = vec![0f32; m];
@@ -431,12 +512,51 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             if normalize {
                 mixed = round(dtype, mixed / div);
             }
-            if apply_lambda && args.compat == Compat::V0_1_5 {
+            if apply_lambda {
                 mixed = round(dtype, mixed * lam);
             }
             out.push(round(dtype, b + mixed));
         }
         Ok(Tensor::new(dtype, base.shape.clone(), out))
+    }
+}
+
+/// Most models whose model-axis sum adds in plain sequence (PyTorch's four accumulators).
+const SEQ_MAX: usize = 4;
+/// Elements per block of the bulk path: every model's block stays in the CPU cache.
+const BLOCK: usize = 4096;
+
+/// The steps after the model-axis sum, in bulk: `mixed / div` (normalize), `· λ`, `base + mixed`,
+/// each rounded to the dtype.
+struct Steps {
+    dtype: DType,
+    normalize: bool,
+    lam: Option<f32>,
+}
+
+impl Steps {
+    /// `mixed` (already summed and rounded) becomes the output block over `base`.
+    fn finish(&self, mixed: &mut [f32], base: &[f32], div: impl Fn(usize) -> f32) {
+        if self.normalize {
+            for (k, v) in mixed.iter_mut().enumerate() {
+                *v /= div(k);
+            }
+            round_slice(self.dtype, mixed);
+        }
+        if let Some(lam) = self.lam {
+            for v in mixed.iter_mut() {
+                *v *= lam;
+            }
+            round_slice(self.dtype, mixed);
+        }
+        for (v, &b) in mixed.iter_mut().zip(base) {
+            // `base + mixed`, in that operand order, as the element-by-element path.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                *v = b + *v;
+            }
+        }
+        round_slice(self.dtype, mixed);
     }
 }
 

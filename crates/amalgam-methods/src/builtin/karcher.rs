@@ -3,7 +3,7 @@
 
 use amalgam_io::DType;
 
-use crate::numerics::{round, scalar};
+use crate::numerics::{round, round_slice, scalar};
 use crate::reduce::{norm2, torch_sum_with};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
@@ -108,7 +108,7 @@ impl MergeMethod for Karcher {
                 if nrm == 0.0 {
                     vec![0.0; t.data.len()]
                 } else {
-                    t.data.iter().map(|&v| round(dt, v / nrm)).collect()
+                    bulk(dt, t.data.iter().map(|&v| v / nrm).collect())
                 }
             })
             .collect();
@@ -131,17 +131,26 @@ impl MergeMethod for Karcher {
         let vunits: Vec<&Vec<f32>> = valid.iter().filter_map(|&i| units.get(i)).collect();
         let len = first.data.len();
         let mut mean = vec![0f32; len];
+        let mut tmp = [0f32; BLOCK];
         for (&a, u) in nalphas.iter().zip(&vunits) {
             let a = scalar(a);
-            for (m, &v) in mean.iter_mut().zip(u.iter()) {
-                *m = round(dt, *m + round(dt, a * v));
+            for (m, u) in mean.chunks_mut(BLOCK).zip(u.chunks(BLOCK)) {
+                let tmp = &mut tmp[..m.len()];
+                for (t, &v) in tmp.iter_mut().zip(u) {
+                    *t = a * v;
+                }
+                round_slice(dt, tmp);
+                for (m, &t) in m.iter_mut().zip(tmp.iter()) {
+                    *m += t;
+                }
+                round_slice(dt, m);
             }
         }
         let mn = norm_f32(&mean);
         mean = if (mn as f64) < tol {
             vunits.first().map(|u| (*u).clone()).unwrap_or_default()
         } else {
-            mean.iter().map(|&v| round(dt, v / mn)).collect()
+            bulk(dt, mean.iter().map(|&v| v / mn).collect())
         };
         for _ in 0..max_iter.max(0) {
             let mut tangent = vec![0f32; len];
@@ -154,9 +163,29 @@ impl MergeMethod for Karcher {
                 }
                 let ratio = round(dt, theta / round(dt, theta.sin()));
                 let coef = round(dt, scalar(a) * ratio);
-                for ((t, &uv), &mv) in tangent.iter_mut().zip(u.iter()).zip(&mean) {
-                    let diff = round(dt, uv - round(dt, d * mv));
-                    *t = round(dt, *t + round(dt, coef * diff));
+                for ((t, u), m) in tangent
+                    .chunks_mut(BLOCK)
+                    .zip(u.chunks(BLOCK))
+                    .zip(mean.chunks(BLOCK))
+                {
+                    // diff = u − d·mean; t += coef·diff, every step rounded.
+                    let tmp = &mut tmp[..t.len()];
+                    for (x, &mv) in tmp.iter_mut().zip(m) {
+                        *x = d * mv;
+                    }
+                    round_slice(dt, tmp);
+                    for (x, &uv) in tmp.iter_mut().zip(u) {
+                        *x = uv - *x;
+                    }
+                    round_slice(dt, tmp);
+                    for x in tmp.iter_mut() {
+                        *x *= coef;
+                    }
+                    round_slice(dt, tmp);
+                    for (tv, &x) in t.iter_mut().zip(tmp.iter()) {
+                        *tv += x;
+                    }
+                    round_slice(dt, t);
                 }
             }
             let tn = norm_f32(&tangent);
@@ -166,18 +195,31 @@ impl MergeMethod for Karcher {
             // A 0-d f32 tensor times a 16-bit tensor is rounded to the 16-bit dtype first
             // (division, in contrast, uses the f32 value as is).
             let (c, s) = (round(dt, tn.cos()), round(dt, tn.sin()));
-            mean = mean
-                .iter()
-                .zip(&tangent)
-                .map(|(&m, &t)| {
-                    let p = round(dt, c * m);
-                    let q = round(dt, s * round(dt, t / tn));
-                    round(dt, p + q)
-                })
-                .collect();
+            for (m, t) in mean.chunks_mut(BLOCK).zip(tangent.chunks_mut(BLOCK)) {
+                // mean = c·mean + s·(t / tn), every step rounded.
+                for v in m.iter_mut() {
+                    *v *= c;
+                }
+                round_slice(dt, m);
+                for v in t.iter_mut() {
+                    *v /= tn;
+                }
+                round_slice(dt, t);
+                for v in t.iter_mut() {
+                    *v *= s;
+                }
+                round_slice(dt, t);
+                for (v, &q) in m.iter_mut().zip(t.iter()) {
+                    *v += q;
+                }
+                round_slice(dt, m);
+            }
             let un = norm_f32(&mean);
             if (un as f64) > tol {
-                mean = mean.iter().map(|&v| round(dt, v / un)).collect();
+                for v in mean.iter_mut() {
+                    *v /= un;
+                }
+                round_slice(dt, &mut mean);
             }
         }
         // sum(alpha * norm): f32 products, Python sum from 0.
@@ -186,7 +228,16 @@ impl MergeMethod for Karcher {
             .zip(&norms)
             .fold(0f32, |acc, (&a, &nrm)| acc + scalar(a) * nrm);
         let scale = round(dt, scale);
-        let data = mean.iter().map(|&m| round(dt, scale * m)).collect();
+        let data = bulk(dt, mean.iter().map(|&m| scale * m).collect());
         Ok(Tensor::new(dt, first.shape.clone(), data))
     }
+}
+
+/// Elements per block of the bulk steps (a few blocks stay in the CPU cache).
+const BLOCK: usize = 4096;
+
+/// `xs` rounded to `dt`, in bulk (the same bits as rounding each value).
+fn bulk(dt: DType, mut xs: Vec<f32>) -> Vec<f32> {
+    round_slice(dt, &mut xs);
+    xs
 }

@@ -2,7 +2,7 @@
 //! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
 
 use super::common::{require_base, task_vector};
-use crate::numerics::round;
+use crate::numerics::{round, round_slice};
 use crate::reduce::{full_sum_with, norm2, outer_sum, threads_for};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
@@ -140,21 +140,34 @@ impl MergeMethod for ModelStock {
         let mut avg = vec![0f32; n];
         for w in &ws {
             for (a, &x) in avg.iter_mut().zip(&w.data) {
-                *a = round(dt, *a + x);
+                *a += x;
             }
+            round_slice(dt, &mut avg);
         }
-        let data = avg
-            .iter()
-            .zip(&w0.data)
-            .enumerate()
-            .map(|(k, (&a, &b))| {
-                let tk = t.get(k / row_len).copied().unwrap_or(0.0);
-                let a = round(dt, a / count as f32);
-                let p = round(dt, tk * a);
-                let q = round(dt, round(dt, 1.0 - tk) * b);
-                round(dt, p + q)
-            })
-            .collect();
+        // Per row: a/count, then t·a + (1 − t)·b, every step rounded (in bulk, the same bits).
+        let mut q = vec![0f32; row_len];
+        for (r, (a, b)) in avg.chunks_mut(row_len).zip(w0.data.chunks(row_len)).enumerate() {
+            let tk = t.get(r).copied().unwrap_or(0.0);
+            let q = &mut q[..a.len()];
+            for v in a.iter_mut() {
+                *v /= count as f32;
+            }
+            round_slice(dt, a);
+            for v in a.iter_mut() {
+                *v *= tk;
+            }
+            round_slice(dt, a);
+            let one_minus = round(dt, 1.0 - tk);
+            for (qv, &bv) in q.iter_mut().zip(b) {
+                *qv = one_minus * bv;
+            }
+            round_slice(dt, q);
+            for (v, &qv) in a.iter_mut().zip(q.iter()) {
+                *v += qv;
+            }
+            round_slice(dt, a);
+        }
+        let data = avg;
         Ok(Tensor::new(dt, w0.shape.clone(), data))
     }
 }

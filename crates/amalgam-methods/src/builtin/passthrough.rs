@@ -1,6 +1,6 @@
 //! `passthrough`: copies its single input, optionally scaled (frankenmerges, layer stacking).
 
-use crate::numerics::{round, scalar};
+use crate::numerics::{round_slice, scalar};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
     ParamScope, ParamSpec, ParamValues, Tensor, Value,
@@ -67,7 +67,8 @@ impl MergeMethod for Passthrough {
             None => Ok(x.clone()),
             Some(s) => {
                 let s = scalar(s);
-                let data = x.data.iter().map(|&v| round(x.dtype, v * s)).collect();
+                let mut data: Vec<f32> = x.data.iter().map(|&v| v * s).collect();
+                round_slice(x.dtype, &mut data);
                 Ok(Tensor::new(x.dtype, x.shape.clone(), data))
             }
         }
