@@ -408,13 +408,34 @@ pub fn validate(
         }
     }
 
+    if let Some(v) = config
+        .chat_template
+        .as_deref()
+        .filter(|v| invalid_chat_template(v))
+    {
+        push_at(
+            Severity::Error,
+            "chat_template",
+            None,
+            format!(
+                "Invalid chat template: {} (mergekit's words: give `auto`, a built-in name or a \
+                 Jinja template)",
+                v.chars().take(80).collect::<String>()
+            ),
+        );
+    }
     for (path, key) in unsupported_features(config) {
         // The path already names a top-level key: not said twice.
-        let what = if path == key {
+        let mut what = if path == key {
             "not supported yet by amalgam".to_string()
         } else {
             unsupported_message(&key)
         };
+        if key.starts_with("chat_template:") {
+            what.push_str(
+                " (a mergekit built-in template; give the template text itself, or `auto`)",
+            );
+        }
         push_at(
             Severity::Unsupported,
             &path,
@@ -546,6 +567,20 @@ fn check_contract<'v>(c: &Contract, view: &'v SliceView) -> Result<(), (Option<&
     })
 }
 
+/// mergekit 0.1.5's built-in chat template names (`mergekit/_data/chat_templates`). amalgam does
+/// not ship those files, so a config naming one is not supported yet.
+pub const BUILTIN_CHAT_TEMPLATES: [&str; 5] = ["alpaca", "chatml", "exaone", "llama3", "mistral"];
+
+fn is_builtin_chat_template(v: &str) -> bool {
+    BUILTIN_CHAT_TEMPLATES.contains(&v)
+}
+
+/// mergekit's check of a `chat_template` that is neither `auto` nor a built-in name: it must
+/// look like a Jinja template (at least 20 characters, with a `{`).
+fn invalid_chat_template(v: &str) -> bool {
+    v != "auto" && !is_builtin_chat_template(v) && (v.chars().count() < 20 || !v.contains('{'))
+}
+
 /// The words of a "not supported yet" refusal of `key`, the same for `validate` and `merge`.
 pub fn unsupported_message(key: &str) -> String {
     format!("`{key}` is not supported yet by amalgam")
@@ -558,6 +593,13 @@ pub fn unsupported_message(key: &str) -> String {
 /// decide with this one function, before any model is read.
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     let mut out = Vec::new();
+    if let Some(v) = config
+        .chat_template
+        .as_deref()
+        .filter(|v| is_builtin_chat_template(v))
+    {
+        out.push(("chat_template".into(), format!("chat_template: {v}")));
+    }
     if config
         .dtype
         .as_deref()

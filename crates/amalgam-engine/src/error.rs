@@ -163,12 +163,7 @@ pub enum EngineError {
         reason: String,
     },
     /// `chat_template` is neither `auto`, a built-in name nor a Jinja template (mergekit:
-    /// shorter than 20 characters or without `{`).
-    #[error("Invalid chat template: {value}")]
-    ChatTemplate {
-        /// The value given.
-        value: String,
-    },
+
     /// The inputs of a tensor have different shapes (mergekit's message, with a hint).
     #[error("Tensor size mismatch for {tensor}: {}{hint}", shapes.join(", "))]
     ShapeMismatch {

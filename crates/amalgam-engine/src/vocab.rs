@@ -633,13 +633,10 @@ pub fn tokenizer_config_files(
     Ok(files)
 }
 
-/// Built-in template names of mergekit 0.1.5 (`mergekit/_data/chat_templates`).
-pub const BUILTIN_TEMPLATES: [&str; 5] = ["alpaca", "chatml", "exaone", "llama3", "mistral"];
-
 /// mergekit's `_set_chat_template` resolution: `auto` (the most common template among the
-/// models, ties to the first in config order; `None` when no model has one), a literal Jinja
-/// template, or an error. Built-in names are refused: amalgam does not ship mergekit's template
-/// files.
+/// models, ties to the first in config order; `None` when no model has one) or a literal Jinja
+/// template. The value was checked by config validation (`amalgam_config::validate`: a built-in
+/// name is not supported yet, a value that is no template is mergekit's "Invalid chat template").
 pub fn resolve_chat_template(value: &str, models: &[Model]) -> Result<Option<String>> {
     if value == "auto" {
         let mut counts: Vec<(String, usize)> = Vec::new();
@@ -663,22 +660,6 @@ pub fn resolve_chat_template(value: &str, models: &[Model]) -> Result<Option<Str
             }
         }
         return Ok(best.map(|(t, _)| t));
-    }
-    if value.len() < 256
-        && !value.contains('\n')
-        && !value.contains('{')
-        && BUILTIN_TEMPLATES.contains(&value)
-    {
-        return Err(EngineError::Unsupported {
-            path: "chat_template".into(),
-            key: format!("chat_template: {value} (a mergekit built-in template)"),
-            advice: "give the template text itself, or `auto`".into(),
-        });
-    }
-    if value.chars().count() < 20 || !value.contains('{') {
-        return Err(EngineError::ChatTemplate {
-            value: value.to_string(),
-        });
     }
     Ok(Some(value.to_string()))
 }
