@@ -426,16 +426,16 @@ pub fn validate(
     }
     for (path, key) in unsupported_features(config) {
         // The path already names a top-level key: not said twice.
-        let mut what = if path == key {
+        let what = if let Some(name) = key.strip_prefix("chat_template: ") {
+            format!(
+                "mergekit's built-in template `{name}` is not supported yet by amalgam (give the \
+                 template text itself, or `auto`)"
+            )
+        } else if path == key {
             "not supported yet by amalgam".to_string()
         } else {
             unsupported_message(&key)
         };
-        if key.starts_with("chat_template:") {
-            what.push_str(
-                " (a mergekit built-in template; give the template text itself, or `auto`)",
-            );
-        }
         push_at(
             Severity::Unsupported,
             &path,
