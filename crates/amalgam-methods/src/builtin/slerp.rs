@@ -58,9 +58,9 @@ impl Slerp {
                              by many ulps (the error stays within about 1 ulp of the tensor's \
                              largest magnitude). Everything else is bit-exact (tested by injecting \
                              PyTorch's acos/sin results). 16-bit outputs: rare 1-ulp differences \
-                             for the same reason. Full-tensor f32 norms longer than ~32k elements \
-                             are split across threads by PyTorch in a machine-dependent way (rare \
-                             1-ulp differences). --mergekit-version 0.0.4.2 (NumPy slerp) is not \
+                             for the same reason; the stated bound is 4 ulp of each tensor's \
+                             largest magnitude (docs/threads.md: norms do not depend on PyTorch's \
+                             thread count). --mergekit-version 0.0.4.2 (NumPy slerp) is not \
                              supported yet.",
             },
         }
