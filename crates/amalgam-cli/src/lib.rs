@@ -456,6 +456,8 @@ fn merge_one(
             allow_crimes: a.allow_crimes,
             unsafe_truncate_embeddings: a.unsafe_truncate_embeddings
                 && !a.no_unsafe_truncate_embeddings,
+            // Fetched just above: the planner finds them in the cache.
+            hub_fetched: true,
         },
         out_shard_size: Some(a.out_shard_size),
         copy_tokenizer: !a.no_copy_tokenizer,
@@ -866,6 +868,7 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         hf_cache: a.hf_cache.clone(),
         allow_crimes: a.allow_crimes,
         unsafe_truncate_embeddings: false,
+        hub_fetched: false,
     };
     // The plan verify will make, made here too (headers only) to tell the tensors the config
     // produces from those only the model has, and to size the work for the user.

@@ -32,6 +32,9 @@ pub struct PlanOptions {
     pub hf_cache: Option<PathBuf>,
     /// mergekit's `--allow-crimes`: merge models of different architectures.
     pub allow_crimes: bool,
+    /// The caller has just downloaded the config's Hub models (the CLI does, with a progress
+    /// bar): resolve them from the cache without asking the Hub a second time.
+    pub hub_fetched: bool,
     /// `--unsafe-truncate-embeddings`: without a tokenizer config, vocabulary-indexed tensors of
     /// different sizes keep their common prefix of rows (mergekit 0.1.5).
     pub unsafe_truncate_embeddings: bool,
@@ -89,7 +92,11 @@ impl<'a> Planner<'a> {
             r.revision.as_deref(),
             &self.opts.base_dir,
             &cache,
-            &amalgam_io::download::HubOptions::from_env(),
+            &{
+                let mut hub = amalgam_io::download::HubOptions::from_env();
+                hub.offline |= self.opts.hub_fetched;
+                hub
+            },
         )?;
         let folder = ModelFolder::open(&dir)?;
         let mut config = crate::model_config::read_config(&folder)?;
