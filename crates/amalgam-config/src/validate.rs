@@ -426,12 +426,7 @@ pub fn validate(
     }
     for (path, key) in unsupported_features(config) {
         // The path already names a top-level key: not said twice.
-        let what = if let Some(name) = key.strip_prefix("chat_template: ") {
-            format!(
-                "mergekit's built-in template `{name}` is not supported yet by amalgam (give the \
-                 template text itself, or `auto`)"
-            )
-        } else if path == key {
+        let what = if path == key {
             "not supported yet by amalgam".to_string()
         } else {
             unsupported_message(&key)
@@ -567,8 +562,9 @@ fn check_contract<'v>(c: &Contract, view: &'v SliceView) -> Result<(), (Option<&
     })
 }
 
-/// mergekit 0.1.5's built-in chat template names (`mergekit/_data/chat_templates`). amalgam does
-/// not ship those files, so a config naming one is not supported yet.
+/// mergekit 0.1.5's built-in chat template names (`mergekit/_data/chat_templates`). amalgam
+/// ships its own templates for them (`amalgam_engine::builtin_chat_template`: other text,
+/// the same renderings), so a name is accepted and resolved at merge time.
 pub const BUILTIN_CHAT_TEMPLATES: [&str; 5] = ["alpaca", "chatml", "exaone", "llama3", "mistral"];
 
 fn is_builtin_chat_template(v: &str) -> bool {
@@ -593,13 +589,6 @@ pub fn unsupported_message(key: &str) -> String {
 /// decide with this one function, before any model is read.
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Some(v) = config
-        .chat_template
-        .as_deref()
-        .filter(|v| is_builtin_chat_template(v))
-    {
-        out.push(("chat_template".into(), format!("chat_template: {v}")));
-    }
     if config
         .dtype
         .as_deref()

@@ -633,11 +633,41 @@ pub fn tokenizer_config_files(
     Ok(files)
 }
 
+/// amalgam's templates for mergekit 0.1.5's built-in chat template names
+/// (`amalgam_config::BUILTIN_CHAT_TEMPLATES`), in `templates/`.
+///
+/// Why our own text: mergekit's template files are not ours to copy. These are written from the
+/// conversation formats and checked to render exactly what mergekit's files render (through
+/// transformers' jinja2 settings: trim_blocks, lstrip_blocks, `raise_exception`) over a set of
+/// conversations (`tests/chat-templates/`, test `chat_templates`), so `chat_template.jinja`
+/// differs from mergekit's output in text, not in any prompt it produces. An error case (a
+/// Mistral conversation whose roles do not alternate, an empty one) raises in both, with other
+/// words.
+pub const BUILTIN_CHAT_TEMPLATES: [(&str, &str); 5] = [
+    ("alpaca", include_str!("../templates/alpaca.jinja")),
+    ("chatml", include_str!("../templates/chatml.jinja")),
+    ("exaone", include_str!("../templates/exaone.jinja")),
+    ("llama3", include_str!("../templates/llama3.jinja")),
+    ("mistral", include_str!("../templates/mistral.jinja")),
+];
+
+/// The template amalgam writes for a built-in name (see [`BUILTIN_CHAT_TEMPLATES`]).
+pub fn builtin_chat_template(name: &str) -> Option<&'static str> {
+    BUILTIN_CHAT_TEMPLATES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+}
+
 /// mergekit's `_set_chat_template` resolution: `auto` (the most common template among the
-/// models, ties to the first in config order; `None` when no model has one) or a literal Jinja
-/// template. The value was checked by config validation (`amalgam_config::validate`: a built-in
-/// name is not supported yet, a value that is no template is mergekit's "Invalid chat template").
+/// models, ties to the first in config order; `None` when no model has one), a built-in name
+/// (amalgam's template for it, [`builtin_chat_template`]) or a literal Jinja template. The value
+/// was checked by config validation (`amalgam_config::validate`: a value that is none of these
+/// is mergekit's "Invalid chat template").
 pub fn resolve_chat_template(value: &str, models: &[Model]) -> Result<Option<String>> {
+    if let Some(t) = builtin_chat_template(value) {
+        return Ok(Some(t.to_string()));
+    }
     if value == "auto" {
         let mut counts: Vec<(String, usize)> = Vec::new();
         for m in models {
