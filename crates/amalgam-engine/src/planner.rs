@@ -316,9 +316,18 @@ impl<'a> Planner<'a> {
         let mut shape0 = shape0;
         let mut align = None;
         let differ = shapes.iter().any(|s| s != &shape0);
-        if crate::vocab::is_vocab_tensor(&out_name)
-            && (self.vocab.is_some() || (self.opts.unsafe_truncate_embeddings && differ))
-        {
+        // Vocabulary-indexed as the merge's architecture says (the slice's base model, else
+        // its first input: mergekit reads one architecture for the whole merge).
+        let arch_model = &self.models[s.base.unwrap_or(resolved[0].0)];
+        let vocab_axis = crate::vocab::vocab_axis(
+            arch_model.config.as_ref(),
+            arch_model.source.is_expert_view(),
+            &out_name,
+        );
+        if let Some(axis) = vocab_axis.filter(|_| {
+            self.vocab.is_some() || (self.opts.unsafe_truncate_embeddings && differ)
+        }) {
+            crate::vocab::check_vocab_axis(&out_name, axis)?;
             let tuples: Vec<String> = shapes.iter().map(|s| format!("{s:?}")).collect();
             if shapes.iter().any(|s| s.is_empty() || s[1..] != shape0[1..]) {
                 return Err(EngineError::VocabAlign {
@@ -379,7 +388,7 @@ impl<'a> Planner<'a> {
                 .map(|(s, (m, _))| format!("{} {:?}", self.models[*m].label, s))
                 .collect();
             // mergekit 0.1.5's hint for a vocabulary-indexed tensor.
-            let hint = if crate::vocab::is_vocab_tensor(&out_name) {
+            let hint = if vocab_axis.is_some() {
                 ". Align vocabulary axes with tokenizer configuration before merging (for \
                  example, tokenizer: {source: base}); other dimensions must already match."
             } else {
