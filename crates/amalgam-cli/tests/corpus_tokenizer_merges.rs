@@ -5,8 +5,10 @@
 //! union and every permutation has work to do). Each must merge, and the output's embedding rows
 //! must match its config.json `vocab_size` and tokenizer.
 //!
-//! The configs amalgam refuses as not supported yet (LoRA, `modules:`, a built-in chat template
-//! name) are checked to be refused as such instead.
+//! The configs amalgam refuses as not supported yet (LoRA, `modules:`) are checked to be refused
+//! as such instead. The configs naming a built-in chat template (026-della `llama3`,
+//! 029-della_linear and 054-multislerp `chatml`) merge, with amalgam's template for the name as
+//! the output's `chat_template.jinja`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -204,9 +206,36 @@ fn corpus_tokenizer_configs_merge_on_stand_ins() {
                 cols[0], cfg["vocab_size"]
             ));
         }
+        if let Some(template) = c
+            .chat_template
+            .as_deref()
+            .and_then(amalgam_engine::builtin_chat_template)
+        {
+            let got = std::fs::read_to_string(out.join("chat_template.jinja")).unwrap_or_default();
+            if got != template {
+                failures.push(format!(
+                    "{}: chat_template.jinja is not amalgam's built-in template",
+                    cols[0]
+                ));
+            }
+        }
         merged.push(cols[0].to_string());
     }
     eprintln!("merged: {merged:?}\nnot supported yet: {unsupported:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(merged.len() >= 20, "only {} configs merged", merged.len());
+    for f in [
+        "026-della.yml",
+        "029-della_linear.yml",
+        "054-multislerp.yml",
+    ] {
+        assert!(
+            merged.iter().any(|m| m == f),
+            "{f} (a built-in chat template) did not merge"
+        );
+    }
+    assert_eq!(
+        (merged.len(), unsupported.len()),
+        (25, 3),
+        "merged {merged:?}, not supported yet {unsupported:?}"
+    );
 }

@@ -324,9 +324,9 @@ impl<'a> Planner<'a> {
             arch_model.source.is_expert_view(),
             &out_name,
         );
-        if let Some(axis) = vocab_axis.filter(|_| {
-            self.vocab.is_some() || (self.opts.unsafe_truncate_embeddings && differ)
-        }) {
+        if let Some(axis) = vocab_axis
+            .filter(|_| self.vocab.is_some() || (self.opts.unsafe_truncate_embeddings && differ))
+        {
             crate::vocab::check_vocab_axis(&out_name, axis)?;
             let tuples: Vec<String> = shapes.iter().map(|s| format!("{s:?}")).collect();
             if shapes.iter().any(|s| s.is_empty() || s[1..] != shape0[1..]) {

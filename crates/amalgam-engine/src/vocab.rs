@@ -728,7 +728,9 @@ pub fn vocab_axis(cfg: Option<&Json>, expert_view: bool, name: &str) -> Option<u
     let Some(def) = crate::arch::mergekit_definition(cfg, expert_view) else {
         return inferred_vocab_tensor(name).then_some(0);
     };
-    let layers = cfg.and_then(crate::arch::num_layers_from_config).map(|(_, n)| n);
+    let layers = cfg
+        .and_then(crate::arch::num_layers_from_config)
+        .map(|(_, n)| n);
     crate::mergekit_archs::MERGEKIT_VOCAB_WEIGHTS
         .iter()
         .filter(|(d, _, _)| *d == def)
@@ -815,23 +817,44 @@ mod tests {
     #[test]
     fn vocabulary_tensors_are_those_of_mergekits_definition() {
         let llama = json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama"});
-        assert_eq!(vocab_axis(Some(&llama), false, "model.embed_tokens.weight"), Some(0));
+        assert_eq!(
+            vocab_axis(Some(&llama), false, "model.embed_tokens.weight"),
+            Some(0)
+        );
         assert_eq!(vocab_axis(Some(&llama), false, "lm_head.weight"), Some(0));
         assert_eq!(vocab_axis(Some(&llama), false, "model.norm.weight"), None);
         let neox = json!({"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox"});
-        assert_eq!(vocab_axis(Some(&neox), false, "gpt_neox.embed_in.weight"), Some(0));
+        assert_eq!(
+            vocab_axis(Some(&neox), false, "gpt_neox.embed_in.weight"),
+            Some(0)
+        );
         assert_eq!(vocab_axis(Some(&neox), false, "embed_out.weight"), Some(0));
         let phi2 = json!({"architectures": ["PhiForCausalLM"], "model_type": "phi"});
         assert_eq!(vocab_axis(Some(&phi2), false, "lm_head.bias"), Some(0));
         let phi1 = json!({"architectures": ["MixFormerSequentialForCausalLM"],
                           "model_type": "mixformer-sequential", "n_layer": 24});
-        assert_eq!(vocab_axis(Some(&phi1), false, "layers.24.linear.bias"), Some(0));
-        assert_eq!(vocab_axis(Some(&phi1), false, "layers.24.linear.weight"), Some(0));
-        assert_eq!(vocab_axis(Some(&phi1), false, "layers.23.linear.weight"), None);
-        assert_eq!(vocab_axis(Some(&phi1), false, "layers.0.wte.weight"), Some(0));
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.24.linear.bias"),
+            Some(0)
+        );
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.24.linear.weight"),
+            Some(0)
+        );
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.23.linear.weight"),
+            None
+        );
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.0.wte.weight"),
+            Some(0)
+        );
         // No definition: transformers' embedding names.
         let other = json!({"architectures": ["SomethingNewForCausalLM"]});
-        assert_eq!(vocab_axis(Some(&other), false, "model.embed_tokens.weight"), Some(0));
+        assert_eq!(
+            vocab_axis(Some(&other), false, "model.embed_tokens.weight"),
+            Some(0)
+        );
         assert_eq!(vocab_axis(Some(&other), false, "lm_head.bias"), Some(0));
         assert_eq!(vocab_axis(None, false, "transformer.wte.weight"), Some(0));
         assert_eq!(vocab_axis(None, false, "model.norm.weight"), None);

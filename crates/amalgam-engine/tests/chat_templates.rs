@@ -62,7 +62,10 @@ fn builtin_templates_render_as_mergekits() {
             tools => Value::from(()),
             documents => Value::from(()),
         });
-        let what = format!("{name} / {conv} / add_generation_prompt={agp} / {}", c["tokens"]);
+        let what = format!(
+            "{name} / {conv} / add_generation_prompt={agp} / {}",
+            c["tokens"]
+        );
         match (got, c.get("output").and_then(Json::as_str)) {
             (Ok(g), Some(e)) if g == e => {}
             (Ok(g), Some(e)) => errs.push(format!("{what}:\n  mergekit {e:?}\n  amalgam  {g:?}")),
@@ -71,10 +74,17 @@ fn builtin_templates_render_as_mergekits() {
             (Err(e), Some(x)) => errs.push(format!("{what}: amalgam raised {e}, mergekit {x:?}")),
         }
     }
-    let names: std::collections::BTreeSet<String> =
-        BUILTIN_CHAT_TEMPLATES.iter().map(|(n, _)| n.to_string()).collect();
+    let names: std::collections::BTreeSet<String> = BUILTIN_CHAT_TEMPLATES
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     assert_eq!(seen, names, "the fixture covers every built-in name");
-    assert!(errs.is_empty(), "{} differences:\n{}", errs.len(), errs.join("\n"));
+    assert!(
+        errs.is_empty(),
+        "{} differences:\n{}",
+        errs.len(),
+        errs.join("\n")
+    );
 }
 
 #[test]
