@@ -5,8 +5,9 @@
 //! union and every permutation has work to do). Each must merge, and the output's embedding rows
 //! must match its config.json `vocab_size` and tokenizer.
 //!
-//! The configs amalgam refuses as not supported yet (LoRA, `modules:`, a built-in chat template
-//! name) are checked to be refused as such instead.
+//! The configs written with `modules: {default: ...}` are merged the same way (with or without a
+//! tokenizer config). The configs amalgam refuses as not supported yet (LoRA, a built-in chat
+//! template name) are checked to be refused as such instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,7 +121,13 @@ fn layers_needed(c: &amalgam_config::MergeConfig) -> BTreeMap<String, usize> {
     for m in c.referenced_models() {
         out.insert(m.path.clone(), 2);
     }
-    for s in c.slices.iter().flatten() {
+    // Top-level slices and those of the `default` module (`modules: {default: {slices}}`).
+    let module_slices = c
+        .modules
+        .iter()
+        .flatten()
+        .flat_map(|(_, m)| m.slices.iter().flatten());
+    for s in c.slices.iter().flatten().chain(module_slices) {
         let end = s.sources.iter().map(|x| x.layer_range.1).max().unwrap_or(2);
         for src in &s.sources {
             let e = out.entry(src.model.path.clone()).or_insert(2);
@@ -151,7 +158,11 @@ fn corpus_tokenizer_configs_merge_on_stand_ins() {
         let text = std::fs::read_to_string(corpus().join("real").join(cols[0])).unwrap();
         let loaded = amalgam_config::parse_str(&text).unwrap();
         let c = &loaded.config;
-        if c.tokenizer_source.is_none() && c.tokenizer.is_none() && c.chat_template.is_none() {
+        if c.tokenizer_source.is_none()
+            && c.tokenizer.is_none()
+            && c.chat_template.is_none()
+            && c.modules.is_none()
+        {
             continue;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -209,4 +220,13 @@ fn corpus_tokenizer_configs_merge_on_stand_ins() {
     eprintln!("merged: {merged:?}\nnot supported yet: {unsupported:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(merged.len() >= 20, "only {} configs merged", merged.len());
+    // Every `modules: {default: ...}` config mergekit runs merges.
+    for f in [
+        "014-dare_ties.yml",
+        "031-della_linear.yml",
+        "035-karcher.yml",
+        "145-ties.yml",
+    ] {
+        assert!(merged.iter().any(|m| m == f), "{f} did not merge");
+    }
 }
