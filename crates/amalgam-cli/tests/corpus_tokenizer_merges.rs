@@ -177,8 +177,13 @@ fn corpus_tokenizer_configs_merge_on_stand_ins() {
                 extra_models.push(m.path.clone());
             }
         }
+        // A `modules:` config without any tokenizer option: the models share one vocabulary
+        // (mergekit would refuse embeddings of different sizes).
+        let aligns =
+            c.tokenizer_source.is_some() || c.tokenizer.is_some() || c.chat_template.is_some();
         for (i, (path, layers)) in need.iter().enumerate() {
-            stand_in(&tmp.path().join(path), *layers, i, 2 + i);
+            let extra = if aligns { 2 + i } else { 0 };
+            stand_in(&tmp.path().join(path), *layers, i, extra);
         }
         for (i, path) in extra_models.iter().enumerate() {
             if !need.contains_key(path) {
