@@ -701,7 +701,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     // such rather than as a contract violation of an empty slice.
     let form = output_form(cfg);
     match (form.models, form.slices) {
-        (Some(m), None) if m.is_empty() => return Err(EngineError::EmptySlice { slice: 0 }),
+        (Some([]), None) => return Err(EngineError::EmptySlice { slice: 0 }),
         (None, Some(s)) => {
             if s.is_empty() {
                 return Err(EngineError::NoSlices(
