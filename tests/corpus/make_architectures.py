@@ -3,7 +3,9 @@
 several, and which definition each is (two names share one when they are listed in the same
 file). amalgam uses it to decide, as mergekit does, whether the models of a merge are of
 "different architectures" (refused without --allow-crimes). Also the decoder templates amalgam
-plans from and every definition's vocabulary-indexed weights (what tokenizer alignment touches).
+plans from, every definition's vocabulary-indexed weights (what tokenizer alignment touches), and
+which definitions have several modules (VLMs, encoder-decoders) rather than the one module
+`default`.
 
 Run with mergekit 0.1.5's Python: ~/mk/bin/python tests/corpus/make_architectures.py
 """
@@ -38,6 +40,25 @@ lines = [
 ]
 for name, mt, key in rows:
     lines.append(f'    ("{name}", "{mt}", "{key}"),')
+lines.append("];")
+
+# The multi-module ("kind": "modular") definitions, by definition key, with their module names in
+# mergekit's order: a single-module definition's one module is `default`, these have none of
+# that name (a `modules: {default: ...}` config cannot merge them).
+modular = {}
+for name, cands in sorted(NAME_TO_ARCH.items()):
+    for c in cands:
+        names = list(c.modules)
+        if names != ["default"]:
+            modular[ids[id(c)]] = names
+lines += [
+    "",
+    "/// mergekit's multi-module definitions (key as in [`MERGEKIT_ARCHITECTURES`]) and their",
+    "/// module names, in mergekit's order.",
+    "pub const MERGEKIT_MODULAR: &[(&str, &[&str])] = &[",
+]
+for key, names in sorted(modular.items()):
+    lines.append(f'    ("{key}", &[{", ".join(chr(34) + n + chr(34) for n in names)}]),')
 lines.append("];")
 
 # Templates of the decoder-only ("kind": "decoder") definitions whose layer weights are all

@@ -32,6 +32,7 @@ pub use types::{
 };
 pub use validate::{
     uniform_fallback, unsupported_features, unsupported_message, validate, BUILTIN_CHAT_TEMPLATES,
+    DEFAULT_MODULE,
 };
 pub use yaml::Location;
 

@@ -288,6 +288,18 @@ pub fn validate(
     if let Err(e) = method.check_version(compat) {
         push_at(Severity::Error, "merge_method", None, e.to_string());
     }
+    // The `modules:` section came with mergekit 0.1's module architectures; the 2024 schema
+    // reads only `models:` and `slices:`.
+    if compat == Compat::V0_0_4_2 && config.modules.is_some() {
+        push_at(
+            Severity::Error,
+            "modules",
+            None,
+            "mergekit 0.0.4.2 has no `modules:` section (it came with mergekit 0.1); write the \
+             module's `slices:` or `models:` at the top level, or drop --mergekit-version 0.0.4.2"
+                .into(),
+        );
+    }
     let declared: Vec<&str> = method.params.iter().map(|p| p.name).collect();
     for at in all_params(config) {
         for (key, value) in at.params {
@@ -582,8 +594,11 @@ pub fn unsupported_message(key: &str) -> String {
     format!("`{key}` is not supported yet by amalgam")
 }
 
+/// The name mergekit gives the one module of a single-module architecture.
+pub const DEFAULT_MODULE: &str = "default";
+
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
-/// `modules`, LoRA (`+lora` or `lora:`) and float64 arithmetic (`dtype: float64`). [`validate`]
+/// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) and float64 arithmetic (`dtype: float64`). [`validate`]
 /// reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
 /// decide with this one function, before any model is read.
@@ -601,8 +616,13 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
             out.push((path, "lora".to_string()));
         }
     };
-    if config.modules.is_some() {
-        out.push(("modules".into(), "modules".into()));
+    // `modules: {default: ...}` is the top-level form spelled as a module (the only module of a
+    // single-module architecture, which every architecture amalgam plans is); the modules of a
+    // multi-module architecture (a VLM's `text_decoder`, `vision_tower`...) are not planned yet.
+    for (name, _) in config.modules.iter().flatten() {
+        if name != DEFAULT_MODULE {
+            out.push((format!("modules.{name}"), format!("modules: {name}")));
+        }
     }
     if let Some(b) = &config.base_model {
         model(b, "base_model".into(), &mut out);

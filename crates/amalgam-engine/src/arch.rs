@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_TEMPLATES};
+use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_MODULAR, MERGEKIT_TEMPLATES};
 
 /// A layer tensor name split around its index: `model.layers.3.mlp.up_proj.weight` ->
 /// (`model.layers.`, 3, `.mlp.up_proj.weight`).
@@ -116,6 +116,17 @@ pub fn mergekit_definition(cfg: Option<&Value>, expert_view: bool) -> Option<&'s
             .find(|(_, mt, _)| Some(*mt) == model_type || (expert_view && *mt == "mistral"))
             .map(|(_, _, def)| *def),
     }
+}
+
+/// The module names of a model's architecture when mergekit defines it with several modules
+/// (a VLM's `text_decoder`, `vision_tower`...; see [`MERGEKIT_MODULAR`]); `None` for the
+/// single-module ones, whose one module is `default`.
+pub fn modules_of(cfg: Option<&Value>, expert_view: bool) -> Option<&'static [&'static str]> {
+    let def = mergekit_definition(cfg, expert_view)?;
+    MERGEKIT_MODULAR
+        .iter()
+        .find(|(d, _)| *d == def)
+        .map(|(_, names)| *names)
 }
 
 /// The class name in a config.json.

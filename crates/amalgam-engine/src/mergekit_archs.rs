@@ -233,6 +233,47 @@ pub const MERGEKIT_ARCHITECTURES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// mergekit's multi-module definitions (key as in [`MERGEKIT_ARCHITECTURES`]) and their
+/// module names, in mergekit's order.
+pub const MERGEKIT_MODULAR: &[(&str, &[&str])] = &[
+    (
+        "Gemma3ForConditionalGeneration/gemma3",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Llama4ForConditionalGeneration/llama4",
+        &["text_decoder", "multi_modal_projector", "vision_model"],
+    ),
+    (
+        "Mistral3ForConditionalGeneration/mistral3",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen2VLForConditionalGeneration/qwen2_vl",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen2_5_VLForConditionalGeneration/qwen2_5_vl",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen3VLForConditionalGeneration/qwen3_vl",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen3VLMoeForConditionalGeneration/qwen3_vl_moe",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "T5ForConditionalGeneration/t5",
+        &["decoder", "encoder", "shared"],
+    ),
+    (
+        "WhisperForConditionalGeneration/whisper",
+        &["decoder", "encoder"],
+    ),
+];
+
 /// One mergekit decoder definition: its key (as in [`MERGEKIT_ARCHITECTURES`]), the tensors
 /// before the layers and after them (name, optional), and each layer's tensor suffixes.
 pub struct Template {

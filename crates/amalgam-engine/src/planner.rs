@@ -45,6 +45,8 @@ struct NSlice {
     sources: Vec<(usize, (usize, usize), Parameters)>,
     base: Option<usize>,
     params: Parameters,
+    /// `modules.default.parameters`, in `modules:` syntax (between slice and global scopes).
+    module_params: Option<Parameters>,
     /// linear without any weight: the 1/N fallback, if enabled.
     fallback_weight: Option<f64>,
 }
@@ -185,6 +187,33 @@ impl<'a> Planner<'a> {
         Ok(i)
     }
 
+    /// `modules: {default: ...}` names the one module of a single-module architecture; a
+    /// multi-module one (a VLM) has no module `default` in mergekit 0.1.5 (which stops there),
+    /// and amalgam does not plan its modules yet.
+    fn check_single_module(&self) -> Result<()> {
+        for m in &self.models {
+            let Some(modules) = arch::modules_of(m.config.as_ref(), m.source.is_expert_view())
+            else {
+                continue;
+            };
+            return Err(EngineError::Unsupported {
+                path: format!("modules.{}", amalgam_config::DEFAULT_MODULE),
+                key: format!(
+                    "modules of the multi-module architecture {} (model {})",
+                    amalgam_io::display::safe(
+                        arch::architecture_of(m.config.as_ref()).unwrap_or("?")
+                    ),
+                    m.label
+                ),
+                advice: format!(
+                    "mergekit 0.1.5 names its modules {} and has no module `default` for it",
+                    modules.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn num_layers(&self, m: usize) -> usize {
         let model = &self.models[m];
         if let Some((_, n)) = model.config.as_ref().and_then(arch::num_layers_from_config) {
@@ -210,8 +239,10 @@ impl<'a> Planner<'a> {
         } else {
             amalgam_config::uniform_fallback(cfg, self.method.info())
         };
+        let form = output_form(cfg);
+        let module_params = form.module_params.cloned();
         let mut out = Vec::new();
-        match (&cfg.models, &cfg.slices) {
+        match (form.models, form.slices) {
             (Some(models), None) => {
                 let mut sources = Vec::new();
                 for m in models {
@@ -230,6 +261,7 @@ impl<'a> Planner<'a> {
                     sources,
                     base: global_base,
                     params: Parameters::new(),
+                    module_params: module_params.clone(),
                 });
             }
             (None, Some(slices)) => {
@@ -248,6 +280,7 @@ impl<'a> Planner<'a> {
                         sources,
                         base,
                         params: s.parameters.clone(),
+                        module_params: module_params.clone(),
                     });
                 }
             }
@@ -256,6 +289,9 @@ impl<'a> Planner<'a> {
                     "Exactly one of 'models', 'slices', or 'modules' must be present",
                 ))
             }
+        }
+        if form.module_params.is_some() {
+            self.check_single_module()?;
         }
         if let Some(w) = uniform_fallback {
             for s in &mut out {
@@ -434,7 +470,7 @@ impl<'a> Planner<'a> {
         let slice_scopes = ParamScopes {
             sources: Vec::new(),
             slice: Some(&s.params),
-            module: None,
+            module: s.module_params.as_ref(),
             global: Some(global),
             per_model: false,
         };
@@ -587,6 +623,44 @@ fn check_one_architecture(models: &[Model]) -> Result<()> {
     Ok(())
 }
 
+/// What a config merges: its `models:` or `slices:`, written at the top level or as the single
+/// module `default` (`modules: {default: ...}`, which mergekit plans exactly as the top-level
+/// form, with the module's `parameters` as one more scope). Modules of multi-module
+/// architectures give neither (validation refuses them as not supported yet).
+struct OutputForm<'c> {
+    models: Option<&'c [amalgam_config::InputModel]>,
+    slices: Option<&'c [amalgam_config::OutputSlice]>,
+    module_params: Option<&'c Parameters>,
+}
+
+fn output_form(cfg: &amalgam_config::MergeConfig) -> OutputForm<'_> {
+    let Some(modules) = &cfg.modules else {
+        return OutputForm {
+            models: cfg.models.as_deref(),
+            slices: cfg.slices.as_deref(),
+            module_params: None,
+        };
+    };
+    match modules.as_slice() {
+        [(name, m)]
+            if name == amalgam_config::DEFAULT_MODULE
+                && cfg.models.is_none()
+                && cfg.slices.is_none() =>
+        {
+            OutputForm {
+                models: m.models.as_deref(),
+                slices: m.slices.as_deref(),
+                module_params: Some(&m.parameters),
+            }
+        }
+        _ => OutputForm {
+            models: None,
+            slices: None,
+            module_params: None,
+        },
+    }
+}
+
 /// One parameter through [`amalgam_config::resolve_value`], its coercion error named.
 fn resolve(
     scopes: &ParamScopes,
@@ -634,8 +708,9 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             })?;
     // Lists the parser refuses when empty, but a `MergeConfig` built by hand may have: said as
     // such rather than as a contract violation of an empty slice.
-    match (&cfg.models, &cfg.slices) {
-        (Some(m), None) if m.is_empty() => return Err(EngineError::EmptySlice { slice: 0 }),
+    let form = output_form(cfg);
+    match (form.models, form.slices) {
+        (Some([]), None) => return Err(EngineError::EmptySlice { slice: 0 }),
         (None, Some(s)) => {
             if s.is_empty() {
                 return Err(EngineError::NoSlices(
@@ -792,7 +867,8 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         let inputs = post_models.iter().map(|&m| (m, name.clone())).collect();
         p.plan_tensor(name, inputs, last, post_t)?;
     }
-    let num_layers = cfg.slices.as_ref().map(|_| out_layer);
+    // mergekit 0.1.5 sets the layer count for `slices:`, top-level or in the `default` module.
+    let num_layers = form.slices.map(|_| out_layer);
     let base_model = match &cfg.base_model {
         Some(b) => p.by_ref.get(b).copied(),
         None => None,
