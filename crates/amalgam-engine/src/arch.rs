@@ -139,6 +139,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn multi_module_architectures_are_known_by_their_modules() {
+        let cfg = |a: &str, mt: &str| serde_json::json!({"architectures": [a], "model_type": mt});
+        // mergekit 0.1.5's mistral3.json: three modules, none named `default`.
+        assert_eq!(
+            modules_of(
+                Some(&cfg("Mistral3ForConditionalGeneration", "mistral3")),
+                false
+            ),
+            Some(&["text_decoder", "multi_modal_projector", "vision_tower"][..])
+        );
+        assert_eq!(
+            modules_of(
+                Some(&cfg("WhisperForConditionalGeneration", "whisper")),
+                false
+            ),
+            Some(&["decoder", "encoder"][..])
+        );
+        // Decoders have the one module `default`, as has an expert view (a dense Mistral).
+        assert_eq!(
+            modules_of(Some(&cfg("LlamaForCausalLM", "llama")), false),
+            None
+        );
+        assert_eq!(
+            modules_of(
+                Some(&cfg("Mistral3ForConditionalGeneration", "mistral3")),
+                true
+            ),
+            None
+        );
+        assert_eq!(modules_of(None, false), None);
+    }
+
+    #[test]
     fn splits_layer_names() {
         assert_eq!(
             split_layer("model.layers.12.mlp.up_proj.weight"),

@@ -709,8 +709,14 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     // Lists the parser refuses when empty, but a `MergeConfig` built by hand may have: said as
     // such rather than as a contract violation of an empty slice.
     let form = output_form(cfg);
+    // Error paths name the slices where the config writes them.
+    let at = if form.module_params.is_some() {
+        "modules.default.slices"
+    } else {
+        "slices"
+    };
     match (form.models, form.slices) {
-        (Some([]), None) => return Err(EngineError::EmptySlice { slice: 0 }),
+        (Some([]), None) => return Err(EngineError::EmptySlice { at, slice: 0 }),
         (None, Some(s)) => {
             if s.is_empty() {
                 return Err(EngineError::NoSlices(
@@ -718,7 +724,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
                 ));
             }
             if let Some(i) = s.iter().position(|s| s.sources.is_empty()) {
-                return Err(EngineError::EmptySlice { slice: i });
+                return Err(EngineError::EmptySlice { at, slice: i });
             }
         }
         _ => {}
@@ -768,12 +774,13 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     };
     for (i, s) in slices.iter().enumerate() {
         if s.sources.is_empty() {
-            return Err(EngineError::EmptySlice { slice: i });
+            return Err(EngineError::EmptySlice { at, slice: i });
         }
         for (m, (a, b), _) in &s.sources {
             let n = p.num_layers(*m);
             if a > b {
                 return Err(EngineError::LayerRange {
+                    at,
                     slice: i,
                     start: *a,
                     end: *b,
@@ -786,6 +793,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             }
             if *b > n {
                 return Err(EngineError::LayerRange {
+                    at,
                     slice: i,
                     start: *a,
                     end: *b,
@@ -802,7 +810,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             .map(|x| x.1 .1.saturating_sub(x.1 .0))
             .collect();
         if lens.iter().any(|&l| Some(&l) != lens.first()) {
-            return Err(EngineError::LayerCounts { slice: i, lens });
+            return Err(EngineError::LayerCounts { at, slice: i, lens });
         }
     }
     let first_models: Vec<usize> = first.sources.iter().map(|x| x.0).collect();
