@@ -167,7 +167,11 @@ impl LoraAdapter {
             reason,
         };
         // module -> (A, B, embedding?)
-        let mut factors: HashMap<String, (Option<String>, Option<String>, bool)> = HashMap::new();
+        // Sorted, so the first problem reported is the same on every run.
+        let mut factors: std::collections::BTreeMap<
+            String,
+            (Option<String>, Option<String>, bool),
+        > = Default::default();
         let mut replaced = HashMap::new();
         for t in file.tensors() {
             let key = &t.name;
