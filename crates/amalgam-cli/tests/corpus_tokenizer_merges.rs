@@ -5,7 +5,7 @@
 //! union and every permutation has work to do). Each must merge, and the output's embedding rows
 //! must match its config.json `vocab_size` and tokenizer.
 //!
-//! The configs amalgam refuses as not supported yet (LoRA, `modules:`, a built-in chat template
+//! The configs amalgam refuses as not supported yet (LoRA with a tokenizer merge, `modules:`, a built-in chat template
 //! name) are checked to be refused as such instead.
 
 use std::collections::BTreeMap;

@@ -318,3 +318,49 @@ fn validate_accepts_lora_references() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn side_files_name_the_adapters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("side-files");
+    let o = run(&["merge", "configs/side-files.yml", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = dir().join("expected/side-files");
+    same_tensors(&out, &want, &any(&["_proj"]));
+    let list = |p: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(list(&out), list(&want));
+    for f in list(&want) {
+        if f == "config.json" || f == "model.safetensors" {
+            continue;
+        }
+        if f == "tokenizer_config.json" {
+            // The documented deviation (docs/models.md, LoRA adapters): mergekit re-saves the
+            // LoRA donor's tokenizer with transformers, which adds these two loading options;
+            // amalgam copies the file as it is. Everything else is the same.
+            let json = |p: &Path| -> serde_json::Value {
+                serde_json::from_str(&std::fs::read_to_string(p.join(&f)).unwrap()).unwrap()
+            };
+            let (ours, mut theirs) = (json(&out), json(&want));
+            let t = theirs.as_object_mut().unwrap();
+            assert_eq!(t.remove("is_local"), Some(serde_json::Value::Bool(true)));
+            assert_eq!(
+                t.remove("local_files_only"),
+                Some(serde_json::Value::Bool(false))
+            );
+            assert_eq!(ours, theirs, "{f}");
+            continue;
+        }
+        assert_eq!(
+            std::fs::read_to_string(out.join(&f)).unwrap(),
+            std::fs::read_to_string(want.join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+}
