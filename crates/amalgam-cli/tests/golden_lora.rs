@@ -309,6 +309,25 @@ fn unsupported_adapters_are_refused_by_name() {
 }
 
 #[test]
+fn lora_merge_dtype_must_be_a_merge_dtype() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (dtype, want) in [("int7", "not a dtype"), ("float64", "LoRA merge in")] {
+        let out = tmp.path().join(dtype);
+        let o = run(&[
+            "merge",
+            "configs/linear-plain.yml",
+            out.to_str().unwrap(),
+            "--lora-merge-dtype",
+            dtype,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "{dtype}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains(want), "{dtype}: {e}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
 fn validate_accepts_lora_references() {
     let o = run(&["validate", "configs/linear-plain.yml"]);
     assert!(
