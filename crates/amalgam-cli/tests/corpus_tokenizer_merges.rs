@@ -8,8 +8,8 @@
 //! The configs written with `modules: {default: ...}` are merged the same way (with or without a
 //! tokenizer config). The configs naming a built-in chat template (026-della `llama3`,
 //! 029-della_linear and 054-multislerp `chatml`) merge, with amalgam's template for the name as
-//! the output's `chat_template.jinja`. The configs amalgam refuses as not supported yet (LoRA)
-//! are checked to be refused as such instead.
+//! the output's `chat_template.jinja`. The configs amalgam refuses as not supported yet (LoRA with a
+//! tokenizer merge) are checked to be refused as such instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

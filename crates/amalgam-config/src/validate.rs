@@ -598,7 +598,8 @@ pub fn unsupported_message(key: &str) -> String {
 pub const DEFAULT_MODULE: &str = "default";
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
-/// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) and float64 arithmetic (`dtype: float64`). [`validate`]
+/// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) on a
+/// tokenizer source, and float64 arithmetic (`dtype: float64`). [`validate`]
 /// reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
 /// decide with this one function, before any model is read.
@@ -611,6 +612,9 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     {
         out.push(("dtype".into(), "dtype: float64".into()));
     }
+    // A LoRA on a merged model is applied (amalgam_engine); as the source of a tokenizer or of
+    // a token's embedding it would make mergekit read the tokenizer of peft's merged copy,
+    // which amalgam does not reproduce.
     let model = |m: &ModelRef, path: String, out: &mut Vec<(String, String)>| {
         if m.lora.is_some() {
             out.push((path, "lora".to_string()));
@@ -624,46 +628,19 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
             out.push((format!("modules.{name}"), format!("modules: {name}")));
         }
     }
-    if let Some(b) = &config.base_model {
-        model(b, "base_model".into(), &mut out);
-    }
-    let models = |ms: &[crate::InputModel], path: &str, out: &mut Vec<(String, String)>| {
-        for (j, m) in ms.iter().enumerate() {
-            model(&m.model, format!("{path}[{j}].model"), out);
-        }
+    // A tokenizer merge reads each model's tokenizer; mergekit reads a `model+adapter`'s from
+    // the merged copy, which has none.
+    let tokenizer_key = if config.tokenizer.is_some() {
+        Some("tokenizer")
+    } else if config.tokenizer_source.is_some() {
+        Some("tokenizer_source")
+    } else {
+        None
     };
-    models(
-        config.models.as_deref().unwrap_or_default(),
-        "models",
-        &mut out,
-    );
-    let slices = |ss: &[crate::OutputSlice], path: &str, out: &mut Vec<(String, String)>| {
-        for (i, s) in ss.iter().enumerate() {
-            if let Some(b) = &s.base_model {
-                model(b, format!("{path}[{i}].base_model"), out);
-            }
-            for (j, src) in s.sources.iter().enumerate() {
-                model(&src.model, format!("{path}[{i}].sources[{j}].model"), out);
-            }
+    if let Some(k) = tokenizer_key {
+        if let Some(m) = config.referenced_models().iter().find(|m| m.lora.is_some()) {
+            out.push((k.into(), format!("lora ({m}) with `{k}`")));
         }
-    };
-    slices(
-        config.slices.as_deref().unwrap_or_default(),
-        "slices",
-        &mut out,
-    );
-    for (name, m) in config.modules.iter().flatten() {
-        let p = format!("modules.{name}");
-        models(
-            m.models.as_deref().unwrap_or_default(),
-            &format!("{p}.models"),
-            &mut out,
-        );
-        slices(
-            m.slices.as_deref().unwrap_or_default(),
-            &format!("{p}.slices"),
-            &mut out,
-        );
     }
     if let Some(TokenizerSource::Model(m)) = &config.tokenizer_source {
         model(m, "tokenizer_source".into(), &mut out);

@@ -38,6 +38,9 @@ pub struct PlanOptions {
     /// `--unsafe-truncate-embeddings`: without a tokenizer config, vocabulary-indexed tensors of
     /// different sizes keep their common prefix of rows (mergekit 0.1.5).
     pub unsafe_truncate_embeddings: bool,
+    /// mergekit's `--lora-merge-dtype`: the dtype a `model+adapter` model is loaded in for the
+    /// LoRA merge (default: the model's config dtype, as transformers' `dtype="auto"`).
+    pub lora_merge_dtype: Option<DType>,
 }
 
 /// A normalized output slice: what mergekit turns both `models:` and `slices:` into.
@@ -116,6 +119,10 @@ impl<'a> Planner<'a> {
         let source = match r.expert {
             Some(k) => Source::expert(folder, k)?,
             None => Source::folder(folder),
+        };
+        let source = match &r.lora {
+            Some(l) => self.with_lora(source, l, config.as_ref())?,
+            None => source,
         };
         let mut index: HashMap<usize, Vec<(String, String)>> = HashMap::new();
         for n in source.names() {
@@ -212,6 +219,68 @@ impl<'a> Planner<'a> {
             });
         }
         Ok(())
+    }
+
+    /// Resolves (downloading if needed) adapter `l` of a `model+adapter` reference and applies
+    /// it to `source`, in the dtype mergekit loads the model in for peft's merge:
+    /// `--lora-merge-dtype`, else the config's `dtype` (`torch_dtype`), else the checkpoint's
+    /// first float tensor's, as transformers' `dtype="auto"` chooses.
+    fn with_lora(
+        &self,
+        source: Source,
+        l: &amalgam_config::ModelPath,
+        config: Option<&serde_json::Value>,
+    ) -> Result<Source> {
+        let cache = self
+            .opts
+            .hf_cache
+            .clone()
+            .unwrap_or_else(amalgam_io::hub::cache_dir);
+        let dir = amalgam_io::download::resolve_or_download_as(
+            &l.path,
+            l.revision.as_deref(),
+            &self.opts.base_dir,
+            &cache,
+            &{
+                let mut hub = amalgam_io::download::HubOptions::from_env();
+                hub.offline |= self.opts.hub_fetched;
+                hub
+            },
+            amalgam_io::download::Files::Adapter,
+        )?;
+        let adapter = amalgam_io::lora::LoraAdapter::open(&dir)?;
+        let from_config = config.and_then(|c| {
+            c.get("dtype")
+                .or_else(|| c.get("torch_dtype"))
+                .and_then(|d| d.as_str())
+                .and_then(DType::from_mergekit)
+        });
+        let first_float = || {
+            source
+                .names()
+                .iter()
+                .filter_map(|n| source.get(n))
+                .map(|t| t.dtype)
+                .find(|d| d.is_float())
+        };
+        let dtype = self
+            .opts
+            .lora_merge_dtype
+            .or(from_config)
+            .or_else(first_float)
+            .unwrap_or(DType::F32);
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(EngineError::Unsupported {
+                path: format!("{}+{}", source.path().display(), l),
+                key: format!("a LoRA merge in {dtype}"),
+                advice: "pass --lora-merge-dtype float32, bfloat16 or float16".into(),
+            });
+        }
+        let conv1d = config
+            .and_then(|c| c.get("model_type"))
+            .and_then(|t| t.as_str())
+            == Some("gpt2");
+        source.with_lora(adapter, dtype, conv1d)
     }
 
     fn num_layers(&self, m: usize) -> usize {
@@ -336,7 +405,7 @@ impl<'a> Planner<'a> {
                 .source
                 .require(name, &self.models[*m].label)?;
             shapes.push(raw.shape.to_vec());
-            dtypes.push(raw.dtype);
+            dtypes.push(raw.view_dtype);
         }
         // The callers always pass the slice's sources, which `plan` has checked are not empty;
         // this keeps a future caller from indexing into nothing.
