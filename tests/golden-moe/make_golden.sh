@@ -8,8 +8,8 @@
 # model's state_dict. mergekit merges linear.yml and ties.yml from the per-expert inputs into
 # expected/<name>, and from the fused inputs into a scratch folder: the script fails unless
 # both give the same bytes (mergekit reads both layouts). expected/<name>-per-expert is
-# mergekit's output loaded by transformers and re-saved with save_pretrained (its per-expert
-# layout), the reference for `amalgam merge --moe-layout per-expert`.
+# mergekit's tensors loaded into a transformers model and saved with save_pretrained (its
+# per-expert layout), the reference for `amalgam merge --moe-layout per-expert`.
 # PYTHONHASHSEED=0 and one torch thread, so the bits do not depend on the machine. Compared by
 # crates/amalgam-cli/tests/golden_moe.rs.
 set -euo pipefail
@@ -47,9 +47,13 @@ for m in linear ties; do
   cmp expected/$m/model.safetensors "$scratch/$m/model.safetensors"
   "$mk/bin/python" - "$m" <<'PY'
 import os, sys, torch
-from transformers import MixtralForCausalLM
+from safetensors.torch import load_file
+from transformers import MixtralConfig, MixtralForCausalLM
 m = sys.argv[1]
-model = MixtralForCausalLM.from_pretrained(f"expected/{m}", dtype=torch.float32)
+# A model built from its config (not loaded from a fused checkpoint) is saved by transformers in
+# the per-expert layout, which is its own split of the fused tensors.
+model = MixtralForCausalLM(MixtralConfig.from_pretrained(f"expected/{m}"))
+model.load_state_dict(load_file(f"expected/{m}/model.safetensors"), strict=True)
 model.save_pretrained(f"expected/{m}-per-expert")
 os.remove(f"expected/{m}-per-expert/generation_config.json")
 PY
