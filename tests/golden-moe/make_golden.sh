@@ -10,6 +10,7 @@
 # both give the same bytes (mergekit reads both layouts). expected/<name>-per-expert is
 # mergekit's tensors loaded into a transformers model and saved with save_pretrained (its
 # per-expert layout), the reference for `amalgam merge --moe-layout per-expert`.
+# expected/linear-out-f64 is linear.yml written as float64 (`out_dtype: float64`).
 # PYTHONHASHSEED=0 and one torch thread, so the bits do not depend on the machine. Compared by
 # crates/amalgam-cli/tests/golden_moe.rs.
 set -euo pipefail
@@ -58,6 +59,9 @@ model.save_pretrained(f"expected/{m}-per-expert")
 os.remove(f"expected/{m}-per-expert/generation_config.json")
 PY
 done
+# out_dtype: float64 (merged in f32, written as F64).
+"$mk/bin/mergekit-yaml" linear-out-f64.yml expected/linear-out-f64 --no-copy-tokenizer \
+  --no-write-model-card
 "$mk/bin/python" - <<'PY' > expected/versions.json
 import json, importlib.metadata as m, torch
 print(json.dumps({"mergekit": m.version("mergekit"), "torch": torch.__version__,

@@ -361,7 +361,9 @@ fn parse_moe_layout(s: &str) -> Result<amalgam_engine::MoeLayout, String> {
     match s {
         "fused" => Ok(amalgam_engine::MoeLayout::Fused),
         "per-expert" => Ok(amalgam_engine::MoeLayout::PerExpert),
-        _ => Err(format!("`{s}` is not an expert layout: `fused` or `per-expert`")),
+        _ => Err(format!(
+            "`{s}` is not an expert layout: `fused` or `per-expert`"
+        )),
     }
 }
 

@@ -93,7 +93,10 @@ fn mixtral_merges_match_mergekit_from_either_layout() {
             &format!("{m}-per-expert"),
             &["--moe-layout", "per-expert"],
         );
-        same_tensors(&out3, &dir().join("expected").join(format!("{m}-per-expert")));
+        same_tensors(
+            &out3,
+            &dir().join("expected").join(format!("{m}-per-expert")),
+        );
         // And reading that output back gives the fused tensors again.
         let back = tmp.path().join(format!("{m}-back.yml"));
         std::fs::write(
@@ -134,6 +137,60 @@ fn per_expert_layout_is_refused_for_dense_outputs() {
     );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--moe-layout per-expert applies to Mixtral"), "{err}");
+    assert!(
+        err.contains("--moe-layout per-expert applies to Mixtral"),
+        "{err}"
+    );
     assert!(!out.exists());
+}
+
+#[test]
+fn out_dtype_float64_matches_mergekit() {
+    // dtype: float32, out_dtype: float64: merged in f32, widened exactly, written as F64.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = merge(
+        tmp.path(),
+        &dir(),
+        &dir().join("linear-out-f64.yml"),
+        "f64",
+        &[],
+    );
+    let want = dir().join("expected/linear-out-f64/model.safetensors");
+    assert!(
+        std::fs::read(out.join("model.safetensors")).unwrap() == std::fs::read(want).unwrap(),
+        "out_dtype: float64 differs from mergekit's"
+    );
+}
+
+#[test]
+fn float64_arithmetic_is_refused_naming_the_method() {
+    // mergekit 0.1.5 computes in f64 with dtype: float64; amalgam does not yet.
+    let tmp = tempfile::tempdir().unwrap();
+    for method in ["linear", "ties"] {
+        let text = std::fs::read_to_string(dir().join(format!("{method}.yml")))
+            .unwrap()
+            .replace("dtype: float32", "dtype: float64");
+        let cfg = tmp.path().join(format!("{method}-f64.yml"));
+        std::fs::write(&cfg, text).unwrap();
+        for cmd in ["validate", "merge"] {
+            let out = tmp.path().join(format!("out-{method}"));
+            let mut args = vec![cmd, cfg.to_str().unwrap()];
+            if cmd == "merge" {
+                args.push(out.to_str().unwrap());
+            }
+            let o = run(&args, &dir());
+            assert!(!o.status.success());
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(text.contains("not supported yet"), "{cmd}: {text}");
+            assert!(
+                text.contains(&format!("float64 arithmetic of merge_method: {method}")),
+                "{cmd}: {text}"
+            );
+            assert!(!out.exists());
+        }
+    }
 }

@@ -190,7 +190,10 @@ fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Re
         let mut at = 0;
         for piece in pieces {
             let end = at + piece.len();
-            model.source.folder_ref().read_part(piece, &mut buf[at..end])?;
+            model
+                .source
+                .folder_ref()
+                .read_part(piece, &mut buf[at..end])?;
             at = end;
         }
         decode(op, buf, raw.dtype, range.len())

@@ -43,9 +43,9 @@ use amalgam_methods::Registry;
 
 pub use error::{EngineError, Result};
 pub use exec::{ExecOptions, ProgressFn};
+pub use moe::MoeLayout;
 pub use plan::{Plan, DEFAULT_SHARD_SIZE};
 pub use planner::{plan, PlanOptions};
-pub use moe::MoeLayout;
 pub use unmix::{expert_count, unmix, UnmixOptions};
 pub use verify::{verify, verify_threads, TensorDiff, TorchThreads, VerifyReport};
 

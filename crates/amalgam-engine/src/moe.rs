@@ -197,9 +197,9 @@ pub(crate) fn fused_view<'a>(
 
 /// Whether `names` hold per-expert Mixtral tensors.
 pub(crate) fn has_per_expert(names: &[String]) -> bool {
-    names.iter().any(|n| {
-        layer_split(n).is_some_and(|(_, r)| r.starts_with(OLD_EXPERTS) || r == OLD_ROUTER)
-    })
+    names
+        .iter()
+        .any(|n| layer_split(n).is_some_and(|(_, r)| r.starts_with(OLD_EXPERTS) || r == OLD_ROUTER))
 }
 
 /// Whether `names` hold fused Mixtral tensors.
@@ -228,7 +228,10 @@ mod tests {
         );
         assert!(p.iter().all(|(_, s)| s == &[4, 5]));
         let d = fused_parts("model.layers.0.mlp.experts.down_proj", &[2, 5, 4]).unwrap();
-        assert_eq!(d[1].0, "model.layers.0.block_sparse_moe.experts.1.w2.weight");
+        assert_eq!(
+            d[1].0,
+            "model.layers.0.block_sparse_moe.experts.1.w2.weight"
+        );
         assert_eq!(d[1].1, [5, 4]);
         assert!(fused_parts("model.layers.0.self_attn.q_proj.weight", &[4, 4]).is_none());
     }

@@ -404,7 +404,12 @@ impl<'a> Planner<'a> {
         if float && work_dtype == DType::F64 {
             return Err(EngineError::WorkDtype {
                 tensor: out_name,
-                reason: "float64 merge arithmetic is not supported yet (use dtype: float32)".into(),
+                reason: format!(
+                    "float64 arithmetic of merge_method {} is not supported yet (the inputs are \
+                     float64; set dtype: float32 to merge in f32, and out_dtype: float64 to \
+                     write float64)",
+                    self.method.info().name
+                ),
             });
         }
         if float && !matches!(work_dtype, DType::F16 | DType::BF16 | DType::F32) {

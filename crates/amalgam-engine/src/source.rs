@@ -509,9 +509,10 @@ impl Source {
 
     /// Whether `name` is a checkpoint tensor a fused view replaces (not offered by its own name).
     fn hidden(&self, name: &str) -> bool {
-        !self.fused.is_empty() && crate::moe::layer_split(name).is_some_and(|(_, r)| {
-            r.starts_with("block_sparse_moe.experts.") || r == "block_sparse_moe.gate.weight"
-        })
+        !self.fused.is_empty()
+            && crate::moe::layer_split(name).is_some_and(|(_, r)| {
+                r.starts_with("block_sparse_moe.experts.") || r == "block_sparse_moe.gate.weight"
+            })
     }
 
     /// Like [`Source::get`], erroring with the model named.
