@@ -35,7 +35,6 @@ mod unmix;
 mod verify;
 mod vocab;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use amalgam_config::LoadedConfig;
@@ -72,8 +71,8 @@ pub struct MergeOptions {
 
 /// The output tensors `--moe-layout per-expert` writes as several: each fused expert tensor and
 /// router of a Mixtral output, mapped to its per-expert tensors (see [`moe::fused_parts`]).
-fn moe_split(plan: &Plan, layout: MoeLayout) -> Result<HashMap<String, Vec<(String, Vec<usize>)>>> {
-    let mut split = HashMap::new();
+fn moe_split(plan: &Plan, layout: MoeLayout) -> Result<plan::OutputSplit> {
+    let mut split = plan::OutputSplit::new();
     if layout == MoeLayout::Fused {
         return Ok(split);
     }

@@ -36,7 +36,7 @@ pub(crate) struct OutputFiles {
     pub tokenizer: TokenizerCopy,
     /// Output tensors written as several (`--moe-layout per-expert`): op name -> the tensors
     /// its bytes go to, in order.
-    pub split: HashMap<String, Vec<(String, Vec<usize>)>>,
+    pub split: crate::plan::OutputSplit,
 }
 
 /// Writes each op of `split` as its parts: the op's bytes `a..b` go to the parts covering that

@@ -13,6 +13,10 @@ use serde_json::Value as Json;
 use crate::error::Result;
 use crate::source::Source;
 
+/// Output tensors written as several: an op's name -> the tensors its bytes go to, in order,
+/// with their shapes (`--moe-layout per-expert`, see [`crate::moe`]).
+pub type OutputSplit = std::collections::HashMap<String, Vec<(String, Vec<usize>)>>;
+
 /// mergekit's default `--out-shard-size` (5B: bytes since 2024-05, elements before).
 pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
 
@@ -196,7 +200,7 @@ impl Plan {
     pub fn layout_with(
         &self,
         out_shard_size: Option<u64>,
-        split: &std::collections::HashMap<String, Vec<(String, Vec<usize>)>>,
+        split: &OutputSplit,
     ) -> Result<ShardLayout> {
         let size = out_shard_size.unwrap_or(DEFAULT_SHARD_SIZE);
         let spec = match self.compat {
