@@ -178,6 +178,12 @@ struct MergeArgs {
     /// thread count. Default 1, so the output never depends on the machine.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_torch_threads)]
     torch_threads: usize,
+    /// Expert layout of a Mixtral (mixture-of-experts) output: `fused` (the default, what
+    /// mergekit 0.1.5 and transformers 5 write: `mlp.experts.gate_up_proj` / `down_proj`) or
+    /// `per-expert` (`block_sparse_moe.experts.E.w1/w2/w3.weight`, for loaders older than
+    /// transformers 5). The same values either way, only cut differently.
+    #[arg(long, value_name = "LAYOUT", default_value = "fused", value_parser = parse_moe_layout)]
+    moe_layout: amalgam_engine::MoeLayout,
     /// Write safetensors (the default; the only format amalgam writes).
     #[arg(long, overrides_with = "no_safe_serialization")]
     safe_serialization: bool,
@@ -352,6 +358,17 @@ fn parse_torch_threads(s: &str) -> Result<usize, String> {
     }
 }
 
+/// `--moe-layout fused|per-expert`.
+fn parse_moe_layout(s: &str) -> Result<amalgam_engine::MoeLayout, String> {
+    match s {
+        "fused" => Ok(amalgam_engine::MoeLayout::Fused),
+        "per-expert" => Ok(amalgam_engine::MoeLayout::PerExpert),
+        _ => Err(format!(
+            "`{s}` is not an expert layout: `fused` or `per-expert`"
+        )),
+    }
+}
+
 /// `verify --torch-threads N|auto`.
 fn parse_verify_threads(s: &str) -> Result<TorchThreads, String> {
     if s.eq_ignore_ascii_case("auto") {
@@ -491,6 +508,7 @@ fn merge_one(
         seed: a.random_seed,
         progress: None,
         torch_threads: a.torch_threads,
+        moe_layout: a.moe_layout,
     };
     // Refuse an occupied output folder before the models are opened: a rerun of a merge is the
     // usual way to meet this, and it should not wait for the plan to say so.

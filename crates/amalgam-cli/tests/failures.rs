@@ -322,9 +322,9 @@ fn known_architecture_merges_its_template_only() {
 }
 
 #[test]
-fn whole_mixtral_merges_are_refused_by_name() {
-    // mergekit 0.1.5 would write the transformers-5 fused expert layout; amalgam does not
-    // implement it and must not write the old layout instead.
+fn whole_mixtral_merges_are_refused_under_0_0_4_2() {
+    // mergekit 0.1.5 merges whole Mixtrals in the fused expert layout (tests/golden-moe);
+    // 0.0.4.2's Mixtral merges are not implemented and must not be answered with 0.1.5's.
     let tmp = setup();
     let mixtral = models().join("../../fixtures/seed-lerp/models/mixtral");
     std::fs::write(
@@ -335,10 +335,24 @@ fn whole_mixtral_merges_are_refused_by_name() {
         ),
     )
     .unwrap();
-    let err = fails(tmp.path(), "x.yml");
+    let out_dir = tmp.path().join("out");
+    let out = amalgam(
+        tmp.path(),
+        &[
+            "merge",
+            "x.yml",
+            out_dir.to_str().unwrap(),
+            "--quiet",
+            "--mergekit-version",
+            "0.0.4.2",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
     assert!(
         err.contains("Mixtral") && err.contains("not supported yet"),
         "{err}"
     );
     assert!(err.contains("#expert=K"), "{err}");
+    assert!(!out_dir.exists());
 }

@@ -599,8 +599,9 @@ pub const DEFAULT_MODULE: &str = "default";
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
 /// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) on a
-/// tokenizer source, and float64 arithmetic (`dtype: float64`). [`validate`]
-/// reports
+/// tokenizer source, and float64 arithmetic (`dtype: float64`, for every method: mergekit 0.1.5
+/// computes in f64 then; `out_dtype: float64` alone is supported, an exact widening of the f32
+/// result). [`validate`] reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
 /// decide with this one function, before any model is read.
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
@@ -610,7 +611,14 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
         .as_deref()
         .is_some_and(|d| d.trim_start_matches("torch.") == "float64")
     {
-        out.push(("dtype".into(), "dtype: float64".into()));
+        // mergekit 0.1.5 accepts it and computes in f64; amalgam's methods compute in f32.
+        out.push((
+            "dtype".into(),
+            format!(
+                "dtype: float64 (float64 arithmetic of merge_method: {})",
+                config.merge_method
+            ),
+        ));
     }
     // A LoRA on a merged model is applied (amalgam_engine); as the source of a tokenizer or of
     // a token's embedding it would make mergekit read the tokenizer of peft's merged copy,

@@ -229,6 +229,17 @@ pub enum EngineError {
         /// `model is Architecture`, per model.
         archs: Vec<String>,
     },
+    /// `--moe-layout per-expert` on a merge whose output is not a Mixtral.
+    #[error(
+        "--moe-layout per-expert applies to Mixtral (mixture-of-experts) outputs only; the \
+         output model {model} is {arch}: drop the option"
+    )]
+    MoeLayout {
+        /// The donor model.
+        model: String,
+        /// Its architecture (model_type).
+        arch: String,
+    },
     /// A feature mergekit has and amalgam does not implement yet.
     #[error("`{key}` (at {path}) is not supported yet by amalgam; {advice}")]
     Unsupported {

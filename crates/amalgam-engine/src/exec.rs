@@ -171,22 +171,28 @@ fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Re
     let model = &plan.models[inp.model];
     let raw = model.source.require(&inp.name, &model.label)?;
     let es = raw.dtype.size();
-    let bytes = raw
+    let pieces = raw
         .data
-        .get(range.start * es..range.end * es)
+        .range(range.start * es, range.end * es)
         .ok_or_else(|| EngineError::ShortTensor {
             file: raw.file.to_path_buf(),
             tensor: inp.name.clone(),
         })?;
+    let len = (range.end - range.start) * es;
     // Read the bytes with positioned reads into a per-thread buffer rather than touching the
     // mapping: no page faults, nothing left resident.
     READ_BUF.with(|cell| -> Result<Tensor> {
         let mut buf = cell.borrow_mut();
-        if buf.len() < bytes.len() {
-            buf.resize(bytes.len(), 0);
+        if buf.len() < len {
+            buf.resize(len, 0);
         }
-        let buf = &mut buf[..bytes.len()];
-        model.source.read_part(bytes, buf)?;
+        let buf = &mut buf[..len];
+        let mut at = 0;
+        for piece in pieces {
+            let end = at + piece.len();
+            model.source.read_part(piece, &mut buf[at..end])?;
+            at = end;
+        }
         match model.source.lora() {
             Some(l) if raw.dtype.is_float() => decode_lora(op, buf, raw.dtype, range, l, &inp.name),
             _ => decode(op, buf, raw.dtype, range.len()),
@@ -404,13 +410,14 @@ fn merge_item(
 
 /// Copies an integer/bool buffer, which must be identical across inputs.
 fn copy_buffer(plan: &Plan, op: &Op, sink: &dyn Sink) -> Result<()> {
-    let mut first: Option<&[u8]> = None;
+    let mut first: Option<Vec<u8>> = None;
     for inp in &op.inputs {
         let m = &plan.models[inp.model];
         let raw = m.source.require(&inp.name, &m.label)?;
-        match first {
-            None => first = Some(raw.data),
-            Some(f) if f != raw.data => {
+        let data = raw.data.to_vec();
+        match &first {
+            None => first = Some(data),
+            Some(f) if *f != data => {
                 return Err(EngineError::BufferDiffers {
                     tensor: op.out_name.clone(),
                 })
@@ -418,7 +425,7 @@ fn copy_buffer(plan: &Plan, op: &Op, sink: &dyn Sink) -> Result<()> {
             _ => {}
         }
     }
-    sink.put(op, 0, first.unwrap_or(&[]))
+    sink.put(op, 0, first.as_deref().unwrap_or(&[]))
 }
 
 /// Runs every op of `plan` into `sink`.

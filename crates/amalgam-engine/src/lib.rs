@@ -24,6 +24,7 @@ pub mod exec;
 mod legacy_order;
 mod mergekit_archs;
 mod model_config;
+pub mod moe;
 mod order;
 mod output;
 pub mod plan;
@@ -41,6 +42,7 @@ use amalgam_methods::Registry;
 
 pub use error::{EngineError, Result};
 pub use exec::{ExecOptions, ProgressFn};
+pub use moe::MoeLayout;
 pub use plan::{Plan, DEFAULT_SHARD_SIZE};
 pub use planner::{plan, PlanOptions};
 pub use unmix::{expert_count, unmix, UnmixOptions};
@@ -64,6 +66,36 @@ pub struct MergeOptions {
     pub progress: Option<ProgressFn>,
     /// PyTorch intra-op threads of the mergekit run to reproduce (0 or 1: one thread).
     pub torch_threads: usize,
+    /// Expert layout of a Mixtral output (`--moe-layout`).
+    pub moe_layout: MoeLayout,
+}
+
+/// The output tensors `--moe-layout per-expert` writes as several: each fused expert tensor and
+/// router of a Mixtral output, mapped to its per-expert tensors (see [`moe::fused_parts`]).
+fn moe_split(plan: &Plan, layout: MoeLayout) -> Result<plan::OutputSplit> {
+    let mut split = plan::OutputSplit::new();
+    if layout == MoeLayout::Fused {
+        return Ok(split);
+    }
+    let donor = plan.models.get(plan.donor);
+    let model_type = model_config::model_type(donor.and_then(|m| m.config.as_ref()));
+    let expert_view = donor.is_some_and(|m| m.source.is_expert_view());
+    if model_type != Some("mixtral") || expert_view {
+        return Err(EngineError::MoeLayout {
+            model: donor.map_or_else(|| "?".into(), |m| m.label.clone()),
+            arch: if expert_view {
+                "an `#expert=K` view (a dense Mistral)".into()
+            } else {
+                amalgam_io::display::safe(model_type.unwrap_or("of unknown model_type")).to_string()
+            },
+        });
+    }
+    for op in &plan.ops {
+        if let Some(parts) = moe::fused_parts(&op.out_name, &op.shape) {
+            split.insert(op.out_name.clone(), parts);
+        }
+    }
+    Ok(split)
 }
 
 /// What a merge did.
@@ -115,7 +147,8 @@ pub fn merge_plan(
     for m in &plan.models {
         tracing::info!("model {} -> {}", m.label, m.source.path().display());
     }
-    let layout = plan.layout(opts.out_shard_size)?;
+    let split = moe_split(&plan, opts.moe_layout)?;
+    let layout = plan.layout_with(opts.out_shard_size, &split)?;
     tracing::info!(
         "plan: method {}, {} output tensors, {} bytes in {} shard(s), mergekit {} behaviour",
         plan.method_name(),
@@ -166,6 +199,7 @@ pub fn merge_plan(
             },
             config_json: side::config_json(&plan),
             files,
+            split,
             // With a tokenizer config the built tokenizer is always written (as mergekit does);
             // a chat template alone re-saves the donor's, only when tokenizers are copied.
             tokenizer: if plan.tokenizer.is_some() {

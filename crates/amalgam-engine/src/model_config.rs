@@ -139,3 +139,8 @@ pub fn mistral_config(mixtral: &Json, dtype: Option<DType>) -> Json {
     }
     cfg
 }
+
+/// The config's `model_type`, if it is a string.
+pub fn model_type(cfg: Option<&Json>) -> Option<&str> {
+    cfg?.get("model_type")?.as_str()
+}

@@ -1,13 +1,14 @@
 //! Writing a plan to an output folder: shard layout, the streaming executor, side files, and the
 //! final rename that makes the folder appear only when complete. Merge and unmix both end here.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use amalgam_io::OutputWriter;
 
 use crate::error::Result;
 use crate::exec::{self, ExecOptions};
-use crate::plan::Plan;
+use crate::plan::{Op, Plan};
 
 /// Which of the donor's tokenizer files to copy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +34,63 @@ pub(crate) struct OutputFiles {
     pub files: Vec<(&'static str, Vec<u8>)>,
     /// Tokenizer files to copy from the plan's donor.
     pub tokenizer: TokenizerCopy,
+    /// Output tensors written as several (`--moe-layout per-expert`): op name -> the tensors
+    /// its bytes go to, in order.
+    pub split: crate::plan::OutputSplit,
+}
+
+/// Writes each op of `split` as its parts: the op's bytes `a..b` go to the parts covering that
+/// range, so the per-expert layout is the fused bytes cut at matrix boundaries.
+struct SplitSink<'a> {
+    writer: &'a OutputWriter,
+    /// Op name -> (part name, part length in bytes).
+    parts: HashMap<String, Vec<(String, u64)>>,
+}
+
+impl exec::Sink for SplitSink<'_> {
+    fn put(&self, op: &Op, offset: u64, bytes: &[u8]) -> Result<()> {
+        let Some(parts) = self.parts.get(&op.out_name) else {
+            return Ok(self.writer.write_tensor_part(&op.out_name, offset, bytes)?);
+        };
+        let end = offset + bytes.len() as u64;
+        let mut at = 0u64;
+        for (name, len) in parts {
+            let (a, b) = (at, at + len);
+            at = b;
+            let (s, e) = (offset.max(a), end.min(b));
+            if s < e {
+                let piece = &bytes[(s - offset) as usize..(e - offset) as usize];
+                self.writer.write_tensor_part(name, s - a, piece)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes `plan` into `out` and returns the final folder.
 pub(crate) fn write_plan(plan: &Plan, out: &Path, files: &OutputFiles) -> Result<PathBuf> {
-    let layout = plan.layout(files.out_shard_size)?;
+    let layout = plan.layout_with(files.out_shard_size, &files.split)?;
     let writer = OutputWriter::create(out, layout)?;
-    exec::execute(plan, &writer, &files.exec)?;
+    if files.split.is_empty() {
+        exec::execute(plan, &writer, &files.exec)?;
+    } else {
+        let mut parts = HashMap::new();
+        for op in &plan.ops {
+            if let Some(p) = files.split.get(&op.out_name) {
+                let es = op.out_dtype.size() as u64;
+                let p = p
+                    .iter()
+                    .map(|(n, s)| (n.clone(), s.iter().product::<usize>() as u64 * es))
+                    .collect();
+                parts.insert(op.out_name.clone(), p);
+            }
+        }
+        let sink = SplitSink {
+            writer: &writer,
+            parts,
+        };
+        exec::execute(plan, &sink, &files.exec)?;
+    }
     if let Some(cfg) = &files.config_json {
         writer.write_file("config.json", cfg)?;
     }

@@ -13,6 +13,10 @@ use serde_json::Value as Json;
 use crate::error::Result;
 use crate::source::Source;
 
+/// Output tensors written as several: an op's name -> the tensors its bytes go to, in order,
+/// with their shapes (`--moe-layout per-expert`, see [`crate::moe`]).
+pub type OutputSplit = std::collections::HashMap<String, Vec<(String, Vec<usize>)>>;
+
 /// mergekit's default `--out-shard-size` (5B: bytes since 2024-05, elements before).
 pub const DEFAULT_SHARD_SIZE: u64 = 5_000_000_000;
 
@@ -188,6 +192,16 @@ impl Plan {
 
     /// The shard layout mergekit would use for this plan.
     pub fn layout(&self, out_shard_size: Option<u64>) -> Result<ShardLayout> {
+        self.layout_with(out_shard_size, &Default::default())
+    }
+
+    /// The shard layout with the output tensors `split` replaces (an op's name -> the tensors
+    /// its bytes are written to, in order; see [`crate::moe`]) listed in their place.
+    pub fn layout_with(
+        &self,
+        out_shard_size: Option<u64>,
+        split: &OutputSplit,
+    ) -> Result<ShardLayout> {
         let size = out_shard_size.unwrap_or(DEFAULT_SHARD_SIZE);
         let spec = match self.compat {
             Compat::V0_1_5 => ShardSpec {
@@ -204,10 +218,20 @@ impl Plan {
         let tensors = self
             .ops
             .iter()
-            .map(|o| PlannedTensor {
-                name: o.out_name.clone(),
-                dtype: o.out_dtype,
-                shape: o.shape.clone(),
+            .flat_map(|o| match split.get(&o.out_name) {
+                Some(parts) => parts
+                    .iter()
+                    .map(|(name, shape)| PlannedTensor {
+                        name: name.clone(),
+                        dtype: o.out_dtype,
+                        shape: shape.clone(),
+                    })
+                    .collect(),
+                None => vec![PlannedTensor {
+                    name: o.out_name.clone(),
+                    dtype: o.out_dtype,
+                    shape: o.shape.clone(),
+                }],
             })
             .collect();
         Ok(ShardLayout::plan(tensors, &spec)?)

@@ -116,8 +116,12 @@ impl<'a> Planner<'a> {
                 serde_json::Value::Array(vec![serde_json::Value::String(a.clone())]),
             );
         }
+        // mergekit 0.1.5 reads a Mixtral checkpoint in the fused expert layout whatever its
+        // on-disk layout (see `crate::moe`).
+        let mixtral = crate::model_config::model_type(config.as_ref()) == Some("mixtral");
         let source = match r.expert {
             Some(k) => Source::expert(folder, k)?,
+            None if mixtral => Source::moe_folder(folder)?,
             None => Source::folder(folder),
         };
         let source = match &r.lora {
@@ -141,18 +145,16 @@ impl<'a> Planner<'a> {
         } else {
             arch::architecture_of(config.as_ref())
         };
-        // mergekit 0.1.5 rewrites Mixtral checkpoints into the transformers-5 fused expert layout
-        // when it merges them; amalgam does not implement that conversion, so it refuses rather
-        // than write the old layout (its experts can be merged as dense models with `#expert=K`).
-        if arch_name.is_some_and(|a| a.contains("Mixtral")) {
+        if self.opts.compat == Compat::V0_0_4_2 && arch_name.is_some_and(|a| a.contains("Mixtral"))
+        {
             return Err(EngineError::Unsupported {
                 path: r.to_string(),
-                key: "merging Mixtral (mixture-of-experts) checkpoints".into(),
-                advice: format!(
-                    "mergekit 0.1.5 writes them in the transformers-5 fused expert layout; to \
-                     merge its experts as dense Mistral models, use `{}#expert=K` references",
-                    r.path
-                ),
+                key: "merging Mixtral (mixture-of-experts) checkpoints with --mergekit-version \
+                      0.0.4.2"
+                    .into(),
+                advice: "merge them with mergekit 0.1.5 behaviour (the default), or merge their \
+                         experts as dense Mistral models with `#expert=K` references"
+                    .into(),
             });
         }
         // A known architecture's layers are exactly its template: every listed tensor is
@@ -516,7 +518,12 @@ impl<'a> Planner<'a> {
         if float && work_dtype == DType::F64 {
             return Err(EngineError::WorkDtype {
                 tensor: out_name,
-                reason: "float64 merge arithmetic is not supported yet (use dtype: float32)".into(),
+                reason: format!(
+                    "float64 arithmetic of merge_method {} is not supported yet (the inputs are \
+                     float64; set dtype: float32 to merge in f32, and out_dtype: float64 to \
+                     write float64)",
+                    self.method.info().name
+                ),
             });
         }
         if float && !matches!(work_dtype, DType::F16 | DType::BF16 | DType::F32) {

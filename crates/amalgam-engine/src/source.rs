@@ -8,15 +8,16 @@ use amalgam_io::{DType, ModelFolder, TensorRef};
 use crate::error::{EngineError, Result};
 
 /// A tensor's bytes and description, borrowed from a mapped file.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RawTensor<'a> {
     /// Element type.
     pub dtype: DType,
     /// Shape.
     pub shape: &'a [usize],
-    /// Little-endian bytes (a contiguous slice of the mapped file).
-    pub data: &'a [u8],
-    /// File it lives in.
+    /// Little-endian bytes: one slice of a mapped file, or (a per-expert checkpoint read as
+    /// the fused layout) several, concatenated in order.
+    pub data: TensorBytes<'a>,
+    /// File it lives in (the first piece's).
     pub file: &'a Path,
     /// The dtype the model presents: `dtype`, except for a float tensor of a model with a LoRA
     /// adapter, which is in the dtype the LoRA merge is done in (mergekit's merged copy holds
@@ -55,6 +56,62 @@ impl LoraView {
     }
 }
 
+/// The bytes of a [`RawTensor`]. Fusing per-expert tensors is a concatenation of their bytes
+/// (see [`crate::moe`]), so a fused view is its pieces in order: no copy, no arithmetic.
+#[derive(Debug, Clone)]
+pub enum TensorBytes<'a> {
+    /// One contiguous slice.
+    One(&'a [u8]),
+    /// Slices to be read one after the other.
+    Pieces(Vec<&'a [u8]>),
+}
+
+impl<'a> TensorBytes<'a> {
+    /// Total length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorBytes::One(d) => d.len(),
+            TensorBytes::Pieces(p) => p.iter().map(|d| d.len()).sum(),
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slices covering bytes `start..end`, in order; `None` if the range is out of bounds.
+    pub fn range(&self, start: usize, end: usize) -> Option<Vec<&'a [u8]>> {
+        if start > end || end > self.len() {
+            return None;
+        }
+        match self {
+            TensorBytes::One(d) => Some(vec![d.get(start..end)?]),
+            TensorBytes::Pieces(p) => {
+                let mut out = Vec::new();
+                let mut at = 0usize;
+                for d in p {
+                    let (a, b) = (at, at + d.len());
+                    at = b;
+                    let (s, e) = (start.max(a), end.min(b));
+                    if s < e {
+                        out.push(d.get(s - a..e - a)?);
+                    }
+                }
+                Some(out)
+            }
+        }
+    }
+
+    /// The bytes, copied into one buffer (small integer buffers only).
+    pub fn to_vec(&self) -> Vec<u8> {
+        match self {
+            TensorBytes::One(d) => d.to_vec(),
+            TensorBytes::Pieces(p) => p.concat(),
+        }
+    }
+}
+
 /// How dense MLP names map to one expert of a Mixtral checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MoeLayout {
@@ -75,6 +132,9 @@ pub struct Source {
     shapes: std::collections::HashMap<String, Vec<usize>>,
     names: Vec<String>,
     lora: Option<LoraView>,
+    /// A per-expert Mixtral checkpoint read in the fused layout: fused name -> (shape, the
+    /// checkpoint tensors it concatenates). Empty otherwise.
+    fused: std::collections::BTreeMap<String, (Vec<usize>, Vec<String>)>,
 }
 
 /// Elements of `shape` times `elem` bytes, `None` on overflow. A header only guarantees that
@@ -188,16 +248,7 @@ fn check_per_expert(folder: &ModelFolder, all: &[String], k: usize) -> Result<us
     Ok(n)
 }
 
-fn layer_split(name: &str) -> Option<(&str, &str)> {
-    // `model.layers.N.<rest>` -> ("model.layers.N.", "<rest>")
-    let idx = name.find(".layers.")?;
-    let after = &name[idx + 8..];
-    let dot = after.find('.')?;
-    if !after[..dot].bytes().all(|b| b.is_ascii_digit()) || dot == 0 {
-        return None;
-    }
-    Some(name.split_at(idx + 8 + dot + 1))
-}
+use crate::moe::layer_split;
 
 impl Source {
     /// A whole folder.
@@ -210,7 +261,63 @@ impl Source {
             shapes: Default::default(),
             names,
             lora: None,
+            fused: Default::default(),
         }
+    }
+
+    /// A whole Mixtral folder, whatever its expert layout, seen in the fused layout mergekit
+    /// 0.1.5 merges (see [`crate::moe`]): a per-expert checkpoint's expert matrices and router
+    /// are offered under the fused names and hidden under their own.
+    pub fn moe_folder(folder: ModelFolder) -> Result<Self> {
+        let all: Vec<String> = folder.names().into_iter().map(String::from).collect();
+        if !crate::moe::has_per_expert(&all) {
+            return Ok(Self::folder(folder));
+        }
+        let err = |reason: String| EngineError::Expert {
+            path: folder.path().to_path_buf(),
+            reason,
+        };
+        if crate::moe::has_fused(&all) {
+            return Err(err(
+                "the checkpoint holds both per-expert (`block_sparse_moe.experts.E.w1.weight`) \
+                 and fused (`mlp.experts.gate_up_proj`) expert tensors; keep one layout"
+                    .into(),
+            ));
+        }
+        let view = crate::moe::fused_view(all.iter().map(String::as_str), |n| {
+            folder
+                .get(n)
+                .map(|t| (t.info.shape.to_vec(), t.info.dtype.to_string()))
+        })
+        .map_err(err)?;
+        let mut names = Vec::new();
+        let mut placed = std::collections::HashSet::new();
+        for n in &all {
+            if !view.replaced.contains(n) {
+                names.push(n.clone());
+                continue;
+            }
+            // A fused tensor takes the place of its first part.
+            for (fname, (_, parts)) in &view.tensors {
+                if parts.first() == Some(n) && placed.insert(fname.clone()) {
+                    names.push(fname.clone());
+                }
+            }
+        }
+        Ok(Source {
+            folder,
+            expert: None,
+            n_experts: 0,
+            shapes: Default::default(),
+            names,
+            lora: None,
+            fused: view.tensors,
+        })
+    }
+
+    /// Whether a per-expert checkpoint is read in the fused layout.
+    pub fn is_fused_view(&self) -> bool {
+        !self.fused.is_empty()
     }
 
     /// Expert `k` of a Mixtral folder, in either on-disk layout.
@@ -328,6 +435,7 @@ impl Source {
             shapes,
             names,
             lora: None,
+            fused: Default::default(),
         })
     }
 
@@ -354,6 +462,9 @@ impl Source {
     /// The name of the underlying checkpoint tensor holding `name` (for shard lookup and the
     /// 0.0.4.2 save order).
     pub fn storage_name(&self, name: &str) -> Option<String> {
+        if let Some((_, parts)) = self.fused.get(name) {
+            return parts.first().cloned();
+        }
         match self.expert {
             None => Some(name.to_string()),
             Some((k, layout)) => {
@@ -392,7 +503,7 @@ impl Source {
                 raw = RawTensor {
                     dtype: t.info.dtype,
                     shape: &t.info.shape,
-                    data: t.data,
+                    data: TensorBytes::One(t.data),
                     file: t.path,
                     view_dtype: t.info.dtype,
                 };
@@ -480,6 +591,26 @@ impl Source {
 
     /// The checkpoint's own tensor (no adapter).
     fn get_own(&self, name: &str) -> Option<RawTensor<'_>> {
+        if let Some((shape, parts)) = self.fused.get(name) {
+            let mut pieces = Vec::with_capacity(parts.len());
+            let mut first = None;
+            for p in parts {
+                let t = self.folder.get(p)?;
+                first.get_or_insert((t.info.dtype, t.path));
+                pieces.push(t.data);
+            }
+            let (dtype, file) = first?;
+            return Some(RawTensor {
+                dtype,
+                shape,
+                data: TensorBytes::Pieces(pieces),
+                file,
+                view_dtype: dtype,
+            });
+        }
+        if self.hidden(name) {
+            return None;
+        }
         let storage = self.storage_name(name)?;
         let t: TensorRef<'_> = self.folder.get(&storage)?;
         match (self.expert, self.shapes.get(name)) {
@@ -498,7 +629,7 @@ impl Source {
                 Some(RawTensor {
                     dtype: t.info.dtype,
                     shape,
-                    data,
+                    data: TensorBytes::One(data),
                     file: t.path,
                     view_dtype: t.info.dtype,
                 })
@@ -506,11 +637,19 @@ impl Source {
             _ => Some(RawTensor {
                 dtype: t.info.dtype,
                 shape: &t.info.shape,
-                data: t.data,
+                data: TensorBytes::One(t.data),
                 file: t.path,
                 view_dtype: t.info.dtype,
             }),
         }
+    }
+
+    /// Whether `name` is a checkpoint tensor a fused view replaces (not offered by its own name).
+    fn hidden(&self, name: &str) -> bool {
+        !self.fused.is_empty()
+            && crate::moe::layer_split(name).is_some_and(|(_, r)| {
+                r.starts_with("block_sparse_moe.experts.") || r == "block_sparse_moe.gate.weight"
+            })
     }
 
     /// Like [`Source::get`], erroring with the model named.

@@ -152,6 +152,7 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
             },
             config_json,
             files,
+            split: Default::default(),
             tokenizer: if opts.copy_tokenizer {
                 TokenizerCopy::All
             } else {
