@@ -256,7 +256,19 @@ fn tokenizer_golden_cases_match_mergekit() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut errs = Vec::new();
     let obj = cases.as_object().expect("cases.json object");
-    assert!(obj.len() >= 15, "cases.json lists {} cases", obj.len());
+    assert!(obj.len() >= 24, "cases.json lists {} cases", obj.len());
+    for c in [
+        "chat_chatml",
+        "chat_llama3",
+        "tied_union",
+        "tied_mixed",
+        "tied_base_untied",
+    ] {
+        assert!(
+            obj[c]["ok"].as_bool() == Some(true),
+            "{c}: mergekit merged it"
+        );
+    }
     for (case, entry) in obj {
         errs.extend(check_case(case, entry, tmp.path()));
     }
