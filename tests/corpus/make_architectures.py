@@ -2,7 +2,10 @@
 0.1.5 has a JSON definition for, with the model_type that picks a definition when a name has
 several, and which definition each is (two names share one when they are listed in the same
 file). amalgam uses it to decide, as mergekit does, whether the models of a merge are of
-"different architectures" (refused without --allow-crimes).
+"different architectures" (refused without --allow-crimes). Also the decoder templates amalgam
+plans from, every definition's vocabulary-indexed weights (what tokenizer alignment touches), and
+which definitions have several modules (VLMs, encoder-decoders) rather than the one module
+`default`.
 
 Run with mergekit 0.1.5's Python: ~/mk/bin/python tests/corpus/make_architectures.py
 """
@@ -37,6 +40,25 @@ lines = [
 ]
 for name, mt, key in rows:
     lines.append(f'    ("{name}", "{mt}", "{key}"),')
+lines.append("];")
+
+# The multi-module ("kind": "modular") definitions, by definition key, with their module names in
+# mergekit's order: a single-module definition's one module is `default`, these have none of
+# that name (a `modules: {default: ...}` config cannot merge them).
+modular = {}
+for name, cands in sorted(NAME_TO_ARCH.items()):
+    for c in cands:
+        names = list(c.modules)
+        if names != ["default"]:
+            modular[ids[id(c)]] = names
+lines += [
+    "",
+    "/// mergekit's multi-module definitions (key as in [`MERGEKIT_ARCHITECTURES`]) and their",
+    "/// module names, in mergekit's order.",
+    "pub const MERGEKIT_MODULAR: &[(&str, &[&str])] = &[",
+]
+for key, names in sorted(modular.items()):
+    lines.append(f'    ("{key}", &[{", ".join(chr(34) + n + chr(34) for n in names)}]),')
 lines.append("];")
 
 # Templates of the decoder-only ("kind": "decoder") definitions whose layer weights are all
@@ -89,6 +111,40 @@ for key, (pre, layer, post) in sorted(by_key.items()):
         f"        post: &[{post}],",
         "    },",
     ]
+lines.append("];")
+
+# Every vocabulary-indexed weight of every definition (decoder or modular, whatever amalgam plans
+# from): mergekit aligns exactly these to the output vocabulary, along `vocabulary_axis`.
+lines += [
+    "",
+    "/// mergekit's vocabulary-indexed weights (`vocabulary_axis` in its definitions): definition",
+    "/// key, weight name (may hold `${num_layers}`, `${num_layers+1}` or `${num_layers-1}`) and",
+    "/// the axis indexed by token ids.",
+    "pub const MERGEKIT_VOCAB_WEIGHTS: &[(&str, &str, usize)] = &[",
+]
+vocab_rows = set()
+
+
+def vocab_weights(arch, prefix, key):
+    for section in ("pre_weights", "post_weights"):
+        for w in arch.get(section, []):
+            if "vocabulary_axis" in w:
+                vocab_rows.add((key, prefix + w["name"], w["vocabulary_axis"]))
+    for w in arch.get("layer_templates", {}).get("weights", []):
+        if "vocabulary_axis" in w:
+            raise SystemExit(f"{key}: vocabulary-indexed layer weight {w['name']}: not modelled")
+
+
+for f in sorted(p for p in data.iterdir() if p.name.endswith(".json")):
+    d = json.loads(f.read_text())
+    key = f"{sorted(d['architectures'])[0]}/{d['model_type']}"
+    if d.get("kind", "decoder") == "decoder":
+        vocab_weights(d, "", key)
+    else:
+        for m in d["modules"].values():
+            vocab_weights(m["architecture"], m.get("weight_prefix") or "", key)
+for key, name, axis in sorted(vocab_rows):
+    lines.append(f'    ("{key}", "{name}", {axis}),')
 lines.append("];")
 out.write_text("\n".join(lines) + "\n")
 print(f"{len(rows)} names written to {out}")

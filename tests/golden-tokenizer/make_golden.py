@@ -13,6 +13,9 @@ fixtures of mergekit's tests/test_tokenizer.py: a 64-token BPE vocabulary `<unk>
 * chatml2: as chatml with other weights (two models share the new tokens: the average rule);
 * padded:  vocab_size 64, tokenizer with `<UNUSED_0..3>` at ids 64..67 (beyond the embedding);
 * special: vocab_size 65, special added `<|existing_special|>` (single_word, lstrip, rstrip);
+* tied:    as base, `tie_word_embeddings: true` and no `lm_head.weight` (as transformers saves
+           a tied model);
+* tied_chatml: as chatml, tied the same way;
 * alt:     vocab_size 64, regular vocabulary whose last four tokens are `_alt_0.._alt_3`
            (a union adds regular tokens: their ids follow a hash order in mergekit, so the test
            compares up to a permutation of the new ids).
@@ -88,18 +91,22 @@ def tensors(vocab, seed):
     return {k: v.to(torch.bfloat16).contiguous() for k, v in out.items()}
 
 
-def write_model(name, vocab, tok, seed):
+def write_model(name, vocab, tok, seed, tied=False):
     path = MODELS / name
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
     cfg = LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTER, num_attention_heads=HEADS,
                       num_key_value_heads=KV, num_hidden_layers=LAYERS, vocab_size=vocab,
-                      max_position_embeddings=64, tie_word_embeddings=False,
+                      max_position_embeddings=64, tie_word_embeddings=tied,
                       architectures=["LlamaForCausalLM"], bos_token_id=1, eos_token_id=2)
     cfg.dtype = torch.bfloat16
     cfg.save_pretrained(path)
-    save_file(tensors(vocab, seed), path / "model.safetensors", metadata={"format": "pt"})
+    weights = tensors(vocab, seed)
+    if tied:
+        # As transformers saves a tied model: no lm_head.weight.
+        del weights["lm_head.weight"]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
     tok.save_pretrained(path)
 
 
@@ -116,6 +123,8 @@ def build_models():
         special=True)]})
     write_model("special", 65, special, 5)
     write_model("alt", 64, make_tokenizer(64, [], alt=4), 6)
+    write_model("tied", 64, make_tokenizer(64, []), 7, tied=True)
+    write_model("tied_chatml", 66, make_tokenizer(64, ["<|im_start|>", "<|im_end|>"]), 8, tied=True)
 
 
 def models(names, weight=1.0):
@@ -152,6 +161,10 @@ CASES = {
     "union_alt": (models(["base", "alt"]) + "merge_method: linear\nbase_model: ./models/base\ndtype: float32\ntokenizer_source: union\n", []),
     "truncate": (models(["base", "chatml"]) + "merge_method: linear\nbase_model: ./models/base\ndtype: float32\n", ["--unsafe-truncate-embeddings"]),
     "chat_chatml": (models(["base", "chatml"]) + "merge_method: linear\nbase_model: ./models/base\ndtype: float32\ntokenizer_source: union\nchat_template: chatml\n", []),
+    "chat_llama3": (models(["base", "chatml"]) + "merge_method: linear\nbase_model: ./models/base\ndtype: float32\ntokenizer_source: base\nchat_template: llama3\n", []),
+    "tied_union": (models(["tied", "tied_chatml"]) + "merge_method: linear\nbase_model: ./models/tied\ndtype: float32\ntokenizer_source: union\n", []),
+    "tied_mixed": (models(["base", "tied_chatml"]) + "merge_method: linear\nbase_model: ./models/base\ndtype: float32\ntokenizer_source: union\n", []),
+    "tied_base_untied": (models(["tied_chatml", "chatml"]) + "merge_method: linear\nbase_model: ./models/tied_chatml\ndtype: float32\ntokenizer:\n  source: base\n", []),
     "chat_literal": (models(["base", "chatml"]) + "merge_method: linear\nbase_model: ./models/base\ndtype: float32\ntokenizer_source: base\nchat_template: \"{{messages[0]['content']}}\"\n", []),
 }
 

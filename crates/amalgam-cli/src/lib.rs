@@ -204,10 +204,12 @@ struct MergeArgs {
 /// bury amalgam's own), listed in the README.
 #[derive(Args)]
 struct MergekitOnly {
-    /// LoRA merge cache: only used for `+lora` models, which amalgam refuses by name.
+    /// LoRA merge cache: mergekit writes each `model+adapter` merged by peft there; amalgam
+    /// applies adapters as it streams and caches nothing, so the folder is not used.
     #[arg(long, hide = true, value_name = "DIR")]
     lora_merge_cache: Option<PathBuf>,
-    /// LoRA merge dtype: only used for `+lora` models, which amalgam refuses by name.
+    /// The dtype a `model+adapter` model is loaded in for the LoRA merge (mergekit's
+    /// `--lora-merge-dtype`); default: the model's config dtype.
     #[arg(long, hide = true, value_name = "DTYPE")]
     lora_merge_dtype: Option<String>,
     /// GPU arithmetic (ignored, with a warning: amalgam computes on the CPU).
@@ -432,6 +434,13 @@ fn run_merge(a: MergeArgs, registry: &Registry) -> Result<()> {
             ignored.join(", ")
         );
     }
+    if let Some(d) = &a.mergekit_only.lora_merge_cache {
+        eprintln!(
+            "note: --lora-merge-cache {} is not used: amalgam applies LoRA adapters as it \
+             streams and writes no merged copy",
+            d.display()
+        );
+    }
     setup_threads(a.common.num_threads)?;
     let text = std::fs::read_to_string(&a.config).unwrap_or_default();
     if amalgam_config::is_multi_document(&text) {
@@ -463,7 +472,23 @@ fn merge_one(
     for r in loaded.config.referenced_models() {
         fetch(&r.path, r.revision.as_deref(), &cache, a.common.quiet)
             .with_context(|| format!("merging {}", a.config.display()))?;
+        if let Some(l) = &r.lora {
+            fetch_as(
+                &l.path,
+                l.revision.as_deref(),
+                &cache,
+                a.common.quiet,
+                amalgam_io::download::Files::Adapter,
+            )
+            .with_context(|| format!("merging {}", a.config.display()))?;
+        }
     }
+    let lora_merge_dtype = match &a.mergekit_only.lora_merge_dtype {
+        Some(d) => Some(amalgam_io::DType::from_mergekit(d).ok_or_else(|| {
+            anyhow!("--lora-merge-dtype {d}: not a dtype (float32, bfloat16 or float16)")
+        })?),
+        None => None,
+    };
     let opts = MergeOptions {
         plan: PlanOptions {
             compat: a.common.mergekit_version,
@@ -475,6 +500,7 @@ fn merge_one(
                 && !a.no_unsafe_truncate_embeddings,
             // Fetched just above: the planner finds them in the cache.
             hub_fetched: true,
+            lora_merge_dtype,
         },
         out_shard_size: Some(a.out_shard_size),
         copy_tokenizer: !a.no_copy_tokenizer,
@@ -682,6 +708,23 @@ fn download_bar(
 /// Resolves `path@revision` to a folder, downloading a Hub id missing from `cache` (with a
 /// progress bar) unless HF_HUB_OFFLINE is set. Local folders are returned as they are.
 fn fetch(path: &str, revision: Option<&str>, cache: &Path, quiet: bool) -> Result<PathBuf> {
+    fetch_as(
+        path,
+        revision,
+        cache,
+        quiet,
+        amalgam_io::download::Files::Model,
+    )
+}
+
+/// [`fetch`] of a model or of a LoRA adapter (which has its own files).
+fn fetch_as(
+    path: &str,
+    revision: Option<&str>,
+    cache: &Path,
+    quiet: bool,
+    kind: amalgam_io::download::Files,
+) -> Result<PathBuf> {
     let label = match revision {
         Some(r) => format!("{path}@{r}"),
         None => path.to_string(),
@@ -691,7 +734,8 @@ fn fetch(path: &str, revision: Option<&str>, cache: &Path, quiet: bool) -> Resul
         progress,
         ..amalgam_io::download::HubOptions::from_env()
     };
-    let r = amalgam_io::download::resolve_or_download(path, revision, &cwd(), cache, &opts);
+    let r =
+        amalgam_io::download::resolve_or_download_as(path, revision, &cwd(), cache, &opts, kind);
     if let Some(pb) = pb {
         pb.finish_and_clear();
     }
@@ -725,6 +769,16 @@ fn run_download(a: DownloadArgs) -> Result<()> {
         }
         let dir = fetch(&r.path, r.revision.as_deref(), &cache, a.quiet)?;
         println!("{} -> {}", r.model_path(), dir.display());
+        if let Some(l) = r.lora.as_ref().filter(|l| !cwd().join(&l.path).is_dir()) {
+            let dir = fetch_as(
+                &l.path,
+                l.revision.as_deref(),
+                &cache,
+                a.quiet,
+                amalgam_io::download::Files::Adapter,
+            )?;
+            println!("{l} -> {}", dir.display());
+        }
     }
     Ok(())
 }
@@ -887,6 +941,7 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         allow_crimes: a.allow_crimes,
         unsafe_truncate_embeddings: false,
         hub_fetched: false,
+        lora_merge_dtype: None,
     };
     // The plan verify will make, made here too (headers only) to tell the tensors the config
     // produces from those only the model has, and to size the work for the user.

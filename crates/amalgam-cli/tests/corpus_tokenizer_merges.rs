@@ -5,8 +5,11 @@
 //! union and every permutation has work to do). Each must merge, and the output's embedding rows
 //! must match its config.json `vocab_size` and tokenizer.
 //!
-//! The configs amalgam refuses as not supported yet (LoRA, `modules:`, a built-in chat template
-//! name) are checked to be refused as such instead.
+//! The configs written with `modules: {default: ...}` are merged the same way (with or without a
+//! tokenizer config). The configs naming a built-in chat template (026-della `llama3`,
+//! 029-della_linear and 054-multislerp `chatml`) merge, with amalgam's template for the name as
+//! the output's `chat_template.jinja`. The configs amalgam refuses as not supported yet (LoRA with a
+//! tokenizer merge) are checked to be refused as such instead.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -120,7 +123,13 @@ fn layers_needed(c: &amalgam_config::MergeConfig) -> BTreeMap<String, usize> {
     for m in c.referenced_models() {
         out.insert(m.path.clone(), 2);
     }
-    for s in c.slices.iter().flatten() {
+    // Top-level slices and those of the `default` module (`modules: {default: {slices}}`).
+    let module_slices = c
+        .modules
+        .iter()
+        .flatten()
+        .flat_map(|(_, m)| m.slices.iter().flatten());
+    for s in c.slices.iter().flatten().chain(module_slices) {
         let end = s.sources.iter().map(|x| x.layer_range.1).max().unwrap_or(2);
         for src in &s.sources {
             let e = out.entry(src.model.path.clone()).or_insert(2);
@@ -151,7 +160,11 @@ fn corpus_tokenizer_configs_merge_on_stand_ins() {
         let text = std::fs::read_to_string(corpus().join("real").join(cols[0])).unwrap();
         let loaded = amalgam_config::parse_str(&text).unwrap();
         let c = &loaded.config;
-        if c.tokenizer_source.is_none() && c.tokenizer.is_none() && c.chat_template.is_none() {
+        if c.tokenizer_source.is_none()
+            && c.tokenizer.is_none()
+            && c.chat_template.is_none()
+            && c.modules.is_none()
+        {
             continue;
         }
         let tmp = tempfile::tempdir().unwrap();
@@ -166,8 +179,13 @@ fn corpus_tokenizer_configs_merge_on_stand_ins() {
                 extra_models.push(m.path.clone());
             }
         }
+        // A `modules:` config without any tokenizer option: the models share one vocabulary
+        // (mergekit would refuse embeddings of different sizes).
+        let aligns =
+            c.tokenizer_source.is_some() || c.tokenizer.is_some() || c.chat_template.is_some();
         for (i, (path, layers)) in need.iter().enumerate() {
-            stand_in(&tmp.path().join(path), *layers, i, 2 + i);
+            let extra = if aligns { 2 + i } else { 0 };
+            stand_in(&tmp.path().join(path), *layers, i, extra);
         }
         for (i, path) in extra_models.iter().enumerate() {
             if !need.contains_key(path) {
@@ -204,9 +222,45 @@ fn corpus_tokenizer_configs_merge_on_stand_ins() {
                 cols[0], cfg["vocab_size"]
             ));
         }
+        if let Some(template) = c
+            .chat_template
+            .as_deref()
+            .and_then(amalgam_engine::builtin_chat_template)
+        {
+            let got = std::fs::read_to_string(out.join("chat_template.jinja")).unwrap_or_default();
+            if got != template {
+                failures.push(format!(
+                    "{}: chat_template.jinja is not amalgam's built-in template",
+                    cols[0]
+                ));
+            }
+        }
         merged.push(cols[0].to_string());
     }
     eprintln!("merged: {merged:?}\nnot supported yet: {unsupported:?}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(merged.len() >= 20, "only {} configs merged", merged.len());
+    // Every `modules: {default: ...}` config mergekit runs merges.
+    for f in [
+        "014-dare_ties.yml",
+        "031-della_linear.yml",
+        "035-karcher.yml",
+        "145-ties.yml",
+    ] {
+        assert!(merged.iter().any(|m| m == f), "{f} did not merge");
+    }
+    for f in [
+        "026-della.yml",
+        "029-della_linear.yml",
+        "054-multislerp.yml",
+    ] {
+        assert!(
+            merged.iter().any(|m| m == f),
+            "{f} (a built-in chat template) did not merge"
+        );
+    }
+    assert_eq!(
+        (merged.len(), unsupported.len()),
+        (29, 0),
+        "merged {merged:?}, not supported yet {unsupported:?}"
+    );
 }

@@ -25,8 +25,9 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "merge_method: linear\nmodules:\n  text:\n    models:\n      - model: a\n        parameters: {weight: 1}\n",
     ),
     (
+        // A LoRA is applied, but not with a tokenizer merge.
         "lora.yml",
-        "merge_method: linear\nmodels:\n  - model: a+some/lora\n    parameters: {weight: 1}\n",
+        "merge_method: linear\ntokenizer_source: union\nmodels:\n  - model: a+some/lora\n    parameters: {weight: 1}\n",
     ),
     (
         "float64.yml",

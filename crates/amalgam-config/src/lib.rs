@@ -30,7 +30,10 @@ pub use types::{
     InputModel, InputSlice, MergeConfig, OutputModule, OutputSlice, TokenEmbedding,
     TokenEmbeddingSource, TokenizerConfig, TokenizerSource,
 };
-pub use validate::{uniform_fallback, unsupported_features, unsupported_message, validate};
+pub use validate::{
+    uniform_fallback, unsupported_features, unsupported_message, validate, BUILTIN_CHAT_TEMPLATES,
+    DEFAULT_MODULE,
+};
 pub use yaml::Location;
 
 /// The dtype names mergekit 0.1.5 accepts for `dtype`/`out_dtype` (`dtype_from_name`; an

@@ -288,6 +288,18 @@ pub fn validate(
     if let Err(e) = method.check_version(compat) {
         push_at(Severity::Error, "merge_method", None, e.to_string());
     }
+    // The `modules:` section came with mergekit 0.1's module architectures; the 2024 schema
+    // reads only `models:` and `slices:`.
+    if compat == Compat::V0_0_4_2 && config.modules.is_some() {
+        push_at(
+            Severity::Error,
+            "modules",
+            None,
+            "mergekit 0.0.4.2 has no `modules:` section (it came with mergekit 0.1); write the \
+             module's `slices:` or `models:` at the top level, or drop --mergekit-version 0.0.4.2"
+                .into(),
+        );
+    }
     let declared: Vec<&str> = method.params.iter().map(|p| p.name).collect();
     for at in all_params(config) {
         for (key, value) in at.params {
@@ -426,12 +438,7 @@ pub fn validate(
     }
     for (path, key) in unsupported_features(config) {
         // The path already names a top-level key: not said twice.
-        let what = if let Some(name) = key.strip_prefix("chat_template: ") {
-            format!(
-                "mergekit's built-in template `{name}` is not supported yet by amalgam (give the \
-                 template text itself, or `auto`)"
-            )
-        } else if path == key {
+        let what = if path == key {
             "not supported yet by amalgam".to_string()
         } else {
             unsupported_message(&key)
@@ -567,8 +574,9 @@ fn check_contract<'v>(c: &Contract, view: &'v SliceView) -> Result<(), (Option<&
     })
 }
 
-/// mergekit 0.1.5's built-in chat template names (`mergekit/_data/chat_templates`). amalgam does
-/// not ship those files, so a config naming one is not supported yet.
+/// mergekit 0.1.5's built-in chat template names (`mergekit/_data/chat_templates`). amalgam
+/// ships its own templates for them (`amalgam_engine::builtin_chat_template`: other text,
+/// the same renderings), so a name is accepted and resolved at merge time.
 pub const BUILTIN_CHAT_TEMPLATES: [&str; 5] = ["alpaca", "chatml", "exaone", "llama3", "mistral"];
 
 fn is_builtin_chat_template(v: &str) -> bool {
@@ -586,21 +594,18 @@ pub fn unsupported_message(key: &str) -> String {
     format!("`{key}` is not supported yet by amalgam")
 }
 
+/// The name mergekit gives the one module of a single-module architecture.
+pub const DEFAULT_MODULE: &str = "default";
+
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
-/// `modules`, LoRA (`+lora` or `lora:`) and float64 arithmetic (`dtype: float64`, for every
-/// method: mergekit 0.1.5 computes in f64 then; `out_dtype: float64` alone is supported, an
-/// exact widening of the f32 result). [`validate`] reports
+/// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) on a
+/// tokenizer source, and float64 arithmetic (`dtype: float64`, for every method: mergekit 0.1.5
+/// computes in f64 then; `out_dtype: float64` alone is supported, an exact widening of the f32
+/// result). [`validate`] reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
 /// decide with this one function, before any model is read.
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    if let Some(v) = config
-        .chat_template
-        .as_deref()
-        .filter(|v| is_builtin_chat_template(v))
-    {
-        out.push(("chat_template".into(), format!("chat_template: {v}")));
-    }
     if config
         .dtype
         .as_deref()
@@ -615,54 +620,35 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
             ),
         ));
     }
+    // A LoRA on a merged model is applied (amalgam_engine); as the source of a tokenizer or of
+    // a token's embedding it would make mergekit read the tokenizer of peft's merged copy,
+    // which amalgam does not reproduce.
     let model = |m: &ModelRef, path: String, out: &mut Vec<(String, String)>| {
         if m.lora.is_some() {
             out.push((path, "lora".to_string()));
         }
     };
-    if config.modules.is_some() {
-        out.push(("modules".into(), "modules".into()));
-    }
-    if let Some(b) = &config.base_model {
-        model(b, "base_model".into(), &mut out);
-    }
-    let models = |ms: &[crate::InputModel], path: &str, out: &mut Vec<(String, String)>| {
-        for (j, m) in ms.iter().enumerate() {
-            model(&m.model, format!("{path}[{j}].model"), out);
+    // `modules: {default: ...}` is the top-level form spelled as a module (the only module of a
+    // single-module architecture, which every architecture amalgam plans is); the modules of a
+    // multi-module architecture (a VLM's `text_decoder`, `vision_tower`...) are not planned yet.
+    for (name, _) in config.modules.iter().flatten() {
+        if name != DEFAULT_MODULE {
+            out.push((format!("modules.{name}"), format!("modules: {name}")));
         }
+    }
+    // A tokenizer merge reads each model's tokenizer; mergekit reads a `model+adapter`'s from
+    // the merged copy, which has none.
+    let tokenizer_key = if config.tokenizer.is_some() {
+        Some("tokenizer")
+    } else if config.tokenizer_source.is_some() {
+        Some("tokenizer_source")
+    } else {
+        None
     };
-    models(
-        config.models.as_deref().unwrap_or_default(),
-        "models",
-        &mut out,
-    );
-    let slices = |ss: &[crate::OutputSlice], path: &str, out: &mut Vec<(String, String)>| {
-        for (i, s) in ss.iter().enumerate() {
-            if let Some(b) = &s.base_model {
-                model(b, format!("{path}[{i}].base_model"), out);
-            }
-            for (j, src) in s.sources.iter().enumerate() {
-                model(&src.model, format!("{path}[{i}].sources[{j}].model"), out);
-            }
+    if let Some(k) = tokenizer_key {
+        if let Some(m) = config.referenced_models().iter().find(|m| m.lora.is_some()) {
+            out.push((k.into(), format!("lora ({m}) with `{k}`")));
         }
-    };
-    slices(
-        config.slices.as_deref().unwrap_or_default(),
-        "slices",
-        &mut out,
-    );
-    for (name, m) in config.modules.iter().flatten() {
-        let p = format!("modules.{name}");
-        models(
-            m.models.as_deref().unwrap_or_default(),
-            &format!("{p}.models"),
-            &mut out,
-        );
-        slices(
-            m.slices.as_deref().unwrap_or_default(),
-            &format!("{p}.slices"),
-            &mut out,
-        );
     }
     if let Some(TokenizerSource::Model(m)) = &config.tokenizer_source {
         model(m, "tokenizer_source".into(), &mut out);

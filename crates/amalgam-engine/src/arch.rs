@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_TEMPLATES};
+use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_MODULAR, MERGEKIT_TEMPLATES};
 
 /// A layer tensor name split around its index: `model.layers.3.mlp.up_proj.weight` ->
 /// (`model.layers.`, 3, `.mlp.up_proj.weight`).
@@ -118,6 +118,17 @@ pub fn mergekit_definition(cfg: Option<&Value>, expert_view: bool) -> Option<&'s
     }
 }
 
+/// The module names of a model's architecture when mergekit defines it with several modules
+/// (a VLM's `text_decoder`, `vision_tower`...; see [`MERGEKIT_MODULAR`]); `None` for the
+/// single-module ones, whose one module is `default`.
+pub fn modules_of(cfg: Option<&Value>, expert_view: bool) -> Option<&'static [&'static str]> {
+    let def = mergekit_definition(cfg, expert_view)?;
+    MERGEKIT_MODULAR
+        .iter()
+        .find(|(d, _)| *d == def)
+        .map(|(_, names)| *names)
+}
+
 /// The class name in a config.json.
 pub fn architecture_of(cfg: Option<&Value>) -> Option<&str> {
     cfg?.get("architectures")?.get(0)?.as_str()
@@ -126,6 +137,39 @@ pub fn architecture_of(cfg: Option<&Value>) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_module_architectures_are_known_by_their_modules() {
+        let cfg = |a: &str, mt: &str| serde_json::json!({"architectures": [a], "model_type": mt});
+        // mergekit 0.1.5's mistral3.json: three modules, none named `default`.
+        assert_eq!(
+            modules_of(
+                Some(&cfg("Mistral3ForConditionalGeneration", "mistral3")),
+                false
+            ),
+            Some(&["text_decoder", "multi_modal_projector", "vision_tower"][..])
+        );
+        assert_eq!(
+            modules_of(
+                Some(&cfg("WhisperForConditionalGeneration", "whisper")),
+                false
+            ),
+            Some(&["decoder", "encoder"][..])
+        );
+        // Decoders have the one module `default`, as has an expert view (a dense Mistral).
+        assert_eq!(
+            modules_of(Some(&cfg("LlamaForCausalLM", "llama")), false),
+            None
+        );
+        assert_eq!(
+            modules_of(
+                Some(&cfg("Mistral3ForConditionalGeneration", "mistral3")),
+                true
+            ),
+            None
+        );
+        assert_eq!(modules_of(None, false), None);
+    }
 
     #[test]
     fn splits_layer_names() {

@@ -90,14 +90,18 @@ pub enum EngineError {
     #[error("{0}")]
     NoSlices(&'static str),
     /// An output slice has no sources.
-    #[error("slices[{slice}]: no input models (the `models:` or `sources:` list is empty)")]
+    #[error("{at}[{slice}]: no input models (the `models:` or `sources:` list is empty)")]
     EmptySlice {
+        /// Where the slices are: `slices` or `modules.default.slices`.
+        at: &'static str,
         /// Slice index.
         slice: usize,
     },
     /// A `layer_range` is reversed or outside its model.
-    #[error("slices[{slice}]: layer_range [{start}, {end}] {problem}")]
+    #[error("{at}[{slice}]: layer_range [{start}, {end}] {problem}")]
     LayerRange {
+        /// Where the slices are: `slices` or `modules.default.slices`.
+        at: &'static str,
         /// Slice index.
         slice: usize,
         /// Range start.
@@ -109,9 +113,11 @@ pub enum EngineError {
     },
     /// The sources of a slice cover different numbers of layers (mergekit's message).
     #[error(
-        "slices[{slice}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
+        "{at}[{slice}]: All inputs to a slice must contain the same number of layers (got {lens:?})"
     )]
     LayerCounts {
+        /// Where the slices are: `slices` or `modules.default.slices`.
+        at: &'static str,
         /// Slice index.
         slice: usize,
         /// Layers per source.

@@ -190,19 +190,89 @@ fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Re
         let mut at = 0;
         for piece in pieces {
             let end = at + piece.len();
-            model
-                .source
-                .folder_ref()
-                .read_part(piece, &mut buf[at..end])?;
+            model.source.read_part(piece, &mut buf[at..end])?;
             at = end;
         }
-        decode(op, buf, raw.dtype, range.len())
+        match model.source.lora() {
+            Some(l) if raw.dtype.is_float() => decode_lora(op, buf, raw.dtype, range, l, &inp.name),
+            _ => decode(op, buf, raw.dtype, range.len()),
+        }
     })
 }
 
 thread_local! {
     /// Reused read buffer of each worker thread.
     static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The LoRA factors decoded last on this thread, keyed by the adapter view's address and
+    /// the weight: an elementwise tensor is read in chunks, one item (run of chunks) per thread,
+    /// so this decodes each weight's factors about once per item without holding the whole
+    /// adapter in memory.
+    static LORA_FACTORS: std::cell::RefCell<Option<LoraCacheEntry>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+type LoraCacheEntry = (usize, String, std::rc::Rc<amalgam_io::lora::LoraFactors>);
+
+/// Decodes elements `range` of a float tensor of a model with a LoRA adapter, as mergekit reads
+/// its peft-merged copy: the tensor cast to the merge dtype `D` (PyTorch's `.to()`), then, for
+/// an adapted weight, `W + delta` computed in f32 (peft's adapter weights are f32, and an
+/// in-place add of an f32 delta to a `D` weight computes in f32) and rounded to `D`; then cast
+/// to the working dtype.
+fn decode_lora(
+    op: &Op,
+    bytes: &[u8],
+    raw_dtype: DType,
+    range: std::ops::Range<usize>,
+    lora: &crate::source::LoraView,
+    name: &str,
+) -> Result<Tensor> {
+    let d = lora.dtype();
+    let n = range.len();
+    let mut data = if raw_dtype == DType::F64 && d != DType::F64 {
+        let mut tmp = vec![0u8; n * d.size()];
+        convert::convert_bytes(DType::F64, bytes, d, &mut tmp)?;
+        convert::decode_f32_vec(d, &tmp)?
+    } else {
+        let mut v = convert::decode_f32_vec(raw_dtype, bytes)?;
+        if raw_dtype != d {
+            amalgam_methods::numerics::round_slice(d, &mut v);
+        }
+        v
+    };
+    if lora.adapter().module(name).is_some() {
+        let key = lora as *const _ as usize;
+        let cached = LORA_FACTORS.with(|c| {
+            c.borrow()
+                .as_ref()
+                .filter(|(k, n, _)| *k == key && n == name)
+                .map(|(_, _, f)| f.clone())
+        });
+        let f = match cached {
+            Some(f) => f,
+            None => {
+                let f = std::rc::Rc::new(lora.factors(name)?.ok_or_else(|| {
+                    EngineError::Io(amalgam_io::Error::Lora {
+                        path: lora.adapter().path().to_path_buf(),
+                        reason: format!("`{name}` lost its factors"),
+                    })
+                })?);
+                LORA_FACTORS.with(|c| *c.borrow_mut() = Some((key, name.to_string(), f.clone())));
+                f
+            }
+        };
+        for (v, idx) in data.iter_mut().zip(range.clone()) {
+            *v = round(d, *v + f.delta(idx));
+        }
+    }
+    if d != op.work_dtype {
+        amalgam_methods::numerics::round_slice(op.work_dtype, &mut data);
+    }
+    let shape = if n == op.shape.iter().product::<usize>() {
+        op.shape.clone()
+    } else {
+        vec![n]
+    };
+    Ok(Tensor::new(op.work_dtype, shape, data))
 }
 
 /// Converts `bytes` (`n` elements of `dtype`) to the op's working dtype.

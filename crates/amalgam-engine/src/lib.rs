@@ -47,6 +47,7 @@ pub use plan::{Plan, DEFAULT_SHARD_SIZE};
 pub use planner::{plan, PlanOptions};
 pub use unmix::{expert_count, unmix, UnmixOptions};
 pub use verify::{verify, verify_threads, TensorDiff, TorchThreads, VerifyReport};
+pub use vocab::{builtin_chat_template, BUILTIN_CHAT_TEMPLATES};
 
 /// Options of [`merge`].
 #[derive(Clone, Default)]

@@ -233,6 +233,47 @@ pub const MERGEKIT_ARCHITECTURES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// mergekit's multi-module definitions (key as in [`MERGEKIT_ARCHITECTURES`]) and their
+/// module names, in mergekit's order.
+pub const MERGEKIT_MODULAR: &[(&str, &[&str])] = &[
+    (
+        "Gemma3ForConditionalGeneration/gemma3",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Llama4ForConditionalGeneration/llama4",
+        &["text_decoder", "multi_modal_projector", "vision_model"],
+    ),
+    (
+        "Mistral3ForConditionalGeneration/mistral3",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen2VLForConditionalGeneration/qwen2_vl",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen2_5_VLForConditionalGeneration/qwen2_5_vl",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen3VLForConditionalGeneration/qwen3_vl",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "Qwen3VLMoeForConditionalGeneration/qwen3_vl_moe",
+        &["text_decoder", "multi_modal_projector", "vision_tower"],
+    ),
+    (
+        "T5ForConditionalGeneration/t5",
+        &["decoder", "encoder", "shared"],
+    ),
+    (
+        "WhisperForConditionalGeneration/whisper",
+        &["decoder", "encoder"],
+    ),
+];
+
 /// One mergekit decoder definition: its key (as in [`MERGEKIT_ARCHITECTURES`]), the tensors
 /// before the layers and after them (name, optional), and each layer's tensor suffixes.
 pub struct Template {
@@ -1429,4 +1470,333 @@ pub const MERGEKIT_TEMPLATES: &[Template] = &[
         ],
         post: &[("model.norm.weight", false), ("lm_head.weight", true)],
     },
+];
+
+/// mergekit's vocabulary-indexed weights (`vocabulary_axis` in its definitions): definition
+/// key, weight name (may hold `${num_layers}`, `${num_layers+1}` or `${num_layers-1}`) and
+/// the axis indexed by token ids.
+pub const MERGEKIT_VOCAB_WEIGHTS: &[(&str, &str, usize)] = &[
+    ("ApertusForCausalLM/apertus", "lm_head.weight", 0),
+    ("ApertusForCausalLM/apertus", "model.embed_tokens.weight", 0),
+    ("ArceeForCausalLM/arcee", "lm_head.weight", 0),
+    ("ArceeForCausalLM/arcee", "model.embed_tokens.weight", 0),
+    ("BaichuanForCausalLM/baichuan", "lm_head.weight", 0),
+    (
+        "BaichuanForCausalLM/baichuan",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "BertForMaskedLM/bert",
+        "bert.embeddings.word_embeddings.weight",
+        0,
+    ),
+    ("BertForMaskedLM/bert", "cls.predictions.bias", 0),
+    ("BertForMaskedLM/bert", "cls.predictions.decoder.weight", 0),
+    (
+        "BertForMultipleChoice/bert",
+        "bert.embeddings.word_embeddings.weight",
+        0,
+    ),
+    ("BertModel/bert", "embeddings.word_embeddings.weight", 0),
+    (
+        "ChatGLMModel/chatglm",
+        "transformer.embedding.word_embeddings.weight",
+        0,
+    ),
+    ("ChatGLMModel/chatglm", "transformer.output_layer.weight", 0),
+    ("Cohere2ForCausalLM/cohere2", "lm_head.weight", 0),
+    ("Cohere2ForCausalLM/cohere2", "model.embed_tokens.weight", 0),
+    ("CohereForCausalLM/cohere", "lm_head.weight", 0),
+    ("CohereForCausalLM/cohere", "model.embed_tokens.weight", 0),
+    (
+        "DistilBertForMaskedLM/distilbert",
+        "distilbert.embeddings.word_embeddings.weight",
+        0,
+    ),
+    (
+        "DistilBertForMaskedLM/distilbert",
+        "vocab_projector.bias",
+        0,
+    ),
+    (
+        "DistilBertForMaskedLM/distilbert",
+        "vocab_projector.weight",
+        0,
+    ),
+    (
+        "DistilBertForSequenceClassification/distilbert",
+        "distilbert.embeddings.word_embeddings.weight",
+        0,
+    ),
+    (
+        "DistilBertForTokenClassification/distilbert",
+        "distilbert.embeddings.word_embeddings.weight",
+        0,
+    ),
+    (
+        "DistilBertModel/distilbert",
+        "distilbert.embeddings.word_embeddings.weight",
+        0,
+    ),
+    ("ExaoneForCausalLM/exaone", "lm_head.weight", 0),
+    ("ExaoneForCausalLM/exaone", "transformer.wte.weight", 0),
+    ("FalconForCausalLM/falcon", "lm_head.weight", 0),
+    (
+        "FalconForCausalLM/falcon",
+        "transformer.word_embeddings.weight",
+        0,
+    ),
+    (
+        "GPT2ForSequenceClassification/gpt2",
+        "transformer.wte.weight",
+        0,
+    ),
+    ("GPT2LMHeadModel/gpt2", "lm_head.weight", 0),
+    ("GPT2LMHeadModel/gpt2", "transformer.wte.weight", 0),
+    ("GPTBigCodeForCausalLM/gpt_bigcode", "lm_head.weight", 0),
+    (
+        "GPTBigCodeForCausalLM/gpt_bigcode",
+        "transformer.wte.weight",
+        0,
+    ),
+    ("GPTNeoXForCausalLM/gpt_neox", "embed_out.weight", 0),
+    ("GPTNeoXForCausalLM/gpt_neox", "gpt_neox.embed_in.weight", 0),
+    ("Gemma2ForCausalLM/gemma2", "lm_head.weight", 0),
+    ("Gemma2ForCausalLM/gemma2", "model.embed_tokens.weight", 0),
+    ("Gemma3ForCausalLM/gemma3_text", "lm_head.weight", 0),
+    (
+        "Gemma3ForCausalLM/gemma3_text",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "Gemma3ForConditionalGeneration/gemma3",
+        "language_model.lm_head.weight",
+        0,
+    ),
+    (
+        "Gemma3ForConditionalGeneration/gemma3",
+        "language_model.model.embed_tokens.weight",
+        0,
+    ),
+    ("GemmaForCausalLM/gemma", "model.embed_tokens.weight", 0),
+    ("Glm4ForCausalLM/glm4", "lm_head.weight", 0),
+    ("Glm4ForCausalLM/glm4", "model.embed_tokens.weight", 0),
+    ("Glm4MoeForCausalLM/glm4_moe", "lm_head.weight", 0),
+    (
+        "Glm4MoeForCausalLM/glm4_moe",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    ("GraniteForCausalLM/granite", "lm_head.weight", 0),
+    ("GraniteForCausalLM/granite", "model.embed_tokens.weight", 0),
+    (
+        "GraniteMoeHybridForCausalLM/granitemoehybrid",
+        "lm_head.weight",
+        0,
+    ),
+    (
+        "GraniteMoeHybridForCausalLM/granitemoehybrid",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "InternLM2ForCausalLM/internlm2",
+        "model.tok_embeddings.weight",
+        0,
+    ),
+    ("InternLM2ForCausalLM/internlm2", "output.weight", 0),
+    ("JAISLMHeadModel/jais", "transformer.wte.weight", 0),
+    ("LLaMaForCausalLM/llama", "lm_head.weight", 0),
+    ("LLaMaForCausalLM/llama", "model.embed_tokens.weight", 0),
+    ("Lfm2ForCausalLM/lfm2", "lm_head.weight", 0),
+    ("Lfm2ForCausalLM/lfm2", "model.embed_tokens.weight", 0),
+    (
+        "Llama4ForConditionalGeneration/llama4",
+        "language_model.lm_head.weight",
+        0,
+    ),
+    (
+        "Llama4ForConditionalGeneration/llama4",
+        "language_model.model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "LlamaForSequenceClassification/llama",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    ("MambaForCausalLM/mamba", "backbone.embeddings.weight", 0),
+    ("MambaForCausalLM/mamba", "lm_head.weight", 0),
+    (
+        "Mistral3ForConditionalGeneration/mistral3",
+        "language_model.lm_head.weight",
+        0,
+    ),
+    (
+        "Mistral3ForConditionalGeneration/mistral3",
+        "language_model.model.embed_tokens.weight",
+        0,
+    ),
+    ("MistralForCausalLM/mistral", "lm_head.weight", 0),
+    ("MistralForCausalLM/mistral", "model.embed_tokens.weight", 0),
+    (
+        "MixFormerSequentialForCausalLM/mixformer-sequential",
+        "layers.${num_layers}.linear.bias",
+        0,
+    ),
+    (
+        "MixFormerSequentialForCausalLM/mixformer-sequential",
+        "layers.${num_layers}.linear.weight",
+        0,
+    ),
+    (
+        "MixFormerSequentialForCausalLM/mixformer-sequential",
+        "layers.0.wte.weight",
+        0,
+    ),
+    ("MixtralForCausalLM/mixtral", "lm_head.weight", 0),
+    ("MixtralForCausalLM/mixtral", "model.embed_tokens.weight", 0),
+    ("Olmo2ForCausalLM/olmo2", "lm_head.weight", 0),
+    ("Olmo2ForCausalLM/olmo2", "model.embed_tokens.weight", 0),
+    ("Phi3ForCausalLM/phi3", "lm_head.weight", 0),
+    ("Phi3ForCausalLM/phi3", "model.embed_tokens.weight", 0),
+    ("Phi3SmallForCausalLM/phi3small", "lm_head.weight", 0),
+    (
+        "Phi3SmallForCausalLM/phi3small",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    ("PhiForCausalLM/phi", "lm_head.bias", 0),
+    ("PhiForCausalLM/phi", "lm_head.weight", 0),
+    ("PhiForCausalLM/phi", "model.embed_tokens.weight", 0),
+    ("PhiForCausalLM/phi-msft", "lm_head.linear.bias", 0),
+    ("PhiForCausalLM/phi-msft", "lm_head.linear.weight", 0),
+    ("PhiForCausalLM/phi-msft", "transformer.embd.wte.weight", 0),
+    ("QWenLMHeadModel/qwen", "lm_head.weight", 0),
+    ("QWenLMHeadModel/qwen", "transformer.wte.weight", 0),
+    ("Qwen2ForCausalLM/qwen2", "lm_head.weight", 0),
+    ("Qwen2ForCausalLM/qwen2", "model.embed_tokens.weight", 0),
+    (
+        "Qwen2VLForConditionalGeneration/qwen2_vl",
+        "lm_head.weight",
+        0,
+    ),
+    (
+        "Qwen2VLForConditionalGeneration/qwen2_vl",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "Qwen2_5_VLForConditionalGeneration/qwen2_5_vl",
+        "lm_head.weight",
+        0,
+    ),
+    (
+        "Qwen2_5_VLForConditionalGeneration/qwen2_5_vl",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    ("Qwen3ForCausalLM/qwen3", "lm_head.weight", 0),
+    ("Qwen3ForCausalLM/qwen3", "model.embed_tokens.weight", 0),
+    ("Qwen3MoeForCausalLM/qwen3_moe", "lm_head.weight", 0),
+    (
+        "Qwen3MoeForCausalLM/qwen3_moe",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "Qwen3VLForConditionalGeneration/qwen3_vl",
+        "lm_head.weight",
+        0,
+    ),
+    (
+        "Qwen3VLForConditionalGeneration/qwen3_vl",
+        "model.language_model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "Qwen3VLMoeForConditionalGeneration/qwen3_vl_moe",
+        "lm_head.weight",
+        0,
+    ),
+    (
+        "Qwen3VLMoeForConditionalGeneration/qwen3_vl_moe",
+        "model.language_model.embed_tokens.weight",
+        0,
+    ),
+    ("RobertaForMaskedLM/roberta", "lm_head.bias", 0),
+    ("RobertaForMaskedLM/roberta", "lm_head.decoder.weight", 0),
+    (
+        "RobertaForMaskedLM/roberta",
+        "roberta.embeddings.word_embeddings.weight",
+        0,
+    ),
+    (
+        "RobertaForSequenceClassification/roberta",
+        "roberta.embeddings.word_embeddings.weight",
+        0,
+    ),
+    (
+        "RobertaForTokenClassification/roberta",
+        "roberta.embeddings.word_embeddings.weight",
+        0,
+    ),
+    (
+        "RobertaModel/roberta",
+        "roberta.embeddings.word_embeddings.weight",
+        0,
+    ),
+    ("SolarForCausalLM/solar", "lm_head.weight", 0),
+    ("SolarForCausalLM/solar", "model.embed_tokens.weight", 0),
+    (
+        "StableLMEpochForCausalLM/stablelm_epoch",
+        "lm_head.weight",
+        0,
+    ),
+    (
+        "StableLMEpochForCausalLM/stablelm_epoch",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    ("StableLmForCausalLM/stablelm", "lm_head.weight", 0),
+    (
+        "StableLmForCausalLM/stablelm",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    ("Starcoder2ForCausalLM/starcoder2", "lm_head.weight", 0),
+    (
+        "Starcoder2ForCausalLM/starcoder2",
+        "model.embed_tokens.weight",
+        0,
+    ),
+    (
+        "T5ForConditionalGeneration/t5",
+        "decoder.embed_tokens.weight",
+        0,
+    ),
+    (
+        "T5ForConditionalGeneration/t5",
+        "encoder.embed_tokens.weight",
+        0,
+    ),
+    ("T5ForConditionalGeneration/t5", "lm_head.weight", 0),
+    ("T5ForConditionalGeneration/t5", "shared.weight", 0),
+    (
+        "WhisperForConditionalGeneration/whisper",
+        "model.decoderembed_tokens.weight",
+        0,
+    ),
+    (
+        "_AfmoePartialForCausalLM/_afmoe_partial",
+        "lm_head.weight",
+        0,
+    ),
+    (
+        "_AfmoePartialForCausalLM/_afmoe_partial",
+        "model.embed_tokens.weight",
+        0,
+    ),
 ];

@@ -103,8 +103,22 @@ pub(crate) fn write_plan(plan: &Plan, out: &Path, files: &OutputFiles) -> Result
         let complete = folder.aux_file("tokenizer_config.json").is_some()
             && (folder.aux_file("tokenizer.json").is_some()
                 || folder.aux_file("tokenizer.model").is_some());
+        if donor.reference.lora.is_some() && complete {
+            // peft's merged copy has no tokenizer files, so mergekit saves the donor's tokenizer
+            // again through transformers (and copies no generation_config.json); the copy
+            // equals that only when transformers wrote the files.
+            tracing::warn!(
+                "donor model {} has a LoRA adapter: its tokenizer files are copied as they are, \
+                 where mergekit re-saves them with transformers (docs/models.md, LoRA adapters)",
+                donor.label
+            );
+        }
         if files.tokenizer == TokenizerCopy::All || complete {
             for f in crate::side::TOKENIZER_FILES {
+                // Re-saving a tokenizer writes no generation config (mergekit's LoRA donor).
+                if donor.reference.lora.is_some() && f == "generation_config.json" {
+                    continue;
+                }
                 if let Some(p) = folder.aux_file(f) {
                     writer.copy_file(f, &p)?;
                 }

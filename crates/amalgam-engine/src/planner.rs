@@ -38,6 +38,9 @@ pub struct PlanOptions {
     /// `--unsafe-truncate-embeddings`: without a tokenizer config, vocabulary-indexed tensors of
     /// different sizes keep their common prefix of rows (mergekit 0.1.5).
     pub unsafe_truncate_embeddings: bool,
+    /// mergekit's `--lora-merge-dtype`: the dtype a `model+adapter` model is loaded in for the
+    /// LoRA merge (default: the model's config dtype, as transformers' `dtype="auto"`).
+    pub lora_merge_dtype: Option<DType>,
 }
 
 /// A normalized output slice: what mergekit turns both `models:` and `slices:` into.
@@ -45,6 +48,8 @@ struct NSlice {
     sources: Vec<(usize, (usize, usize), Parameters)>,
     base: Option<usize>,
     params: Parameters,
+    /// `modules.default.parameters`, in `modules:` syntax (between slice and global scopes).
+    module_params: Option<Parameters>,
     /// linear without any weight: the 1/N fallback, if enabled.
     fallback_weight: Option<f64>,
 }
@@ -119,6 +124,10 @@ impl<'a> Planner<'a> {
             None if mixtral => Source::moe_folder(folder)?,
             None => Source::folder(folder),
         };
+        let source = match &r.lora {
+            Some(l) => self.with_lora(source, l, config.as_ref())?,
+            None => source,
+        };
         let mut index: HashMap<usize, Vec<(String, String)>> = HashMap::new();
         for n in source.names() {
             if let Some((p, i, s)) = arch::split_layer(n) {
@@ -187,6 +196,95 @@ impl<'a> Planner<'a> {
         Ok(i)
     }
 
+    /// `modules: {default: ...}` names the one module of a single-module architecture; a
+    /// multi-module one (a VLM) has no module `default` in mergekit 0.1.5 (which stops there),
+    /// and amalgam does not plan its modules yet.
+    fn check_single_module(&self) -> Result<()> {
+        for m in &self.models {
+            let Some(modules) = arch::modules_of(m.config.as_ref(), m.source.is_expert_view())
+            else {
+                continue;
+            };
+            return Err(EngineError::Unsupported {
+                path: format!("modules.{}", amalgam_config::DEFAULT_MODULE),
+                key: format!(
+                    "modules of the multi-module architecture {} (model {})",
+                    amalgam_io::display::safe(
+                        arch::architecture_of(m.config.as_ref()).unwrap_or("?")
+                    ),
+                    m.label
+                ),
+                advice: format!(
+                    "mergekit 0.1.5 names its modules {} and has no module `default` for it",
+                    modules.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolves (downloading if needed) adapter `l` of a `model+adapter` reference and applies
+    /// it to `source`, in the dtype mergekit loads the model in for peft's merge:
+    /// `--lora-merge-dtype`, else the config's `dtype` (`torch_dtype`), else the checkpoint's
+    /// first float tensor's, as transformers' `dtype="auto"` chooses.
+    fn with_lora(
+        &self,
+        source: Source,
+        l: &amalgam_config::ModelPath,
+        config: Option<&serde_json::Value>,
+    ) -> Result<Source> {
+        let cache = self
+            .opts
+            .hf_cache
+            .clone()
+            .unwrap_or_else(amalgam_io::hub::cache_dir);
+        let dir = amalgam_io::download::resolve_or_download_as(
+            &l.path,
+            l.revision.as_deref(),
+            &self.opts.base_dir,
+            &cache,
+            &{
+                let mut hub = amalgam_io::download::HubOptions::from_env();
+                hub.offline |= self.opts.hub_fetched;
+                hub
+            },
+            amalgam_io::download::Files::Adapter,
+        )?;
+        let adapter = amalgam_io::lora::LoraAdapter::open(&dir)?;
+        let from_config = config.and_then(|c| {
+            c.get("dtype")
+                .or_else(|| c.get("torch_dtype"))
+                .and_then(|d| d.as_str())
+                .and_then(DType::from_mergekit)
+        });
+        let first_float = || {
+            source
+                .names()
+                .iter()
+                .filter_map(|n| source.get(n))
+                .map(|t| t.dtype)
+                .find(|d| d.is_float())
+        };
+        let dtype = self
+            .opts
+            .lora_merge_dtype
+            .or(from_config)
+            .or_else(first_float)
+            .unwrap_or(DType::F32);
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(EngineError::Unsupported {
+                path: format!("{}+{}", source.path().display(), l),
+                key: format!("a LoRA merge in {dtype}"),
+                advice: "pass --lora-merge-dtype float32, bfloat16 or float16".into(),
+            });
+        }
+        let conv1d = config
+            .and_then(|c| c.get("model_type"))
+            .and_then(|t| t.as_str())
+            == Some("gpt2");
+        source.with_lora(adapter, dtype, conv1d)
+    }
+
     fn num_layers(&self, m: usize) -> usize {
         let model = &self.models[m];
         if let Some((_, n)) = model.config.as_ref().and_then(arch::num_layers_from_config) {
@@ -212,8 +310,10 @@ impl<'a> Planner<'a> {
         } else {
             amalgam_config::uniform_fallback(cfg, self.method.info())
         };
+        let form = output_form(cfg);
+        let module_params = form.module_params.cloned();
         let mut out = Vec::new();
-        match (&cfg.models, &cfg.slices) {
+        match (form.models, form.slices) {
             (Some(models), None) => {
                 let mut sources = Vec::new();
                 for m in models {
@@ -232,6 +332,7 @@ impl<'a> Planner<'a> {
                     sources,
                     base: global_base,
                     params: Parameters::new(),
+                    module_params: module_params.clone(),
                 });
             }
             (None, Some(slices)) => {
@@ -250,6 +351,7 @@ impl<'a> Planner<'a> {
                         sources,
                         base,
                         params: s.parameters.clone(),
+                        module_params: module_params.clone(),
                     });
                 }
             }
@@ -258,6 +360,9 @@ impl<'a> Planner<'a> {
                     "Exactly one of 'models', 'slices', or 'modules' must be present",
                 ))
             }
+        }
+        if form.module_params.is_some() {
+            self.check_single_module()?;
         }
         if let Some(w) = uniform_fallback {
             for s in &mut out {
@@ -302,7 +407,7 @@ impl<'a> Planner<'a> {
                 .source
                 .require(name, &self.models[*m].label)?;
             shapes.push(raw.shape.to_vec());
-            dtypes.push(raw.dtype);
+            dtypes.push(raw.view_dtype);
         }
         // The callers always pass the slice's sources, which `plan` has checked are not empty;
         // this keeps a future caller from indexing into nothing.
@@ -318,9 +423,18 @@ impl<'a> Planner<'a> {
         let mut shape0 = shape0;
         let mut align = None;
         let differ = shapes.iter().any(|s| s != &shape0);
-        if crate::vocab::is_vocab_tensor(&out_name)
-            && (self.vocab.is_some() || (self.opts.unsafe_truncate_embeddings && differ))
+        // Vocabulary-indexed as the merge's architecture says (the slice's base model, else
+        // its first input: mergekit reads one architecture for the whole merge).
+        let arch_model = &self.models[s.base.unwrap_or(resolved[0].0)];
+        let vocab_axis = crate::vocab::vocab_axis(
+            arch_model.config.as_ref(),
+            arch_model.source.is_expert_view(),
+            &out_name,
+        );
+        if let Some(axis) = vocab_axis
+            .filter(|_| self.vocab.is_some() || (self.opts.unsafe_truncate_embeddings && differ))
         {
+            crate::vocab::check_vocab_axis(&out_name, axis)?;
             let tuples: Vec<String> = shapes.iter().map(|s| format!("{s:?}")).collect();
             if shapes.iter().any(|s| s.is_empty() || s[1..] != shape0[1..]) {
                 return Err(EngineError::VocabAlign {
@@ -381,7 +495,7 @@ impl<'a> Planner<'a> {
                 .map(|(s, (m, _))| format!("{} {:?}", self.models[*m].label, s))
                 .collect();
             // mergekit 0.1.5's hint for a vocabulary-indexed tensor.
-            let hint = if crate::vocab::is_vocab_tensor(&out_name) {
+            let hint = if vocab_axis.is_some() {
                 ". Align vocabulary axes with tokenizer configuration before merging (for \
                  example, tokenizer: {source: base}); other dimensions must already match."
             } else {
@@ -432,7 +546,7 @@ impl<'a> Planner<'a> {
         let slice_scopes = ParamScopes {
             sources: Vec::new(),
             slice: Some(&s.params),
-            module: None,
+            module: s.module_params.as_ref(),
             global: Some(global),
             per_model: false,
         };
@@ -585,6 +699,44 @@ fn check_one_architecture(models: &[Model]) -> Result<()> {
     Ok(())
 }
 
+/// What a config merges: its `models:` or `slices:`, written at the top level or as the single
+/// module `default` (`modules: {default: ...}`, which mergekit plans exactly as the top-level
+/// form, with the module's `parameters` as one more scope). Modules of multi-module
+/// architectures give neither (validation refuses them as not supported yet).
+struct OutputForm<'c> {
+    models: Option<&'c [amalgam_config::InputModel]>,
+    slices: Option<&'c [amalgam_config::OutputSlice]>,
+    module_params: Option<&'c Parameters>,
+}
+
+fn output_form(cfg: &amalgam_config::MergeConfig) -> OutputForm<'_> {
+    let Some(modules) = &cfg.modules else {
+        return OutputForm {
+            models: cfg.models.as_deref(),
+            slices: cfg.slices.as_deref(),
+            module_params: None,
+        };
+    };
+    match modules.as_slice() {
+        [(name, m)]
+            if name == amalgam_config::DEFAULT_MODULE
+                && cfg.models.is_none()
+                && cfg.slices.is_none() =>
+        {
+            OutputForm {
+                models: m.models.as_deref(),
+                slices: m.slices.as_deref(),
+                module_params: Some(&m.parameters),
+            }
+        }
+        _ => OutputForm {
+            models: None,
+            slices: None,
+            module_params: None,
+        },
+    }
+}
+
 /// One parameter through [`amalgam_config::resolve_value`], its coercion error named.
 fn resolve(
     scopes: &ParamScopes,
@@ -632,8 +784,15 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             })?;
     // Lists the parser refuses when empty, but a `MergeConfig` built by hand may have: said as
     // such rather than as a contract violation of an empty slice.
-    match (&cfg.models, &cfg.slices) {
-        (Some(m), None) if m.is_empty() => return Err(EngineError::EmptySlice { slice: 0 }),
+    let form = output_form(cfg);
+    // Error paths name the slices where the config writes them.
+    let at = if form.module_params.is_some() {
+        "modules.default.slices"
+    } else {
+        "slices"
+    };
+    match (form.models, form.slices) {
+        (Some([]), None) => return Err(EngineError::EmptySlice { at, slice: 0 }),
         (None, Some(s)) => {
             if s.is_empty() {
                 return Err(EngineError::NoSlices(
@@ -641,7 +800,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
                 ));
             }
             if let Some(i) = s.iter().position(|s| s.sources.is_empty()) {
-                return Err(EngineError::EmptySlice { slice: i });
+                return Err(EngineError::EmptySlice { at, slice: i });
             }
         }
         _ => {}
@@ -691,12 +850,13 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     };
     for (i, s) in slices.iter().enumerate() {
         if s.sources.is_empty() {
-            return Err(EngineError::EmptySlice { slice: i });
+            return Err(EngineError::EmptySlice { at, slice: i });
         }
         for (m, (a, b), _) in &s.sources {
             let n = p.num_layers(*m);
             if a > b {
                 return Err(EngineError::LayerRange {
+                    at,
                     slice: i,
                     start: *a,
                     end: *b,
@@ -709,6 +869,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             }
             if *b > n {
                 return Err(EngineError::LayerRange {
+                    at,
                     slice: i,
                     start: *a,
                     end: *b,
@@ -725,7 +886,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             .map(|x| x.1 .1.saturating_sub(x.1 .0))
             .collect();
         if lens.iter().any(|&l| Some(&l) != lens.first()) {
-            return Err(EngineError::LayerCounts { slice: i, lens });
+            return Err(EngineError::LayerCounts { at, slice: i, lens });
         }
     }
     let first_models: Vec<usize> = first.sources.iter().map(|x| x.0).collect();
@@ -790,7 +951,8 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         let inputs = post_models.iter().map(|&m| (m, name.clone())).collect();
         p.plan_tensor(name, inputs, last, post_t)?;
     }
-    let num_layers = cfg.slices.as_ref().map(|_| out_layer);
+    // mergekit 0.1.5 sets the layer count for `slices:`, top-level or in the `default` module.
+    let num_layers = form.slices.map(|_| out_layer);
     let base_model = match &cfg.base_model {
         Some(b) => p.by_ref.get(b).copied(),
         None => None,

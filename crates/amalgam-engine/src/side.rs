@@ -100,6 +100,16 @@ fn model_md(path: &str, base_dir: &Path) -> String {
     }
 }
 
+/// A model reference in the card: the model, then ` + ` and its LoRA adapter if any.
+fn ref_md(r: &amalgam_config::ModelRef, base_dir: &Path) -> String {
+    let mut s = model_md(&r.path, base_dir);
+    if let Some(l) = &r.lora {
+        s.push_str(" + ");
+        s.push_str(&model_md(&l.path, base_dir));
+    }
+    s
+}
+
 /// The README.md model card, as mergekit writes it. Models are listed in config order (mergekit
 /// uses a Python set, whose order changes from run to run).
 pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -> String {
@@ -114,10 +124,14 @@ pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -
     let base = plan
         .base_model
         .filter(|_| info.is_some_and(|i| i.card_names_base));
+    // Per model its path, then its LoRA adapter's (mergekit lists both, repeats included).
     let hf: Vec<&str> = plan
         .models
         .iter()
-        .map(|m| m.reference.path.as_str())
+        .flat_map(|m| {
+            std::iter::once(m.reference.path.as_str())
+                .chain(m.reference.lora.as_ref().map(|l| l.path.as_str()))
+        })
         .filter(|p| is_hf(p, base_dir))
         .collect();
     let mut meta = String::from("base_model:");
@@ -134,7 +148,7 @@ pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -
         .map(|b| {
             format!(
                 " using {} as a base",
-                model_md(&plan.models[b].reference.path, base_dir)
+                ref_md(&plan.models[b].reference, base_dir)
             )
         })
         .unwrap_or_default();
@@ -143,7 +157,7 @@ pub fn model_card(plan: &Plan, config_text: &str, name: &str, base_dir: &Path) -
         .iter()
         .enumerate()
         .filter(|(i, _)| Some(*i) != base)
-        .map(|(_, m)| format!("* {}", model_md(&m.reference.path, base_dir)))
+        .map(|(_, m)| format!("* {}", ref_md(&m.reference, base_dir)))
         .collect();
     format!(
         "---\n{meta}\n---\n# {name}\n\nThis is a merge of pre-trained language models created using \

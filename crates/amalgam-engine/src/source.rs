@@ -19,6 +19,41 @@ pub struct RawTensor<'a> {
     pub data: TensorBytes<'a>,
     /// File it lives in (the first piece's).
     pub file: &'a Path,
+    /// The dtype the model presents: `dtype`, except for a float tensor of a model with a LoRA
+    /// adapter, which is in the dtype the LoRA merge is done in (mergekit's merged copy holds
+    /// every weight in that dtype).
+    pub view_dtype: DType,
+}
+
+/// A LoRA adapter applied to a source's weights as they are read (mergekit's `model+adapter`).
+#[derive(Debug)]
+pub struct LoraView {
+    adapter: amalgam_io::lora::LoraAdapter,
+    /// The dtype the model is loaded in for the merge (`--lora-merge-dtype`, else the model's
+    /// config dtype): every float tensor is cast to it, and `W + delta` is rounded to it.
+    dtype: DType,
+    /// The model's projections are GPT-2 `Conv1D` layers, whose weights are stored [in, out].
+    conv1d: bool,
+}
+
+impl LoraView {
+    /// The dtype the merge is done in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The adapter.
+    pub fn adapter(&self) -> &amalgam_io::lora::LoraAdapter {
+        &self.adapter
+    }
+
+    /// The factors to add to weight `name`, if the adapter adapts it.
+    pub fn factors(&self, name: &str) -> Result<Option<amalgam_io::lora::LoraFactors>> {
+        match self.adapter.module(name) {
+            Some(m) => Ok(Some(self.adapter.factors(m, self.conv1d && !m.embedding)?)),
+            None => Ok(None),
+        }
+    }
 }
 
 /// The bytes of a [`RawTensor`]. Fusing per-expert tensors is a concatenation of their bytes
@@ -96,6 +131,7 @@ pub struct Source {
     n_experts: usize,
     shapes: std::collections::HashMap<String, Vec<usize>>,
     names: Vec<String>,
+    lora: Option<LoraView>,
     /// A per-expert Mixtral checkpoint read in the fused layout: fused name -> (shape, the
     /// checkpoint tensors it concatenates). Empty otherwise.
     fused: std::collections::BTreeMap<String, (Vec<usize>, Vec<String>)>,
@@ -224,6 +260,7 @@ impl Source {
             n_experts: 0,
             shapes: Default::default(),
             names,
+            lora: None,
             fused: Default::default(),
         }
     }
@@ -273,6 +310,7 @@ impl Source {
             n_experts: 0,
             shapes: Default::default(),
             names,
+            lora: None,
             fused: view.tensors,
         })
     }
@@ -396,6 +434,7 @@ impl Source {
             n_experts,
             shapes,
             names,
+            lora: None,
             fused: Default::default(),
         })
     }
@@ -455,8 +494,103 @@ impl Source {
         }
     }
 
-    /// Looks a tensor up by (dense) name.
+    /// Looks a tensor up by (dense) name: with a LoRA adapter, a tensor the adapter replaces
+    /// whole comes from the adapter, and float tensors present the merge dtype.
     pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
+        let mut raw = self.get_own(name)?;
+        if let Some(l) = &self.lora {
+            if let Some(t) = l.adapter.replacement(name) {
+                raw = RawTensor {
+                    dtype: t.info.dtype,
+                    shape: &t.info.shape,
+                    data: TensorBytes::One(t.data),
+                    file: t.path,
+                    view_dtype: t.info.dtype,
+                };
+            }
+            if raw.dtype.is_float() {
+                raw.view_dtype = l.dtype;
+            }
+        }
+        Some(raw)
+    }
+
+    /// Applies LoRA `adapter` to this source: every weight it adapts must exist with the shape
+    /// of its `B @ A` (transposed for an embedding or, `conv1d`, a GPT-2 `Conv1D` layer), and
+    /// every tensor it replaces must exist with the same shape.
+    pub fn with_lora(
+        mut self,
+        adapter: amalgam_io::lora::LoraAdapter,
+        dtype: DType,
+        conv1d: bool,
+    ) -> Result<Self> {
+        let bad = |reason: String| {
+            EngineError::Io(amalgam_io::Error::Lora {
+                path: adapter.path().to_path_buf(),
+                reason,
+            })
+        };
+        let mut names: Vec<&str> = adapter.module_names().collect();
+        names.sort_unstable();
+        for n in names {
+            let Some(t) = self.get_own(n) else {
+                return Err(bad(format!(
+                    "adapts `{n}`, which the model {} does not have (an adapter for another                      model?)",
+                    amalgam_io::display::safe_path(self.path())
+                )));
+            };
+            let Some(m) = adapter.module(n) else { continue };
+            let f = adapter.factors(m, conv1d && !m.embedding)?;
+            if t.shape != f.weight_shape() {
+                return Err(bad(format!(
+                    "`{n}` is {:?} in the model but the adapter's B @ A{} is {:?} (an adapter                      for another model?)",
+                    t.shape,
+                    if f.transposed { " transposed" } else { "" },
+                    f.weight_shape()
+                )));
+            }
+        }
+        let mut names: Vec<&str> = adapter.replaced_names().collect();
+        names.sort_unstable();
+        for n in names {
+            let (Some(t), Some(r)) = (self.get_own(n), adapter.replacement(n)) else {
+                return Err(bad(format!(
+                    "holds a whole `{n}`, which the model does not have"
+                )));
+            };
+            if t.shape != r.info.shape.as_slice() {
+                return Err(bad(format!(
+                    "`{n}` is {:?} in the model but {:?} in the adapter",
+                    t.shape, r.info.shape
+                )));
+            }
+        }
+        self.lora = Some(LoraView {
+            adapter,
+            dtype,
+            conv1d,
+        });
+        Ok(self)
+    }
+
+    /// The LoRA applied to this source, if any.
+    pub fn lora(&self) -> Option<&LoraView> {
+        self.lora.as_ref()
+    }
+
+    /// Copies `part` (a slice of one of the tensors handed out by [`Source::get`]) into `buf`
+    /// with positioned reads.
+    pub fn read_part(&self, part: &[u8], buf: &mut [u8]) -> Result<()> {
+        if let Some(l) = &self.lora {
+            if l.adapter.file().read_part(part, buf)? {
+                return Ok(());
+            }
+        }
+        Ok(self.folder.read_part(part, buf)?)
+    }
+
+    /// The checkpoint's own tensor (no adapter).
+    fn get_own(&self, name: &str) -> Option<RawTensor<'_>> {
         if let Some((shape, parts)) = self.fused.get(name) {
             let mut pieces = Vec::with_capacity(parts.len());
             let mut first = None;
@@ -471,6 +605,7 @@ impl Source {
                 shape,
                 data: TensorBytes::Pieces(pieces),
                 file,
+                view_dtype: dtype,
             });
         }
         if self.hidden(name) {
@@ -496,6 +631,7 @@ impl Source {
                     shape,
                     data: TensorBytes::One(data),
                     file: t.path,
+                    view_dtype: t.info.dtype,
                 })
             }
             _ => Some(RawTensor {
@@ -503,6 +639,7 @@ impl Source {
                 shape: &t.info.shape,
                 data: TensorBytes::One(t.data),
                 file: t.path,
+                view_dtype: t.info.dtype,
             }),
         }
     }

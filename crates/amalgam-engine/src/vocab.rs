@@ -633,11 +633,41 @@ pub fn tokenizer_config_files(
     Ok(files)
 }
 
+/// amalgam's templates for mergekit 0.1.5's built-in chat template names
+/// (`amalgam_config::BUILTIN_CHAT_TEMPLATES`), in `templates/`.
+///
+/// Why our own text: mergekit's template files are not ours to copy. These are written from the
+/// conversation formats and checked to render exactly what mergekit's files render (through
+/// transformers' jinja2 settings: trim_blocks, lstrip_blocks, `raise_exception`) over a set of
+/// conversations (`tests/chat-templates/`, test `chat_templates`), so `chat_template.jinja`
+/// differs from mergekit's output in text, not in any prompt it produces. An error case (a
+/// Mistral conversation whose roles do not alternate, an empty one) raises in both, with other
+/// words.
+pub const BUILTIN_CHAT_TEMPLATES: [(&str, &str); 5] = [
+    ("alpaca", include_str!("../templates/alpaca.jinja")),
+    ("chatml", include_str!("../templates/chatml.jinja")),
+    ("exaone", include_str!("../templates/exaone.jinja")),
+    ("llama3", include_str!("../templates/llama3.jinja")),
+    ("mistral", include_str!("../templates/mistral.jinja")),
+];
+
+/// The template amalgam writes for a built-in name (see [`BUILTIN_CHAT_TEMPLATES`]).
+pub fn builtin_chat_template(name: &str) -> Option<&'static str> {
+    BUILTIN_CHAT_TEMPLATES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+}
+
 /// mergekit's `_set_chat_template` resolution: `auto` (the most common template among the
-/// models, ties to the first in config order; `None` when no model has one) or a literal Jinja
-/// template. The value was checked by config validation (`amalgam_config::validate`: a built-in
-/// name is not supported yet, a value that is no template is mergekit's "Invalid chat template").
+/// models, ties to the first in config order; `None` when no model has one), a built-in name
+/// (amalgam's template for it, [`builtin_chat_template`]) or a literal Jinja template. The value
+/// was checked by config validation (`amalgam_config::validate`: a value that is none of these
+/// is mergekit's "Invalid chat template").
 pub fn resolve_chat_template(value: &str, models: &[Model]) -> Result<Option<String>> {
+    if let Some(t) = builtin_chat_template(value) {
+        return Ok(Some(t.to_string()));
+    }
     if value == "auto" {
         let mut counts: Vec<(String, usize)> = Vec::new();
         for m in models {
@@ -685,17 +715,148 @@ fn model_chat_template(m: &Model) -> Option<String> {
     }
 }
 
-/// Whether an output tensor is vocabulary-indexed (mergekit's `vocabulary_axis: 0` in its
-/// architecture definitions: input embeddings and LM heads).
-pub fn is_vocab_tensor(name: &str) -> bool {
+/// The axis indexed by token ids of a tensor, when it is vocabulary-indexed (what tokenizer
+/// alignment and `--unsafe-truncate-embeddings` touch), for a model of config `cfg`.
+///
+/// As mergekit: a model whose architecture has a mergekit definition gets exactly the weights
+/// that definition marks with `vocabulary_axis` (`MERGEKIT_VOCAB_WEIGHTS`, generated from
+/// mergekit's own definitions: embeddings, LM heads and their biases, e.g. GPT-NeoX's
+/// `gpt_neox.embed_in.weight`, Phi-2's `lm_head.bias`, Phi-1's `layers.${num_layers}.linear.*`);
+/// any other model gets what mergekit infers through transformers (the input and output
+/// embeddings, weight and bias, axis 0), here by the usual names of those modules.
+pub fn vocab_axis(cfg: Option<&Json>, expert_view: bool, name: &str) -> Option<usize> {
+    let Some(def) = crate::arch::mergekit_definition(cfg, expert_view) else {
+        return inferred_vocab_tensor(name).then_some(0);
+    };
+    let layers = cfg
+        .and_then(crate::arch::num_layers_from_config)
+        .map(|(_, n)| n);
+    crate::mergekit_archs::MERGEKIT_VOCAB_WEIGHTS
+        .iter()
+        .filter(|(d, _, _)| *d == def)
+        .find(|(_, pattern, _)| match layers {
+            Some(n) if pattern.contains("${") => {
+                let sub = pattern
+                    .replace("${num_layers+1}", &(n + 1).to_string())
+                    .replace("${num_layers-1}", &n.saturating_sub(1).to_string())
+                    .replace("${num_layers}", &n.to_string());
+                sub == name
+            }
+            _ => *pattern == name,
+        })
+        .map(|(_, _, axis)| *axis)
+}
+
+/// amalgam aligns vocabularies along axis 0 only. mergekit 0.1.5 moves any other axis first and
+/// back (`vocabulary_views`), but none of its definitions declares one (a test checks the
+/// generated table), so a definition that did would be refused here rather than aligned along
+/// the wrong axis.
+pub fn check_vocab_axis(tensor: &str, axis: usize) -> Result<()> {
+    if axis == 0 {
+        return Ok(());
+    }
+    Err(EngineError::VocabAlign {
+        tensor: tensor.to_string(),
+        reason: format!(
+            "its architecture definition puts the vocabulary on axis {axis}; aligning a \
+             vocabulary axis other than 0 is not supported yet by amalgam"
+        ),
+    })
+}
+
+/// Whether a tensor of a model with no mergekit definition is vocabulary-indexed: the names
+/// transformers gives input embeddings and LM heads (mergekit's inference from
+/// `get_input_embeddings` / `get_output_embeddings`, weights and biases).
+fn inferred_vocab_tensor(name: &str) -> bool {
     [
         "embed_tokens.weight",
         "lm_head.weight",
+        "lm_head.bias",
         "embed_out.weight",
+        "embed_in.weight",
         "wte.weight",
         "word_embeddings.weight",
         "tok_embeddings.weight",
     ]
     .iter()
     .any(|s| name == *s || name.ends_with(&format!(".{s}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_VOCAB_WEIGHTS};
+    use serde_json::json;
+
+    #[test]
+    fn no_mergekit_definition_has_a_vocabulary_axis_other_than_0() {
+        assert!(MERGEKIT_VOCAB_WEIGHTS.len() > 100);
+        let odd: Vec<_> = MERGEKIT_VOCAB_WEIGHTS
+            .iter()
+            .filter(|(_, _, a)| *a != 0)
+            .collect();
+        assert!(odd.is_empty(), "{odd:?}: alignment along them is refused");
+        for (d, _, _) in MERGEKIT_VOCAB_WEIGHTS {
+            assert!(
+                MERGEKIT_ARCHITECTURES.iter().any(|(_, _, k)| k == d),
+                "{d}: not a definition key"
+            );
+        }
+    }
+
+    #[test]
+    fn an_axis_other_than_0_is_refused_naming_the_tensor() {
+        assert!(check_vocab_axis("lm_head.weight", 0).is_ok());
+        let e = check_vocab_axis("lm_head.weight", 1)
+            .expect_err("refused")
+            .to_string();
+        assert!(e.contains("lm_head.weight") && e.contains("axis 1"), "{e}");
+        assert!(e.contains("not supported yet"), "{e}");
+    }
+
+    #[test]
+    fn vocabulary_tensors_are_those_of_mergekits_definition() {
+        let llama = json!({"architectures": ["LlamaForCausalLM"], "model_type": "llama"});
+        assert_eq!(
+            vocab_axis(Some(&llama), false, "model.embed_tokens.weight"),
+            Some(0)
+        );
+        assert_eq!(vocab_axis(Some(&llama), false, "lm_head.weight"), Some(0));
+        assert_eq!(vocab_axis(Some(&llama), false, "model.norm.weight"), None);
+        let neox = json!({"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox"});
+        assert_eq!(
+            vocab_axis(Some(&neox), false, "gpt_neox.embed_in.weight"),
+            Some(0)
+        );
+        assert_eq!(vocab_axis(Some(&neox), false, "embed_out.weight"), Some(0));
+        let phi2 = json!({"architectures": ["PhiForCausalLM"], "model_type": "phi"});
+        assert_eq!(vocab_axis(Some(&phi2), false, "lm_head.bias"), Some(0));
+        let phi1 = json!({"architectures": ["MixFormerSequentialForCausalLM"],
+                          "model_type": "mixformer-sequential", "n_layer": 24});
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.24.linear.bias"),
+            Some(0)
+        );
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.24.linear.weight"),
+            Some(0)
+        );
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.23.linear.weight"),
+            None
+        );
+        assert_eq!(
+            vocab_axis(Some(&phi1), false, "layers.0.wte.weight"),
+            Some(0)
+        );
+        // No definition: transformers' embedding names.
+        let other = json!({"architectures": ["SomethingNewForCausalLM"]});
+        assert_eq!(
+            vocab_axis(Some(&other), false, "model.embed_tokens.weight"),
+            Some(0)
+        );
+        assert_eq!(vocab_axis(Some(&other), false, "lm_head.bias"), Some(0));
+        assert_eq!(vocab_axis(None, false, "transformer.wte.weight"), Some(0));
+        assert_eq!(vocab_axis(None, false, "model.norm.weight"), None);
+    }
 }

@@ -112,6 +112,23 @@ fn layer_range_outside_the_model_is_a_variant() {
 }
 
 #[test]
+fn layer_range_error_of_the_default_module_names_its_path() {
+    let text = "merge_method: passthrough\nmodules:\n  default:\n    slices:\n      - sources:\n          \
+                - model: ./models/base\n            layer_range: [0, 9]\n";
+    match plan_text(text, Compat::V0_1_5) {
+        Err(e @ EngineError::LayerRange { at, slice: 0, .. }) => {
+            assert_eq!(at, "modules.default.slices");
+            assert!(
+                e.to_string()
+                    .starts_with("modules.default.slices[0]: layer_range [0, 9]"),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn vocabulary_mismatch_is_a_variant() {
     let text =
         "merge_method: linear\nmodels:\n  - model: ./models/base\n    parameters: {weight: 1}\n  \

@@ -212,6 +212,39 @@ pub fn resolve_or_download(
     cache: &Path,
     opts: &HubOptions,
 ) -> Result<PathBuf> {
+    resolve_or_download_as(path, revision, base, cache, opts, Files::Model)
+}
+
+/// What a repository is fetched as, which decides its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// A model: [`wanted`].
+    Model,
+    /// A PEFT adapter (the `+adapter` of a reference): `adapter_config.json` and
+    /// `adapter_model.safetensors`, or `adapter_model.bin` when the repository has no
+    /// safetensors (peft's own fallback), see [`wanted_adapter`].
+    Adapter,
+}
+
+/// Whether an adapter repository file is fetched (see [`Files::Adapter`]); `has_safetensors`
+/// says whether the repository has `adapter_model.safetensors`.
+pub fn wanted_adapter(file: &str, has_safetensors: bool) -> bool {
+    match file {
+        "adapter_config.json" | "adapter_model.safetensors" => true,
+        "adapter_model.bin" => !has_safetensors,
+        _ => false,
+    }
+}
+
+/// [`resolve_or_download`] of a model or of an adapter ([`Files`]).
+pub fn resolve_or_download_as(
+    path: &str,
+    revision: Option<&str>,
+    base: &Path,
+    cache: &Path,
+    opts: &HubOptions,
+    kind: Files,
+) -> Result<PathBuf> {
     let local = base.join(path);
     if local.is_dir() || !is_repo_id(path) {
         return crate::hub::resolve_in(path, revision, base, cache);
@@ -225,7 +258,7 @@ pub fn resolve_or_download(
     // With the revision cached, the Hub is asked once for updates, without insisting: an
     // unreachable Hub then costs one failed connection, not the whole retry schedule.
     let cached = crate::hub::resolve_in(path, revision, base, cache).is_ok();
-    match download_with(path, revision, cache, opts, !cached) {
+    match download_with(path, revision, cache, opts, !cached, kind) {
         Ok(p) => Ok(p),
         Err(
             e @ (Error::HubNetwork { .. } | Error::HubAccess { .. } | Error::HubNotFound { .. }),
@@ -259,7 +292,7 @@ pub fn download(
     cache: &Path,
     opts: &HubOptions,
 ) -> Result<PathBuf> {
-    download_with(repo, revision, cache, opts, true)
+    download_with(repo, revision, cache, opts, true, Files::Model)
 }
 
 /// [`download`]; `retry_info` false asks for the revision only once.
@@ -269,6 +302,7 @@ fn download_with(
     cache: &Path,
     opts: &HubOptions,
     retry_info: bool,
+    kind: Files,
 ) -> Result<PathBuf> {
     let rev = revision.unwrap_or("main");
     if !is_repo_id(repo) {
@@ -291,8 +325,19 @@ fn download_with(
         })?
         .repo_info(repo, rev)?
     };
-    let files: Vec<String> = siblings.iter().filter(|f| wanted(f)).cloned().collect();
-    if !files.iter().any(|f| f.ends_with(".safetensors"))
+    let files: Vec<String> = match kind {
+        Files::Model => siblings.iter().filter(|f| wanted(f)).cloned().collect(),
+        Files::Adapter => {
+            let st = siblings.iter().any(|f| f == "adapter_model.safetensors");
+            siblings
+                .iter()
+                .filter(|f| wanted_adapter(f, st))
+                .cloned()
+                .collect()
+        }
+    };
+    if kind == Files::Model
+        && !files.iter().any(|f| f.ends_with(".safetensors"))
         && siblings.iter().any(|f| f.ends_with(".bin"))
     {
         return Err(Error::PickleOnlyRepo {

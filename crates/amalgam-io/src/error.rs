@@ -305,6 +305,16 @@ pub enum Error {
         /// The revision asked.
         revision: String,
     },
+    /// A PEFT LoRA adapter folder that cannot be applied: a missing or malformed
+    /// `adapter_config.json`, a PEFT feature amalgam does not implement (named), or weights
+    /// that do not fit the model.
+    #[error("LoRA adapter {}: {}", safe_path(.path), safe(.reason))]
+    Lora {
+        /// The adapter folder (or file).
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// The output path exists and is not an empty folder.
     #[error("{}: the output path exists and is {what}; choose a new path or remove it", safe_path(.path))]
     OutputExists {

@@ -18,6 +18,7 @@
 //!   offsets in any order, from any thread, and memory never grows with the model.
 //! * [`hub`]: model references resolved to folders through the Hugging Face cache layout;
 //!   [`download`]: Hub ids missing from the cache fetched into it.
+//! * [`lora`]: PEFT LoRA adapters, applied to a model's weights as they stream.
 //! * [`display`]: untrusted names (tensors, shards, files) made safe to print in messages.
 #![deny(missing_docs)]
 
@@ -28,6 +29,7 @@ mod dtype;
 mod error;
 mod folder;
 pub mod hub;
+pub mod lora;
 mod read;
 mod torch;
 mod unpickle;
