@@ -179,7 +179,7 @@ fn unsupported_feature_is_refused_by_name() {
     let tmp = setup();
     std::fs::write(
         tmp.path().join("t.yml"),
-        "models:\n  - model: ./a\n    parameters: {weight: 0.5}\n  - model: ./b\n    parameters: {weight: 0.5}\nmerge_method: linear\ndtype: float64\n",
+        "models:\n  - model: ./a\n    parameters: {weight: 0.5}\n  - model: ./b\n    parameters: {weight: 0.5}\nmerge_method: multislerp\ndtype: float64\n",
     )
     .unwrap();
     let err = fails(tmp.path(), "t.yml");

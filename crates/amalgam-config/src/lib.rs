@@ -32,7 +32,7 @@ pub use types::{
 };
 pub use validate::{
     uniform_fallback, unsupported_features, unsupported_message, validate, BUILTIN_CHAT_TEMPLATES,
-    DEFAULT_MODULE,
+    DEFAULT_MODULE, FLOAT64_METHODS,
 };
 pub use yaml::Location;
 

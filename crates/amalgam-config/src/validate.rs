@@ -597,21 +597,28 @@ pub fn unsupported_message(key: &str) -> String {
 /// The name mergekit gives the one module of a single-module architecture.
 pub const DEFAULT_MODULE: &str = "default";
 
+/// The merge methods with float64 arithmetic (`MergeMethod::supports_f64` in amalgam-methods,
+/// for mergekit 0.1.5; a test there checks the two agree): mergekit computes in f64 when the
+/// working dtype is float64, and only these reproduce it.
+pub const FLOAT64_METHODS: &[&str] = &["linear"];
+
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
 /// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) on a
-/// tokenizer source, and float64 arithmetic (`dtype: float64`, for every method: mergekit 0.1.5
-/// computes in f64 then; `out_dtype: float64` alone is supported, an exact widening of the f32
-/// result). [`validate`] reports
+/// tokenizer source, and float64 arithmetic (`dtype: float64`) of a method not in
+/// [`FLOAT64_METHODS`] (mergekit 0.1.5 computes in f64 then; `out_dtype: float64` alone is
+/// supported, an exact widening of the result). [`validate`] reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
-/// decide with this one function, before any model is read.
+/// decide with this one function, before any model is read. (Float64 *inputs* without
+/// `dtype:` are only known once the models are read: the planner refuses those for the same
+/// methods.)
 pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if config
         .dtype
         .as_deref()
         .is_some_and(|d| d.trim_start_matches("torch.") == "float64")
+        && !FLOAT64_METHODS.contains(&config.merge_method.as_str())
     {
-        // mergekit 0.1.5 accepts it and computes in f64; amalgam's methods compute in f32.
         out.push((
             "dtype".into(),
             format!(

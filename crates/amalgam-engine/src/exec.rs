@@ -298,6 +298,122 @@ fn decode(op: &Op, bytes: &[u8], raw_dtype: DType, n: usize) -> Result<Tensor> {
     Ok(Tensor::new(work, shape, data))
 }
 
+/// Loads elements `range` of input `j`'s own tensor as f64 (the float64 working dtype): f64
+/// values as stored, any other float dtype widened exactly (PyTorch's `.to(torch.float64)`).
+/// The planner refuses vocabulary alignment and LoRA inputs with a float64 working dtype.
+fn load_f64(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Vec<f64>> {
+    let inp = &op.inputs[j];
+    let model = &plan.models[inp.model];
+    let raw = model.source.require(&inp.name, &model.label)?;
+    let es = raw.dtype.size();
+    let pieces = raw
+        .data
+        .range(range.start * es, range.end * es)
+        .ok_or_else(|| EngineError::ShortTensor {
+            file: raw.file.to_path_buf(),
+            tensor: inp.name.clone(),
+        })?;
+    let n = range.len();
+    READ_BUF.with(|cell| -> Result<Vec<f64>> {
+        let mut buf = cell.borrow_mut();
+        if buf.len() < n * es {
+            buf.resize(n * es, 0);
+        }
+        let buf = &mut buf[..n * es];
+        let mut at = 0;
+        for piece in pieces {
+            let end = at + piece.len();
+            model.source.read_part(piece, &mut buf[at..end])?;
+            at = end;
+        }
+        let mut wide;
+        let bytes: &[u8] = if raw.dtype == DType::F64 {
+            buf
+        } else {
+            wide = vec![0u8; n * 8];
+            convert::convert_bytes(raw.dtype, buf, DType::F64, &mut wide)?;
+            &wide
+        };
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    })
+}
+
+/// [`merge_range`] for an op whose working dtype is F64: the inputs are read as f64, merged by
+/// the method's f64 arithmetic ([`amalgam_methods::MergeMethod::merge_f64`]), and the f64
+/// result is cast to the output dtype as PyTorch's `.to()` casts from f64.
+fn merge_range_f64(
+    plan: &Plan,
+    op: &Op,
+    range: std::ops::Range<usize>,
+    sink: &dyn Sink,
+) -> Result<()> {
+    let data: Vec<Vec<f64>> = (0..op.inputs.len())
+        .map(|j| load_f64(plan, op, j, range.clone()))
+        .collect::<Result<_>>()?;
+    let out = match &plan.method {
+        // A method-less plan copies its one input.
+        None => data.into_iter().next().unwrap_or_default(),
+        Some(method) => {
+            let labels: Vec<String> = op
+                .inputs
+                .iter()
+                .map(|i| format!("{}.{}", plan.models[i.model].label, i.name))
+                .collect();
+            let inputs = data
+                .iter()
+                .zip(&op.per_input)
+                .zip(&labels)
+                .map(|((data, params), label)| amalgam_methods::MergeInput64 {
+                    data,
+                    params,
+                    label,
+                })
+                .collect();
+            let args = amalgam_methods::MergeArgs64 {
+                tensor_name: &op.out_name,
+                inputs,
+                base: op.base,
+                shared: &op.shared,
+                compat: plan.compat,
+            };
+            let merged =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| method.merge_f64(args)))
+                    .map_err(|payload| EngineError::MethodPanicked {
+                    tensor: op.out_name.clone(),
+                    method: plan.method_name().to_string(),
+                    message: payload
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "(no message)".into()),
+                })?;
+            merged.map_err(|source| EngineError::Method {
+                tensor: op.out_name.clone(),
+                source,
+            })?
+        }
+    };
+    if out.len() != range.len() {
+        return Err(EngineError::MethodOutputSize {
+            tensor: op.out_name.clone(),
+            method: plan.method_name().to_string(),
+            got: out.len(),
+            want: range.len(),
+        });
+    }
+    let wide: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let start = (range.start * op.out_dtype.size()) as u64;
+    if op.out_dtype == DType::F64 {
+        return sink.put(op, start, &wide);
+    }
+    let mut bytes = vec![0u8; out.len() * op.out_dtype.size()];
+    convert::convert_bytes(DType::F64, &wide, op.out_dtype, &mut bytes)?;
+    sink.put(op, start, &bytes)
+}
+
 fn merge_range(
     plan: &Plan,
     op: &Op,
@@ -307,6 +423,9 @@ fn merge_range(
     torch_threads: usize,
     pad: Option<&Vec<Vec<f32>>>,
 ) -> Result<()> {
+    if op.work_dtype == DType::F64 {
+        return merge_range_f64(plan, op, range, sink);
+    }
     let tensors: Vec<Tensor> = (0..op.inputs.len())
         .map(|j| load(plan, op, j, range.clone(), pad))
         .collect::<Result<_>>()?;

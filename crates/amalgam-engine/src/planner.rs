@@ -516,21 +516,51 @@ impl<'a> Planner<'a> {
             dtypes.iter().copied().fold(dtype0, promote)
         };
         if float && work_dtype == DType::F64 {
-            return Err(EngineError::WorkDtype {
-                tensor: out_name,
-                reason: format!(
-                    "float64 arithmetic of merge_method {} is not supported yet (the inputs are \
-                     float64; set dtype: float32 to merge in f32, and out_dtype: float64 to \
-                     write float64)",
-                    self.method.info().name
-                ),
-            });
+            // f64 arithmetic runs through `MergeMethod::merge_f64` on plain reads of the
+            // inputs; the methods without it, and the inputs that need f32-valued preparation
+            // (vocabulary alignment, a LoRA merged in), are refused before anything is written.
+            let name = self.method.info().name;
+            let reason = if !self.method.supports_f64(self.opts.compat) {
+                Some(format!(
+                    "float64 arithmetic of merge_method {name} is not supported yet (the inputs \
+                     are float64 or dtype: float64 is set; set dtype: float32 to merge in f32, \
+                     and out_dtype: float64 to write float64)"
+                ))
+            } else if align.is_some() {
+                Some(
+                    "float64 arithmetic with vocabulary alignment (tokenizer:) is not supported \
+                     yet; set dtype: float32"
+                        .to_string(),
+                )
+            } else if resolved
+                .iter()
+                .any(|(m, _)| self.models[*m].source.lora().is_some())
+            {
+                Some(
+                    "float64 arithmetic of a model with a LoRA adapter (+lora) is not supported \
+                     yet; set dtype: float32"
+                        .to_string(),
+                )
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(EngineError::WorkDtype {
+                    tensor: out_name,
+                    reason,
+                });
+            }
         }
-        if float && !matches!(work_dtype, DType::F16 | DType::BF16 | DType::F32) {
+        if float
+            && !matches!(
+                work_dtype,
+                DType::F16 | DType::BF16 | DType::F32 | DType::F64
+            )
+        {
             return Err(EngineError::WorkDtype {
                 tensor: out_name,
                 reason: format!(
-                    "merging in {work_dtype} is not supported; use dtype: bfloat16, float16 or float32"
+                    "merging in {work_dtype} is not supported; use dtype: bfloat16, float16, float32 or float64"
                 ),
             });
         }

@@ -58,6 +58,12 @@ pub enum MethodError {
         /// Method name.
         method: String,
     },
+    /// The method has no float64 arithmetic (see `MergeMethod::supports_f64`).
+    #[error("float64 arithmetic of merge_method {method} is not supported yet")]
+    Float64Unsupported {
+        /// Method name.
+        method: String,
+    },
     /// Anything else that makes the merge impossible.
     #[error("{0}")]
     Other(String),

@@ -37,6 +37,6 @@ pub use amalgam_schema::{
 };
 pub use builtin::common as helpers;
 pub use error::MethodError;
-pub use method::{MergeArgs, MergeInput, MergeMethod};
+pub use method::{MergeArgs, MergeArgs64, MergeInput, MergeInput64, MergeMethod};
 pub use registry::Registry;
 pub use tensor::Tensor;

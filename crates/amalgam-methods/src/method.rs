@@ -34,6 +34,47 @@ pub struct MergeArgs<'a> {
     pub torch_threads: usize,
 }
 
+/// One input of a float64 merge ([`MergeMethod::merge_f64`]): the values in f64.
+#[derive(Debug)]
+pub struct MergeInput64<'a> {
+    /// The values (row-major), already in f64.
+    pub data: &'a [f64],
+    /// Per-input parameters resolved for this input (Input/NonBase scopes).
+    pub params: &'a ParamValues,
+    /// A label for messages: `model.tensor`.
+    pub label: &'a str,
+}
+
+impl MergeInput64<'_> {
+    /// Per-input float parameter (an error if missing, never a default).
+    pub fn f64(&self, name: &str) -> Result<f64, MethodError> {
+        Ok(param(self.params, name, self.label)?.as_f64())
+    }
+}
+
+/// Everything a method gets to merge one tensor in float64 arithmetic: mergekit 0.1.5 computes
+/// in f64 when the working dtype is float64 (`dtype: float64`, or float64 inputs), which the f32
+/// [`Tensor`] cannot hold, so those merges take this separate, f64-valued entry point.
+pub struct MergeArgs64<'a> {
+    /// Output tensor name (for messages).
+    pub tensor_name: &'a str,
+    /// Inputs in mergekit's order (see [`MergeArgs::inputs`]).
+    pub inputs: Vec<MergeInput64<'a>>,
+    /// Index of the base model in `inputs`, if any.
+    pub base: Option<usize>,
+    /// Shared parameters resolved for this tensor.
+    pub shared: &'a ParamValues,
+    /// Which mergekit arithmetic to reproduce.
+    pub compat: Compat,
+}
+
+impl MergeArgs64<'_> {
+    /// Shared parameter `name` (an error if missing, never a default).
+    pub fn param(&self, name: &str) -> Result<amalgam_schema::Value, MethodError> {
+        Ok(param(self.shared, name, self.tensor_name)?)
+    }
+}
+
 impl MergeInput<'_> {
     /// Per-input parameter `name` (resolved by the planner, defaults included): an error if it
     /// is missing, never a default.
@@ -193,4 +234,21 @@ pub trait MergeMethod: Send + Sync {
 
     /// Merges one tensor.
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError>;
+
+    /// Whether [`MergeMethod::merge_f64`] is implemented for `compat`. The planner refuses a
+    /// float64 working dtype for a method without it ("not supported yet"), before any output
+    /// is written. Default: no.
+    fn supports_f64(&self, compat: Compat) -> bool {
+        let _ = compat;
+        false
+    }
+
+    /// Merges one tensor in float64 arithmetic, returning the values (row-major) in f64.
+    /// Called only when [`MergeMethod::supports_f64`] is true; the default refuses.
+    fn merge_f64(&self, args: MergeArgs64<'_>) -> Result<Vec<f64>, MethodError> {
+        let _ = args;
+        Err(MethodError::Float64Unsupported {
+            method: self.info().name.to_string(),
+        })
+    }
 }

@@ -49,3 +49,19 @@ pub fn div_slice(xs: &mut [f32], d: f32) {
         *x /= d;
     }
 }
+
+/// [`fma_accumulate`] in f64: PyTorch's CPU `addcmul_` on float64 tensors.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+pub fn fma_accumulate_f64(acc: &mut [f64], x: &[f64], w: f64) {
+    for (a, &v) in acc.iter_mut().zip(x) {
+        *a = v.mul_add(w, *a);
+    }
+}
+
+/// [`div_slice`] in f64.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+pub fn div_slice_f64(xs: &mut [f64], d: f64) {
+    for x in xs.iter_mut() {
+        *x /= d;
+    }
+}

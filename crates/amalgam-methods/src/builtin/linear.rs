@@ -1,8 +1,10 @@
 //! `linear`: weighted average of the inputs (Wortsman et al., model soups).
 
-use crate::numerics::{as_dtype, div_slice, fma_accumulate, round, round_slice};
+use crate::numerics::{
+    as_dtype, div_slice, div_slice_f64, fma_accumulate, fma_accumulate_f64, round, round_slice,
+};
 use crate::{
-    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeArgs64, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
 };
 
@@ -55,6 +57,44 @@ impl MergeMethod for Linear {
 
     fn is_elementwise(&self, _: &ParamValues, _: &[&ParamValues]) -> bool {
         true
+    }
+
+    fn supports_f64(&self, compat: Compat) -> bool {
+        compat == Compat::V0_1_5
+    }
+
+    /// mergekit 0.1.5 with a float64 working dtype: the weights become an f64 tensor (python
+    /// floats, never through f32), each input is accumulated into an f64 zero tensor by
+    /// `addcmul_` (a fused multiply-add, as in f32), then divided by the sum of the weights
+    /// (an f64 sum in input order). No rounding step: the result is already f64.
+    fn merge_f64(&self, args: MergeArgs64<'_>) -> Result<Vec<f64>, MethodError> {
+        if args.compat != Compat::V0_1_5 {
+            return Err(MethodError::Float64Unsupported {
+                method: format!("{} (mergekit {})", self.info.name, args.compat),
+            });
+        }
+        let normalize = args.param("normalize")?.as_bool();
+        let n = args.inputs.first().map_or(0, |i| i.data.len());
+        if let Some(bad) = args.inputs.iter().find(|i| i.data.len() != n) {
+            return Err(MethodError::Shape {
+                tensor: args.tensor_name.to_string(),
+                shapes: format!("{} has {} values, the first input {n}", bad.label, bad.data.len()),
+            });
+        }
+        let weights: Vec<f64> = args
+            .inputs
+            .iter()
+            .map(|i| i.f64("weight"))
+            .collect::<Result<_, _>>()?;
+        let mut out = vec![0f64; n];
+        for (inp, &w) in args.inputs.iter().zip(&weights) {
+            fma_accumulate_f64(&mut out, inp.data, w);
+        }
+        if normalize {
+            let den = weights.iter().fold(0f64, |a, &b| a + b);
+            div_slice_f64(&mut out, den);
+        }
+        Ok(out)
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
