@@ -196,7 +196,11 @@ impl MergeMethod for Sce {
                 }
                 round_slice(dt, out);
                 for (o, &bv) in out.iter_mut().zip(&b.data[at..at + len]) {
-                    *o = bv + *o;
+                    // `base + fin`, in that operand order (which NaN propagates).
+                    #[allow(clippy::assign_op_pattern)]
+                    {
+                        *o = bv + *o;
+                    }
                 }
                 round_slice(dt, out);
             },
