@@ -439,6 +439,169 @@ pub(crate) fn norm2_strided(get: impl Fn(usize) -> f32, n: usize, dtype: DType) 
     round(dtype, sum_sq_seq(get, n).sqrt())
 }
 
+/// Elements per block of the blocked reductions ([`norm2_blocks`], [`sum_split_blocks`]) and of
+/// the methods' blocked elementwise passes: a multiple of every kernel's vector step (16 values),
+/// small enough that a few blocks per input stay in the L1/L2 cache.
+pub const BLOCK: usize = 4096;
+
+/// Calls `fill(start, buf)` for the consecutive blocks of `0..n` (each at most [`BLOCK`] long,
+/// starting at a multiple of it), then `each(start, block)` on the filled block.
+#[inline]
+fn for_blocks(
+    n: usize,
+    mut fill: impl FnMut(usize, &mut [f32]),
+    mut each: impl FnMut(usize, &[f32]),
+) {
+    let mut buf = [0f32; BLOCK];
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        let b = &mut buf[..len];
+        fill(start, b);
+        each(start, b);
+        start += len;
+    }
+}
+
+/// `acc = fma(v, v, acc)` over `xs` in order (the generic norm reduction's one accumulator),
+/// compiled with the FMA instruction where the CPU has it: without it `mul_add` is a call into
+/// the maths library per element. The result is the same either way (a fused multiply-add is
+/// exactly rounded).
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+fn fma_squares(mut acc: f32, xs: &[f32]) -> f32 {
+    for &v in xs {
+        acc = v.mul_add(v, acc);
+    }
+    acc
+}
+
+/// `lanes[l] += v*v` (separate multiply and add) for the values of `xs` taken 8 at a time, lane
+/// `l` getting every value at `l` mod 8: the vectorised 2-norm kernel's body.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+fn lane_squares(lanes: &mut [f32; LANES], xs: &[f32]) {
+    for c in xs.chunks_exact(LANES) {
+        for (a, &v) in lanes.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+}
+
+/// [`norm2`] of `n` values that are produced block by block: `fill(start, buf)` writes elements
+/// `start..start + buf.len()` (blocks arrive in order). The same bits as [`norm2`] on the whole
+/// row, without materialising it: what lets a method take the norm of a task vector or a unit
+/// direction straight from its inputs (`tests/reduce.rs` checks both against PyTorch).
+pub fn norm2_blocks(n: usize, dtype: DType, fill: impl FnMut(usize, &mut [f32])) -> f32 {
+    let s = if dtype == DType::F16 {
+        let mut acc = 0f32;
+        for_blocks(n, fill, |_, b| acc = fma_squares(acc, b));
+        acc
+    } else {
+        // The vectorised kernel: every value below `full` goes to lane (index mod 8) in index
+        // order (a BF16 step of 16 adds its lower then its upper 8); the rest is the FMA tail.
+        let step = if dtype == DType::BF16 {
+            2 * LANES
+        } else {
+            LANES
+        };
+        let full = n - n % step;
+        let mut lanes = [0f32; LANES];
+        let mut tail = [0f32; 2 * LANES];
+        let mut nt = 0;
+        for_blocks(n, fill, |start, b| {
+            let k = full.saturating_sub(start).min(b.len());
+            let (body, rest) = b.split_at(k);
+            lane_squares(&mut lanes, body);
+            for &v in rest {
+                if let Some(t) = tail.get_mut(nt) {
+                    *t = v;
+                    nt += 1;
+                }
+            }
+        });
+        let [first, rest @ ..] = lanes;
+        let mut acc = first;
+        for l in rest {
+            acc += l;
+        }
+        fma_squares(acc, tail.get(..nt).unwrap_or(&[]))
+    };
+    round(dtype, s.sqrt())
+}
+
+/// [`norm2`] of a contiguous row, through [`norm2_blocks`] (the same bits; vectorised and with
+/// the FMA instruction, which [`norm2`]'s generic closure form does not get).
+pub fn norm2_fast(x: &[f32], dtype: DType) -> f32 {
+    norm2_blocks(x.len(), dtype, |s, b| {
+        if let Some(src) = x.get(s..s + b.len()) {
+            b.copy_from_slice(src);
+        }
+    })
+}
+
+/// [`sum_split`] of `n` values that are produced block by block: `fill(start, buf)` writes
+/// elements `start..start + buf.len()`, for `start` a multiple of [`BLOCK`]. The reduction reads
+/// its elements almost in order, so each block is filled about once; the bits are those of
+/// [`sum_split`] over the materialised values (`tests/reduce.rs` checks against PyTorch).
+pub fn sum_split_blocks(
+    n: usize,
+    in_dtype: DType,
+    out_dtype: DType,
+    threads: usize,
+    fill: impl FnMut(usize, &mut [f32]),
+) -> f32 {
+    struct Cache<F> {
+        start: usize,
+        buf: [f32; BLOCK],
+        fill: F,
+    }
+    let cache = std::cell::RefCell::new(Cache {
+        start: usize::MAX,
+        buf: [0f32; BLOCK],
+        fill,
+    });
+    let get = |i: usize| -> f32 {
+        if i >= n {
+            return 0.0;
+        }
+        let c = &mut *cache.borrow_mut();
+        let b = i - i % BLOCK;
+        if c.start != b {
+            let len = BLOCK.min(n - b);
+            (c.fill)(b, &mut c.buf[..len]);
+            c.start = b;
+        }
+        c.buf.get(i - b).copied().unwrap_or(0.0)
+    };
+    sum_split(get, n, in_dtype, out_dtype, threads)
+}
+
+impl Dim0Sum {
+    /// [`Dim0Sum::sum`] of columns `col0..col0 + out.len()` at once: `rows[m]` holds entry `m`
+    /// of each of those columns. Up to four entries (every path then adds in plain sequence)
+    /// this is a vectorised loop; otherwise column by column.
+    pub fn sum_rows(&self, col0: usize, rows: &[&[f32]], out: &mut [f32]) {
+        if self.contiguous.is_none() && rows.len() <= ILP {
+            out.fill(0.0);
+            for r in rows {
+                for (o, &v) in out.iter_mut().zip(*r) {
+                    *o += v;
+                }
+            }
+            for o in out.iter_mut() {
+                *o += 0.0;
+            }
+            return;
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = self.sum_with(
+                col0 + j,
+                |m| rows.get(m).and_then(|r| r.get(j)).copied().unwrap_or(0.0),
+                rows.len(),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
