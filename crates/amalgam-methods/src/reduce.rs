@@ -538,41 +538,232 @@ pub fn norm2_fast(x: &[f32], dtype: DType) -> f32 {
     })
 }
 
+/// The contiguous sum kernel ([`inner_sum`] with [`LANES`] lanes) fed with its values in order,
+/// in slices of any length: the same additions in the same order, but vectorised over whole
+/// steps (four vectors) instead of one closure call per element.
+struct StreamSum {
+    /// Values per vector: 16 for bf16/f16 (two halves added first), 8 for f32.
+    vec_numel: usize,
+    reduced: bool,
+    n: usize,
+    /// Values summed by the four-accumulator cascade (whole steps of four vectors).
+    body_end: usize,
+    /// Values consumed so far.
+    pos: usize,
+    /// A step split across two slices.
+    stage: [f32; 4 * 2 * LANES],
+    staged: usize,
+    /// The cascade of `multi_row_sum::<4, LANES>` over `steps` steps.
+    acc: [[[f32; LANES]; ILP]; LEVELS],
+    steps_done: usize,
+    level_power: usize,
+    /// The values after `body_end` (leftover vectors, then scalars): fewer than 5 vectors.
+    tail: [f32; 5 * 2 * LANES],
+    nt: usize,
+}
+
+impl StreamSum {
+    fn new(n: usize, dtype: DType) -> Self {
+        let reduced = is_reduced(dtype);
+        let vec_numel = if reduced { 2 * LANES } else { LANES };
+        let steps = if n >= vec_numel {
+            n / vec_numel / ILP
+        } else {
+            0
+        };
+        StreamSum {
+            vec_numel,
+            reduced,
+            n,
+            body_end: steps * ILP * vec_numel,
+            pos: 0,
+            stage: [0f32; 4 * 2 * LANES],
+            staged: 0,
+            acc: [[[0f32; LANES]; ILP]; LEVELS],
+            steps_done: 0,
+            level_power: LEVELS.max(ceil_log2(steps) / LEVELS),
+            tail: [0f32; 5 * 2 * LANES],
+            nt: 0,
+        }
+    }
+
+    /// One step (four vectors) into the first level, then the cascade when a level fills.
+    #[inline]
+    fn step(&mut self, v: &[f32]) {
+        let vn = self.vec_numel;
+        if self.reduced {
+            step_add_reduced(&mut self.acc[0], v);
+        } else {
+            step_add(&mut self.acc[0], v, vn);
+        }
+        self.steps_done += 1;
+        let level_step = 1usize << self.level_power;
+        if self.steps_done % level_step != 0 {
+            return;
+        }
+        let mask = level_step - 1;
+        for j in 1..LEVELS {
+            let (lower, upper) = self.acc.split_at_mut(j);
+            if let (Some(prev), Some(cur)) = (lower.last_mut(), upper.first_mut()) {
+                add_into(cur, prev);
+                *prev = [[0f32; LANES]; ILP];
+            }
+            if self.steps_done & (mask << (j * self.level_power)) != 0 {
+                break;
+            }
+        }
+    }
+
+    fn push(&mut self, mut xs: &[f32]) {
+        let stepw = ILP * self.vec_numel;
+        while !xs.is_empty() && self.pos < self.body_end {
+            if self.staged > 0 || xs.len() < stepw {
+                let k = (stepw - self.staged).min(xs.len());
+                let (head, rest) = xs.split_at(k);
+                if let Some(dst) = self.stage.get_mut(self.staged..self.staged + k) {
+                    dst.copy_from_slice(head);
+                }
+                self.staged += k;
+                self.pos += k;
+                xs = rest;
+                if self.staged == stepw {
+                    let stage = self.stage;
+                    self.step(stage.get(..stepw).unwrap_or(&[]));
+                    self.staged = 0;
+                }
+            } else {
+                let whole = (xs.len().min(self.body_end - self.pos)) / stepw;
+                let (body, rest) = xs.split_at(whole * stepw);
+                for v in body.chunks_exact(stepw) {
+                    self.step(v);
+                }
+                self.pos += body.len();
+                xs = rest;
+            }
+        }
+        for &v in xs {
+            if self.pos >= self.n {
+                break;
+            }
+            if let Some(t) = self.tail.get_mut(self.nt) {
+                *t = v;
+                self.nt += 1;
+            }
+            self.pos += 1;
+        }
+    }
+
+    fn finish(self) -> f32 {
+        let tail = self.tail.get(..self.nt).unwrap_or(&[]);
+        if self.n < self.vec_numel {
+            let [s] = row_sum::<1>(|i, _| tail.get(i).copied().unwrap_or(0.0), tail.len());
+            return 0.0 + s;
+        }
+        let [mut first, rest @ ..] = self.acc;
+        for level in &rest {
+            add_into(&mut first, level);
+        }
+        let [mut p0, p1, p2, p3] = first;
+        let vn = self.vec_numel;
+        let vec_size = self.n / vn;
+        let leftover = vec_size - (self.body_end / vn);
+        for v in 0..leftover {
+            for (l, p) in p0.iter_mut().enumerate() {
+                let g = |i: usize| tail.get(v * vn + i).copied().unwrap_or(0.0);
+                *p += if self.reduced {
+                    g(l) + g(LANES + l)
+                } else {
+                    g(l)
+                };
+            }
+        }
+        for pk in [p1, p2, p3] {
+            for (a, b) in p0.iter_mut().zip(pk) {
+                *a += b;
+            }
+        }
+        let mut fin = 0f32;
+        for &x in tail.get(leftover * vn..).unwrap_or(&[]) {
+            fin += x;
+        }
+        for a in p0 {
+            fin += a;
+        }
+        0.0 + fin
+    }
+}
+
+/// `acc[k][l] += v[k·8 + l]` for the four f32 vectors of a step.
+#[inline]
+fn step_add(acc: &mut [[f32; LANES]; ILP], v: &[f32], vn: usize) {
+    for (k, row) in acc.iter_mut().enumerate() {
+        if let Some(x) = v.get(k * vn..k * vn + LANES) {
+            for (a, &b) in row.iter_mut().zip(x) {
+                *a += b;
+            }
+        }
+    }
+}
+
+/// `acc[k][l] += v[k·16 + l] + v[k·16 + 8 + l]` for the four bf16/f16 vectors of a step.
+#[inline]
+fn step_add_reduced(acc: &mut [[f32; LANES]; ILP], v: &[f32]) {
+    let vn = 2 * LANES;
+    for (k, row) in acc.iter_mut().enumerate() {
+        if let (Some(lo), Some(hi)) = (
+            v.get(k * vn..k * vn + LANES),
+            v.get(k * vn + LANES..(k + 1) * vn),
+        ) {
+            for ((a, &x), &y) in row.iter_mut().zip(lo).zip(hi) {
+                *a += x + y;
+            }
+        }
+    }
+}
+
 /// [`sum_split`] of `n` values that are produced block by block: `fill(start, buf)` writes
-/// elements `start..start + buf.len()`, for `start` a multiple of [`BLOCK`]. The reduction reads
-/// its elements almost in order, so each block is filled about once; the bits are those of
-/// [`sum_split`] over the materialised values (`tests/reduce.rs` checks against PyTorch).
+/// elements `start..start + buf.len()`, for `start` a multiple of [`BLOCK`]. The same additions
+/// in the same order as [`sum_split`] over the materialised values (`tests/reduce.rs` checks
+/// against PyTorch), vectorised, and without materialising them.
 pub fn sum_split_blocks(
     n: usize,
     in_dtype: DType,
     out_dtype: DType,
     threads: usize,
-    fill: impl FnMut(usize, &mut [f32]),
+    mut fill: impl FnMut(usize, &mut [f32]),
 ) -> f32 {
-    struct Cache<F> {
-        start: usize,
-        buf: [f32; BLOCK],
-        fill: F,
-    }
-    let cache = std::cell::RefCell::new(Cache {
-        start: usize::MAX,
-        buf: [0f32; BLOCK],
-        fill,
-    });
-    let get = |i: usize| -> f32 {
-        if i >= n {
-            return 0.0;
+    let mut buf = [0f32; BLOCK];
+    let mut chunk_sum = |start: usize, end: usize| -> f32 {
+        let mut acc = StreamSum::new(end - start, in_dtype);
+        let mut b0 = start - start % BLOCK;
+        while b0 < end {
+            let len = BLOCK.min(n - b0);
+            let b = &mut buf[..len];
+            fill(b0, b);
+            let lo = start.max(b0) - b0;
+            let hi = end.min(b0 + len) - b0;
+            acc.push(b.get(lo..hi).unwrap_or(&[]));
+            b0 += len;
         }
-        let c = &mut *cache.borrow_mut();
-        let b = i - i % BLOCK;
-        if c.start != b {
-            let len = BLOCK.min(n - b);
-            (c.fill)(b, &mut c.buf[..len]);
-            c.start = b;
-        }
-        c.buf.get(i - b).copied().unwrap_or(0.0)
+        acc.finish()
     };
-    sum_split(get, n, in_dtype, out_dtype, threads)
+    let Some(chunk) = split_chunk(n, threads) else {
+        return chunk_sum(0, n);
+    };
+    let mut slots = vec![0f32; threads];
+    for (k, slot) in slots.iter_mut().enumerate() {
+        let start = k.saturating_mul(chunk);
+        if start >= n {
+            break;
+        }
+        let end = n.min(start + chunk);
+        *slot = round(out_dtype, chunk_sum(start, end));
+    }
+    inner_sum::<LANES>(
+        |i| slots.get(i).copied().unwrap_or(0.0),
+        threads,
+        is_reduced(out_dtype),
+    )
 }
 
 impl Dim0Sum {

@@ -2,6 +2,7 @@
 //! by their mean norm.
 
 use amalgam_io::DType;
+use rayon::prelude::*;
 
 use super::blocks::{add_round, div_round, mul_round, part, BLOCK};
 use crate::numerics::{round, round_slice, scalar};
@@ -101,7 +102,7 @@ impl MergeMethod for Karcher {
         let dt = first.dtype;
         let n_in = tensors.len();
         let alphas = vec![1.0 / n_in as f64; n_in];
-        let norms: Vec<f32> = tensors.iter().map(|t| norm_f32(&t.data)).collect();
+        let norms: Vec<f32> = tensors.par_iter().map(|t| norm_f32(&t.data)).collect();
         // The unit directions are recomputed block by block from the inputs (see `blocks`):
         // only the mean direction and the tangent are tensor-sized.
         let unit_block = |i: usize, s: usize, out: &mut [f32]| {
@@ -154,8 +155,12 @@ impl MergeMethod for Karcher {
         let mut tangent = vec![0f32; len];
         for _ in 0..max_iter.max(0) {
             tangent.fill(0.0);
-            for (&a, &i) in nalphas.iter().zip(&valid) {
-                let d = dot_unit(&mean, |s, b| unit_block(i, s, b), dt);
+            // The dots only read the mean: computed first, in parallel over the inputs.
+            let dots: Vec<f32> = valid
+                .par_iter()
+                .map(|&i| dot_unit(&mean, |s, b| unit_block(i, s, b), dt))
+                .collect();
+            for ((&a, &i), &d) in nalphas.iter().zip(&valid).zip(&dots) {
                 let d = if d.is_nan() { d } else { d.clamp(-1.0, 1.0) };
                 let theta = round(dt, d.acos());
                 if (theta as f64) < tol {

@@ -1,6 +1,8 @@
 //! `model_stock`: interpolates between the base and the average of the fine-tuned models by a
 //! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
 
+use rayon::prelude::*;
+
 use super::blocks::{add_round, div_round, mul_round, part, task_block, BLOCK};
 use super::common::require_base;
 use crate::numerics::{round, round_slice};
@@ -85,6 +87,7 @@ impl MergeMethod for ModelStock {
         };
         // ‖oᵢ‖ per model and row.
         let norms: Vec<Vec<f32>> = (0..count)
+            .into_par_iter()
             .map(|i| {
                 (0..rows)
                     .map(|r| norm2_blocks(row_len, dt, |s, b| offset_block(i, r * row_len + s, b)))

@@ -2,6 +2,7 @@
 //! space at the weighted mean direction), optionally relative to a base.
 
 use amalgam_io::DType;
+use rayon::prelude::*;
 
 use super::blocks::{add_round, div_round, mul_round, part, part_mut, task_block, BLOCK};
 use crate::numerics::{round, round_slice, scalar};
@@ -124,7 +125,9 @@ impl MergeMethod for MultiSlerp {
                 task_block(dt, part(&t.data, s, len), bdata.map(|b| part(b, s, len)), out);
             }
         };
+        // Independent per model: both cores work inside one large tensor.
         let norms: Vec<f32> = (0..nm)
+            .into_par_iter()
             .map(|m| norm2_blocks(d, dt, |s, b| x_block(m, s, b)))
             .collect();
         let dens: Vec<f32> = norms.iter().map(|&nrm| round(dt, nrm + eps)).collect();
@@ -159,6 +162,7 @@ impl MergeMethod for MultiSlerp {
         }
         div_round(dt, &mut mean, mean_norm);
         let dots: Vec<f32> = (0..nm)
+            .into_par_iter()
             .map(|m| {
                 let s = sum_split_blocks(d, dt, dt, 1, |s, b| {
                     unit_block(m, s, b);
