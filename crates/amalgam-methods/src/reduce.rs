@@ -597,11 +597,11 @@ impl StreamSum {
             step_add(&mut self.acc[0], v, vn);
         }
         self.steps_done += 1;
-        let level_step = 1usize << self.level_power;
-        if self.steps_done % level_step != 0 {
+        // A level of `2^level_power` steps is complete.
+        let mask = (1usize << self.level_power) - 1;
+        if self.steps_done & mask != 0 {
             return;
         }
-        let mask = level_step - 1;
         for j in 1..LEVELS {
             let (lower, upper) = self.acc.split_at_mut(j);
             if let (Some(prev), Some(cur)) = (lower.last_mut(), upper.first_mut()) {
