@@ -160,34 +160,45 @@ impl MergeMethod for Karcher {
                 .par_iter()
                 .map(|&i| dot_unit(&mean, |s, b| unit_block(i, s, b), dt))
                 .collect();
-            for ((&a, &i), &d) in nalphas.iter().zip(&valid).zip(&dots) {
-                let d = if d.is_nan() { d } else { d.clamp(-1.0, 1.0) };
-                let theta = round(dt, d.acos());
-                if (theta as f64) < tol {
-                    continue;
-                }
-                let ratio = round(dt, theta / round(dt, theta.sin()));
-                let coef = round(dt, scalar(a) * ratio);
-                let mut u = [0f32; BLOCK];
-                for (k, (t, m)) in tangent
-                    .chunks_mut(BLOCK)
-                    .zip(mean.chunks(BLOCK))
-                    .enumerate()
-                {
-                    // diff = u − d·mean; t += coef·diff, every step rounded.
-                    let u = &mut u[..t.len()];
-                    unit_block(i, k * BLOCK, u);
-                    let tmp = &mut tmp[..t.len()];
-                    tmp.copy_from_slice(m);
-                    mul_round(dt, tmp, d);
-                    for (x, &uv) in tmp.iter_mut().zip(u.iter()) {
-                        *x = uv - *x;
+            // Each input's coefficient, or None where its angle is below tol.
+            let coefs: Vec<Option<(usize, f32, f32)>> = nalphas
+                .iter()
+                .zip(&valid)
+                .zip(&dots)
+                .map(|((&a, &i), &d)| {
+                    let d = if d.is_nan() { d } else { d.clamp(-1.0, 1.0) };
+                    let theta = round(dt, d.acos());
+                    if (theta as f64) < tol {
+                        return None;
                     }
-                    round_slice(dt, tmp);
-                    mul_round(dt, tmp, coef);
-                    add_round(dt, t, tmp);
-                }
-            }
+                    let ratio = round(dt, theta / round(dt, theta.sin()));
+                    Some((i, d, round(dt, scalar(a) * ratio)))
+                })
+                .collect();
+            // The blocks of the tangent are independent: they run in parallel, and within a
+            // block the inputs are added in order, so every element sees PyTorch's sequence.
+            tangent
+                .par_chunks_mut(BLOCK)
+                .zip(mean.par_chunks(BLOCK))
+                .enumerate()
+                .for_each(|(k, (t, m))| {
+                    let mut u = [0f32; BLOCK];
+                    let mut tmp = [0f32; BLOCK];
+                    for &(i, d, coef) in coefs.iter().flatten() {
+                        // diff = u − d·mean; t += coef·diff, every step rounded.
+                        let u = &mut u[..t.len()];
+                        unit_block(i, k * BLOCK, u);
+                        let tmp = &mut tmp[..t.len()];
+                        tmp.copy_from_slice(m);
+                        mul_round(dt, tmp, d);
+                        for (x, &uv) in tmp.iter_mut().zip(u.iter()) {
+                            *x = uv - *x;
+                        }
+                        round_slice(dt, tmp);
+                        mul_round(dt, tmp, coef);
+                        add_round(dt, t, tmp);
+                    }
+                });
             let tn = norm_f32(&tangent);
             if (tn as f64) < tol {
                 break;
@@ -195,13 +206,15 @@ impl MergeMethod for Karcher {
             // A 0-d f32 tensor times a 16-bit tensor is rounded to the 16-bit dtype first
             // (division, in contrast, uses the f32 value as is).
             let (c, s) = (round(dt, tn.cos()), round(dt, tn.sin()));
-            for (m, t) in mean.chunks_mut(BLOCK).zip(tangent.chunks_mut(BLOCK)) {
-                // mean = c·mean + s·(t / tn), every step rounded.
-                mul_round(dt, m, c);
-                div_round(dt, t, tn);
-                mul_round(dt, t, s);
-                add_round(dt, m, t);
-            }
+            mean.par_chunks_mut(BLOCK)
+                .zip(tangent.par_chunks_mut(BLOCK))
+                .for_each(|(m, t)| {
+                    // mean = c·mean + s·(t / tn), every step rounded.
+                    mul_round(dt, m, c);
+                    div_round(dt, t, tn);
+                    mul_round(dt, t, s);
+                    add_round(dt, m, t);
+                });
             let un = norm_f32(&mean);
             if (un as f64) > tol {
                 div_round(dt, &mut mean, un);
