@@ -231,5 +231,20 @@ for f in sorted(p for p in data.iterdir() if p.name.endswith(".json")):
             "    },",
         ]
 lines.append("];")
+
+# The files mergekit copies from the donor model next to the merge ("tagalong_files" of the
+# multi-module definitions: processor and preprocessor configs), by definition key.
+lines += [
+    "",
+    "/// Files mergekit 0.1.5 copies from the donor when they exist, by definition key.",
+    "pub const MERGEKIT_TAGALONG: &[(&str, &[&str])] = &[",
+]
+for f in sorted(p for p in data.iterdir() if p.name.endswith(".json")):
+    d = json.loads(f.read_text())
+    if d.get("tagalong_files"):
+        key = f"{sorted(d['architectures'])[0]}/{d['model_type']}"
+        files = ", ".join(chr(34) + t + chr(34) for t in d["tagalong_files"])
+        lines.append(f'    ("{key}", &[{files}]),')
+lines.append("];")
 out.write_text("\n".join(lines) + "\n")
 print(f"{len(rows)} names written to {out}")

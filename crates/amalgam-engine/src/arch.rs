@@ -6,7 +6,10 @@
 
 use serde_json::Value;
 
-use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_MODULAR, MERGEKIT_TEMPLATES};
+use crate::mergekit_archs::{
+    ModuleTemplate, MERGEKIT_ARCHITECTURES, MERGEKIT_MODULAR, MERGEKIT_MODULE_TEMPLATES,
+    MERGEKIT_TAGALONG, MERGEKIT_TEMPLATES,
+};
 
 /// A layer tensor name split around its index: `model.layers.3.mlp.up_proj.weight` ->
 /// (`model.layers.`, 3, `.mlp.up_proj.weight`).
@@ -127,6 +130,36 @@ pub fn modules_of(cfg: Option<&Value>, expert_view: bool) -> Option<&'static [&'
         .iter()
         .find(|(d, _)| *d == def)
         .map(|(_, names)| *names)
+}
+
+/// The modules of a model's multi-module architecture, in mergekit's order, when amalgam plans
+/// them (see [`MERGEKIT_MODULE_TEMPLATES`]): each with its weight prefix, layer-count key and
+/// weights. `None` for a single-module architecture and for a multi-module one whose weights
+/// amalgam's templates cannot express.
+pub fn module_templates(
+    cfg: Option<&Value>,
+    expert_view: bool,
+) -> Option<Vec<&'static ModuleTemplate>> {
+    let def = mergekit_definition(cfg, expert_view)?;
+    let out: Vec<&'static ModuleTemplate> = MERGEKIT_MODULE_TEMPLATES
+        .iter()
+        .filter(|t| t.definition == def)
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// The files mergekit copies from the donor next to the merge for the model's architecture
+/// (a VLM's processor configs), empty for most.
+pub fn tagalong_files(cfg: Option<&Value>, expert_view: bool) -> &'static [&'static str] {
+    mergekit_definition(cfg, expert_view)
+        .and_then(|def| MERGEKIT_TAGALONG.iter().find(|(d, _)| *d == def))
+        .map_or(&[], |(_, files)| *files)
+}
+
+/// A config.json value at a dotted path (`text_config.num_hidden_layers`), as mergekit reads
+/// nested configs.
+pub fn config_path<'v>(cfg: &'v Value, dotted: &str) -> Option<&'v Value> {
+    dotted.split('.').try_fold(cfg, |v, part| v.get(part))
 }
 
 /// The class name in a config.json.

@@ -2035,3 +2035,39 @@ pub const MERGEKIT_MODULE_TEMPLATES: &[ModuleTemplate] = &[
         ],
     },
 ];
+
+/// Files mergekit 0.1.5 copies from the donor when they exist, by definition key.
+pub const MERGEKIT_TAGALONG: &[(&str, &[&str])] = &[
+    (
+        "Gemma3ForConditionalGeneration/gemma3",
+        &["preprocessor_config.json", "processor_config.json"],
+    ),
+    (
+        "Llama4ForConditionalGeneration/llama4",
+        &["preprocessor_config.json", "processor_config.json"],
+    ),
+    (
+        "Mistral3ForConditionalGeneration/mistral3",
+        &["preprocessor_config.json", "processor_config.json"],
+    ),
+    (
+        "Qwen2_5_VLForConditionalGeneration/qwen2_5_vl",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "Qwen2VLForConditionalGeneration/qwen2_vl",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "Qwen3VLMoeForConditionalGeneration/qwen3_vl_moe",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "Qwen3VLForConditionalGeneration/qwen3_vl",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "WhisperForConditionalGeneration/whisper",
+        &["preprocessor_config.json", "normalizer.json"],
+    ),
+];
