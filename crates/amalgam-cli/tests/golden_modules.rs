@@ -68,13 +68,9 @@ fn slerp_differences(n: &str, ours: &[u8], theirs: &[u8]) -> usize {
     differ
 }
 
-/// Every file mergekit wrote, compared with amalgam's.
-fn same_output(ours: &Path, theirs: &Path) {
-    same_output_within(ours, theirs, None)
-}
-
-/// [`same_output`]; with `slerp_elements`, bf16 tensors may differ from mergekit's in at most
-/// that many elements in all, each within slerp's bound (the shard bytes then differ too).
+/// Every file mergekit wrote, compared with amalgam's; with `slerp_elements`, bf16 tensors may
+/// differ from mergekit's in at most that many elements in all, each within slerp's bound (the
+/// shard bytes then differ too).
 fn same_output_within(ours: &Path, theirs: &Path, slerp_elements: Option<usize>) {
     let list = |d: &Path| {
         let mut v: Vec<String> = fs::read_dir(d)
