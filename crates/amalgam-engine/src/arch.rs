@@ -205,6 +205,70 @@ mod tests {
     }
 
     #[test]
+    fn planned_modules_carry_mergekit_prefixes_keys_and_tagalong_files() {
+        let cfg = |a: &str, mt: &str| serde_json::json!({"architectures": [a], "model_type": mt});
+        let m3 = cfg("Mistral3ForConditionalGeneration", "mistral3");
+        let t = module_templates(Some(&m3), false).unwrap();
+        let got: Vec<(&str, &str, Option<&str>, Option<usize>)> = t
+            .iter()
+            .map(|t| {
+                (
+                    t.module,
+                    t.weight_prefix,
+                    t.num_layers_key,
+                    t.override_num_layers,
+                )
+            })
+            .collect();
+        // mergekit 0.1.5's mistral3.json, modules in its order.
+        assert_eq!(
+            got,
+            [
+                (
+                    "text_decoder",
+                    "language_model.",
+                    Some("text_config.num_hidden_layers"),
+                    None
+                ),
+                (
+                    "multi_modal_projector",
+                    "multi_modal_projector.",
+                    None,
+                    Some(0)
+                ),
+                (
+                    "vision_tower",
+                    "vision_tower.",
+                    Some("vision_config.num_hidden_layers"),
+                    None
+                ),
+            ]
+        );
+        assert_eq!(
+            t[0].post[1],
+            ("lm_head.weight", true, &["model.embed_tokens.weight"][..])
+        );
+        assert_eq!(
+            tagalong_files(Some(&m3), false),
+            ["preprocessor_config.json", "processor_config.json"]
+        );
+        // Decoders have no module templates nor tagalong files; Qwen2-VL's weights are beyond
+        // the templates (not planned), its tagalong files are still known.
+        let llama = cfg("LlamaForCausalLM", "llama");
+        assert!(module_templates(Some(&llama), false).is_none());
+        assert!(tagalong_files(Some(&llama), false).is_empty());
+        let qwen = cfg("Qwen2VLForConditionalGeneration", "qwen2_vl");
+        assert!(module_templates(Some(&qwen), false).is_none());
+        assert_eq!(
+            config_path(
+                &serde_json::json!({"text_config": {"n": 3}}),
+                "text_config.n"
+            ),
+            Some(&serde_json::json!(3))
+        );
+    }
+
+    #[test]
     fn splits_layer_names() {
         assert_eq!(
             split_layer("model.layers.12.mlp.up_proj.weight"),
