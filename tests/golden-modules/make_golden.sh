@@ -34,7 +34,7 @@ for i, name in enumerate(["mistral3-a", "mistral3-b"]):
         with open(f"models/{name}/{f}", "w") as fp:
             fp.write('{\n  "%s": "Pixtral",\n  "patch_size": 8,\n  "model": "%s"\n}\n' % (cls, name))
 PY
-for case in default-slices default-models vlm-models vlm-slices; do
+for case in default-slices default-models vlm-models vlm-slices vlm-top-models; do
   "$mk/bin/mergekit-yaml" "$case.yml" "expected/$case" --no-copy-tokenizer
 done
 # Only the text decoder named: mergekit writes its tensors and no others; the names it wrote

@@ -262,6 +262,17 @@ fn vlm_modules_with_slices_match_mergekit() {
 }
 
 #[test]
+fn top_level_models_merge_every_module_of_a_vlm() {
+    merge_case("vlm-top-models");
+    let names = ModelFolder::open(&dir().join("expected/vlm-top-models"))
+        .unwrap()
+        .names()
+        .len();
+    // All 35 tensors of the Mistral3 checkpoints (none is tied away).
+    assert_eq!(names, 35);
+}
+
+#[test]
 fn a_vlm_merge_that_leaves_out_modules_is_refused() {
     // mergekit writes the named module only: its output has no vision tower or projector, and
     // does not load as a Mistral3 model.
