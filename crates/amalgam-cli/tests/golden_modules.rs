@@ -264,7 +264,7 @@ fn vlm_modules_with_slices_match_mergekit() {
 #[test]
 fn top_level_models_merge_every_module_of_a_vlm() {
     merge_case("vlm-top-models");
-    let names = ModelFolder::open(&dir().join("expected/vlm-top-models"))
+    let names = ModelFolder::open(dir().join("expected/vlm-top-models"))
         .unwrap()
         .names()
         .len();
