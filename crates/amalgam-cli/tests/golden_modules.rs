@@ -296,6 +296,45 @@ fn a_vlm_merge_that_leaves_out_modules_is_refused() {
 }
 
 #[test]
+fn modules_of_an_architecture_without_templates_are_not_supported_yet() {
+    // Qwen2-VL's mergekit definition is multi-module, with weights amalgam's templates do not
+    // express: refused when planning, before any tensor is read.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("qwen2vl");
+    fs::create_dir(&model).unwrap();
+    fs::write(
+        model.join("config.json"),
+        r#"{"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl"}"#,
+    )
+    .unwrap();
+    fs::copy(
+        dir().join("models/mistral3-a/model.safetensors"),
+        model.join("model.safetensors"),
+    )
+    .unwrap();
+    let cfg = tmp.path().join("q.yml");
+    fs::write(
+        &cfg,
+        format!(
+            "merge_method: linear\nmodules:\n  text_decoder:\n    models:\n      - model: {}\n        \
+             parameters: {{weight: 1.0}}\n",
+            model.display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = run(&["merge", cfg.to_str().unwrap(), out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+    assert!(
+        err.contains("modules of the multi-module architecture Qwen2VLForConditionalGeneration"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_module_the_architecture_has_not_is_refused_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("llama.yml");

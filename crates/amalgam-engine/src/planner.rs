@@ -440,12 +440,18 @@ impl<'a> Planner<'a> {
         .to_string();
         let Some(templates) = self.arch_modules(arch_model) else {
             let m = &self.models[arch_model];
-            let (path, _) = &named[0];
+            // The first module that is not the architecture's one module `default`.
+            let path = named
+                .iter()
+                .map(|(n, _)| n)
+                .find(|n| *n != amalgam_config::DEFAULT_MODULE)
+                .or(named.first().map(|(n, _)| n))
+                .map_or_else(|| "modules".to_string(), |n| format!("modules.{n}"));
             return Err(
                 match arch::modules_of(m.config.as_ref(), m.source.is_expert_view()) {
                     // A multi-module architecture whose weights amalgam's templates cannot say.
                     Some(names) => EngineError::Unsupported {
-                        path: format!("modules.{path}"),
+                        path,
                         key: format!(
                             "modules of the multi-module architecture {arch_name} (model {label})"
                         ),
@@ -458,7 +464,7 @@ impl<'a> Planner<'a> {
                     },
                     // mergekit: KeyError on the module name.
                     None => EngineError::UnknownModule {
-                        path: format!("modules.{path}"),
+                        path,
                         arch: arch_name,
                         model: label,
                         known: amalgam_config::DEFAULT_MODULE.to_string(),
@@ -1382,7 +1388,7 @@ fn plan_tokenizer(p: &mut Planner<'_>, slices: &[NSlice]) -> Result<Option<Token
                 }
                 if let Some(path) = folder.aux_file(f) {
                     let bytes = std::fs::read(&path).map_err(|e| EngineError::SideFile {
-                        path: path.clone(),
+                        path,
                         reason: e.to_string(),
                     })?;
                     files.push((f, bytes));
