@@ -14,7 +14,7 @@ use crate::error::Result;
 use crate::source::Source;
 
 /// Output tensors written as several: an op's name -> the tensors its bytes go to, in order,
-/// with their shapes (`--moe-layout per-expert`, see [`crate::moe`]).
+/// with their shapes (`--moe-layout per-expert`, see the `moe` module).
 pub type OutputSplit = std::collections::HashMap<String, Vec<(String, Vec<usize>)>>;
 
 /// mergekit's default `--out-shard-size` (5B: bytes since 2024-05, elements before).
@@ -202,7 +202,7 @@ impl Plan {
     }
 
     /// The shard layout with the output tensors `split` replaces (an op's name -> the tensors
-    /// its bytes are written to, in order; see [`crate::moe`]) listed in their place.
+    /// its bytes are written to, in order; see the `moe` module) listed in their place.
     pub fn layout_with(
         &self,
         out_shard_size: Option<u64>,
