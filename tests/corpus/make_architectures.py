@@ -146,5 +146,105 @@ for f in sorted(p for p in data.iterdir() if p.name.endswith(".json")):
 for key, name, axis in sorted(vocab_rows):
     lines.append(f'    ("{key}", "{name}", {axis}),')
 lines.append("];")
+
+# The modules of the multi-module definitions amalgam plans from: those whose every module has a
+# weight prefix and no subfolder, layer weights `<a>${layer_index}<b>` (no other placeholder, none
+# optional, no aliases) and pre/post weights without placeholders or aliases. Per module, in
+# mergekit's order: its weight prefix, where its layer count is read (and written) in config.json
+# (or the fixed count mergekit overrides it with), its pre weights, layer weights split around the
+# index, and post weights (name, optional, tied names), all without the prefix.
+def plannable(module):
+    a = module["architecture"]
+    if module.get("subfolder") or module.get("weight_prefix") is None:
+        return None
+    layer = []
+    for w in a.get("layer_templates", {}).get("weights", []):
+        m = re.fullmatch(r"(.*)\$\{layer_index\}(\..*)", w["name"])
+        if not m or "${" in m.group(1) or "${" in m.group(2) or w.get("optional") or w.get("aliases"):
+            return None
+        layer.append((m.group(1), m.group(2)))
+    for w in a.get("pre_weights", []) + a.get("post_weights", []):
+        if "${" in w["name"] or w.get("aliases"):
+            return None
+    if a.get("override_num_layers") is None and not a.get("num_layers_config_key"):
+        return None
+    return layer
+
+
+def rs_str(s):
+    return "None" if s is None else f'Some("{s}")'
+
+
+def weights(ws):
+    return ", ".join(
+        f'("{w["name"]}", {"true" if w.get("optional") else "false"}, '
+        f'&[{", ".join(chr(34) + t + chr(34) for t in w.get("tied_names") or [])}])'
+        for w in ws
+    )
+
+
+lines += [
+    "",
+    "/// One module of a multi-module definition amalgam plans from (names without the prefix).",
+    "pub struct ModuleTemplate {",
+    "    /// The definition key (as in [`MERGEKIT_ARCHITECTURES`]).",
+    "    pub definition: &'static str,",
+    "    /// The module's name (a `modules:` key).",
+    "    pub module: &'static str,",
+    "    /// Prepended to every tensor name of the module.",
+    "    pub weight_prefix: &'static str,",
+    "    /// Dotted config.json path of the module's layer count.",
+    "    pub num_layers_key: Option<&'static str>,",
+    "    /// The layer count mergekit uses whatever the config says.",
+    "    pub override_num_layers: Option<usize>,",
+    "    /// Tensors before the layers: (name, optional, tied names).",
+    "    pub pre: &'static [(&'static str, bool, &'static [&'static str])],",
+    "    /// Each layer's tensors, as (before the index, after it).",
+    "    pub layer: &'static [(&'static str, &'static str)],",
+    "    /// Tensors after the layers: (name, optional, tied names).",
+    "    pub post: &'static [(&'static str, bool, &'static [&'static str])],",
+    "}",
+    "",
+    "/// mergekit's multi-module definitions amalgam plans from, module by module in its order.",
+    "pub const MERGEKIT_MODULE_TEMPLATES: &[ModuleTemplate] = &[",
+]
+for f in sorted(p for p in data.iterdir() if p.name.endswith(".json")):
+    d = json.loads(f.read_text())
+    if d.get("kind") != "modular":
+        continue
+    key = f"{sorted(d['architectures'])[0]}/{d['model_type']}"
+    layers = {n: plannable(m) for n, m in d["modules"].items()}
+    if any(v is None for v in layers.values()):
+        continue
+    for n, m in d["modules"].items():
+        a = m["architecture"]
+        lines += [
+            "    ModuleTemplate {",
+            f'        definition: "{key}",',
+            f'        module: "{n}",',
+            f'        weight_prefix: "{m["weight_prefix"]}",',
+            f"        num_layers_key: {rs_str(a.get('num_layers_config_key'))},",
+            f"        override_num_layers: {rs_str(None) if a.get('override_num_layers') is None else 'Some(' + str(a['override_num_layers']) + ')'},",
+            f"        pre: &[{weights(a.get('pre_weights', []))}],",
+            f"        layer: &[{', '.join(f'({chr(34)}{x}{chr(34)}, {chr(34)}{y}{chr(34)})' for x, y in layers[n])}],",
+            f"        post: &[{weights(a.get('post_weights', []))}],",
+            "    },",
+        ]
+lines.append("];")
+
+# The files mergekit copies from the donor model next to the merge ("tagalong_files" of the
+# multi-module definitions: processor and preprocessor configs), by definition key.
+lines += [
+    "",
+    "/// Files mergekit 0.1.5 copies from the donor when they exist, by definition key.",
+    "pub const MERGEKIT_TAGALONG: &[(&str, &[&str])] = &[",
+]
+for f in sorted(p for p in data.iterdir() if p.name.endswith(".json")):
+    d = json.loads(f.read_text())
+    if d.get("tagalong_files"):
+        key = f"{sorted(d['architectures'])[0]}/{d['model_type']}"
+        files = ", ".join(chr(34) + t + chr(34) for t in d["tagalong_files"])
+        lines.append(f'    ("{key}", &[{files}]),')
+lines.append("];")
 out.write_text("\n".join(lines) + "\n")
 print(f"{len(rows)} names written to {out}")

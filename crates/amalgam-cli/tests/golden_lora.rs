@@ -82,8 +82,12 @@ fn same_tensors(ours: &Path, theirs: &Path, adapted: &dyn Fn(&str) -> bool) {
         if adapted(n) {
             changed += 1;
             let d = ulps(x.info.dtype, x.data, y.data);
+            // The bound is a named constant (measured 0 today), kept as a bound for a BLAS
+            // that would need one.
+            #[allow(clippy::absurd_extreme_comparisons)]
+            let within = d <= ADAPTED_ULPS;
             assert!(
-                d <= ADAPTED_ULPS,
+                within,
                 "{n}: {d} ulps from mergekit's ({})",
                 theirs.display()
             );

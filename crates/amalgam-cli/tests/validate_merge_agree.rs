@@ -21,10 +21,6 @@ fn amalgam(dir: &Path, args: &[&str]) -> Output {
 /// Configs using a feature amalgam refuses as not supported yet, one each.
 const UNSUPPORTED: &[(&str, &str)] = &[
     (
-        "modules.yml",
-        "merge_method: linear\nmodules:\n  text:\n    models:\n      - model: a\n        parameters: {weight: 1}\n",
-    ),
-    (
         // A LoRA is applied, but not with a tokenizer merge.
         "lora.yml",
         "merge_method: linear\ntokenizer_source: union\nmodels:\n  - model: a+some/lora\n    parameters: {weight: 1}\n",

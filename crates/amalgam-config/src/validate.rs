@@ -603,8 +603,7 @@ pub const DEFAULT_MODULE: &str = "default";
 pub const FLOAT64_METHODS: &[&str] = &["linear"];
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
-/// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) on a
-/// tokenizer source, and float64 arithmetic (`dtype: float64`) of a method not in
+/// LoRA (`+lora` or `lora:`) on a tokenizer source, and float64 arithmetic (`dtype: float64`) of a method not in
 /// [`FLOAT64_METHODS`] (mergekit 0.1.5 computes in f64 then; `out_dtype: float64` alone is
 /// supported, an exact widening of the result). [`validate`] reports
 /// them as [`Severity::Unsupported`]; the planner refuses through `validate`, so both commands
@@ -635,14 +634,9 @@ pub fn unsupported_features(config: &MergeConfig) -> Vec<(String, String)> {
             out.push((path, "lora".to_string()));
         }
     };
-    // `modules: {default: ...}` is the top-level form spelled as a module (the only module of a
-    // single-module architecture, which every architecture amalgam plans is); the modules of a
-    // multi-module architecture (a VLM's `text_decoder`, `vision_tower`...) are not planned yet.
-    for (name, _) in config.modules.iter().flatten() {
-        if name != DEFAULT_MODULE {
-            out.push((format!("modules.{name}"), format!("modules: {name}")));
-        }
-    }
+    // `modules:` names are checked against the architecture when planning (they need the
+    // models' config.json): `default` for a single-module architecture, a VLM's
+    // `text_decoder`, `vision_tower`... for the multi-module ones amalgam plans.
     // A tokenizer merge reads each model's tokenizer; mergekit reads a `model+adapter`'s from
     // the merged copy, which has none.
     let tokenizer_key = if config.tokenizer.is_some() {

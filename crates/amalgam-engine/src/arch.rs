@@ -6,7 +6,10 @@
 
 use serde_json::Value;
 
-use crate::mergekit_archs::{MERGEKIT_ARCHITECTURES, MERGEKIT_MODULAR, MERGEKIT_TEMPLATES};
+use crate::mergekit_archs::{
+    ModuleTemplate, MERGEKIT_ARCHITECTURES, MERGEKIT_MODULAR, MERGEKIT_MODULE_TEMPLATES,
+    MERGEKIT_TAGALONG, MERGEKIT_TEMPLATES,
+};
 
 /// A layer tensor name split around its index: `model.layers.3.mlp.up_proj.weight` ->
 /// (`model.layers.`, 3, `.mlp.up_proj.weight`).
@@ -129,6 +132,36 @@ pub fn modules_of(cfg: Option<&Value>, expert_view: bool) -> Option<&'static [&'
         .map(|(_, names)| *names)
 }
 
+/// The modules of a model's multi-module architecture, in mergekit's order, when amalgam plans
+/// them (see [`MERGEKIT_MODULE_TEMPLATES`]): each with its weight prefix, layer-count key and
+/// weights. `None` for a single-module architecture and for a multi-module one whose weights
+/// amalgam's templates cannot express.
+pub fn module_templates(
+    cfg: Option<&Value>,
+    expert_view: bool,
+) -> Option<Vec<&'static ModuleTemplate>> {
+    let def = mergekit_definition(cfg, expert_view)?;
+    let out: Vec<&'static ModuleTemplate> = MERGEKIT_MODULE_TEMPLATES
+        .iter()
+        .filter(|t| t.definition == def)
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+/// The files mergekit copies from the donor next to the merge for the model's architecture
+/// (a VLM's processor configs), empty for most.
+pub fn tagalong_files(cfg: Option<&Value>, expert_view: bool) -> &'static [&'static str] {
+    mergekit_definition(cfg, expert_view)
+        .and_then(|def| MERGEKIT_TAGALONG.iter().find(|(d, _)| *d == def))
+        .map_or(&[], |(_, files)| *files)
+}
+
+/// A config.json value at a dotted path (`text_config.num_hidden_layers`), as mergekit reads
+/// nested configs.
+pub fn config_path<'v>(cfg: &'v Value, dotted: &str) -> Option<&'v Value> {
+    dotted.split('.').try_fold(cfg, |v, part| v.get(part))
+}
+
 /// The class name in a config.json.
 pub fn architecture_of(cfg: Option<&Value>) -> Option<&str> {
     cfg?.get("architectures")?.get(0)?.as_str()
@@ -169,6 +202,70 @@ mod tests {
             None
         );
         assert_eq!(modules_of(None, false), None);
+    }
+
+    #[test]
+    fn planned_modules_carry_mergekit_prefixes_keys_and_tagalong_files() {
+        let cfg = |a: &str, mt: &str| serde_json::json!({"architectures": [a], "model_type": mt});
+        let m3 = cfg("Mistral3ForConditionalGeneration", "mistral3");
+        let t = module_templates(Some(&m3), false).unwrap();
+        let got: Vec<(&str, &str, Option<&str>, Option<usize>)> = t
+            .iter()
+            .map(|t| {
+                (
+                    t.module,
+                    t.weight_prefix,
+                    t.num_layers_key,
+                    t.override_num_layers,
+                )
+            })
+            .collect();
+        // mergekit 0.1.5's mistral3.json, modules in its order.
+        assert_eq!(
+            got,
+            [
+                (
+                    "text_decoder",
+                    "language_model.",
+                    Some("text_config.num_hidden_layers"),
+                    None
+                ),
+                (
+                    "multi_modal_projector",
+                    "multi_modal_projector.",
+                    None,
+                    Some(0)
+                ),
+                (
+                    "vision_tower",
+                    "vision_tower.",
+                    Some("vision_config.num_hidden_layers"),
+                    None
+                ),
+            ]
+        );
+        assert_eq!(
+            t[0].post[1],
+            ("lm_head.weight", true, &["model.embed_tokens.weight"][..])
+        );
+        assert_eq!(
+            tagalong_files(Some(&m3), false),
+            ["preprocessor_config.json", "processor_config.json"]
+        );
+        // Decoders have no module templates nor tagalong files; Qwen2-VL's weights are beyond
+        // the templates (not planned), its tagalong files are still known.
+        let llama = cfg("LlamaForCausalLM", "llama");
+        assert!(module_templates(Some(&llama), false).is_none());
+        assert!(tagalong_files(Some(&llama), false).is_empty());
+        let qwen = cfg("Qwen2VLForConditionalGeneration", "qwen2_vl");
+        assert!(module_templates(Some(&qwen), false).is_none());
+        assert_eq!(
+            config_path(
+                &serde_json::json!({"text_config": {"n": 3}}),
+                "text_config.n"
+            ),
+            Some(&serde_json::json!(3))
+        );
     }
 
     #[test]

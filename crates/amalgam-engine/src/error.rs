@@ -93,7 +93,7 @@ pub enum EngineError {
     #[error("{at}[{slice}]: no input models (the `models:` or `sources:` list is empty)")]
     EmptySlice {
         /// Where the slices are: `slices` or `modules.default.slices`.
-        at: &'static str,
+        at: String,
         /// Slice index.
         slice: usize,
     },
@@ -101,7 +101,7 @@ pub enum EngineError {
     #[error("{at}[{slice}]: layer_range [{start}, {end}] {problem}")]
     LayerRange {
         /// Where the slices are: `slices` or `modules.default.slices`.
-        at: &'static str,
+        at: String,
         /// Slice index.
         slice: usize,
         /// Range start.
@@ -117,7 +117,7 @@ pub enum EngineError {
     )]
     LayerCounts {
         /// Where the slices are: `slices` or `modules.default.slices`.
-        at: &'static str,
+        at: String,
         /// Slice index.
         slice: usize,
         /// Layers per source.
@@ -239,6 +239,43 @@ pub enum EngineError {
         model: String,
         /// Its architecture (model_type).
         arch: String,
+    },
+    /// A model's config.json lacks a module's layer count (mergekit reads it there).
+    #[error(
+        "model {model}: config.json has no `{key}`, the layer count of module {module} (mergekit \
+         reads it there)"
+    )]
+    ModuleLayerCount {
+        /// Model label.
+        model: String,
+        /// Module name.
+        module: String,
+        /// Dotted config.json key.
+        key: String,
+    },
+    /// A `modules:` key that is not a module of the merge's architecture (mergekit: KeyError).
+    #[error(
+        "{path}: not a module of architecture {arch} (model {model}); mergekit 0.1.5 names its \
+         modules {known}"
+    )]
+    UnknownModule {
+        /// YAML path of the module.
+        path: String,
+        /// The architecture class.
+        arch: String,
+        /// The model the architecture is read from.
+        model: String,
+        /// The architecture's module names.
+        known: String,
+    },
+    /// Top-level `slices:` on a multi-module architecture (mergekit's message).
+    #[error(
+        "slices: Model has multiple modules, must use modules: config syntax to work with slices \
+         (its modules are {modules})"
+    )]
+    MultiModuleSlices {
+        /// The architecture's module names.
+        modules: String,
     },
     /// A feature mergekit has and amalgam does not implement yet.
     #[error("`{key}` (at {path}) is not supported yet by amalgam; {advice}")]

@@ -1800,3 +1800,274 @@ pub const MERGEKIT_VOCAB_WEIGHTS: &[(&str, &str, usize)] = &[
         0,
     ),
 ];
+
+/// One module of a multi-module definition amalgam plans from (names without the prefix).
+pub struct ModuleTemplate {
+    /// The definition key (as in [`MERGEKIT_ARCHITECTURES`]).
+    pub definition: &'static str,
+    /// The module's name (a `modules:` key).
+    pub module: &'static str,
+    /// Prepended to every tensor name of the module.
+    pub weight_prefix: &'static str,
+    /// Dotted config.json path of the module's layer count.
+    pub num_layers_key: Option<&'static str>,
+    /// The layer count mergekit uses whatever the config says.
+    pub override_num_layers: Option<usize>,
+    /// Tensors before the layers: (name, optional, tied names).
+    pub pre: &'static [(&'static str, bool, &'static [&'static str])],
+    /// Each layer's tensors, as (before the index, after it).
+    pub layer: &'static [(&'static str, &'static str)],
+    /// Tensors after the layers: (name, optional, tied names).
+    pub post: &'static [(&'static str, bool, &'static [&'static str])],
+}
+
+/// mergekit's multi-module definitions amalgam plans from, module by module in its order.
+pub const MERGEKIT_MODULE_TEMPLATES: &[ModuleTemplate] = &[
+    ModuleTemplate {
+        definition: "Gemma3ForConditionalGeneration/gemma3",
+        module: "text_decoder",
+        weight_prefix: "language_model.",
+        num_layers_key: Some("text_config.num_hidden_layers"),
+        override_num_layers: None,
+        pre: &[("model.embed_tokens.weight", false, &[])],
+        layer: &[
+            ("model.layers.", ".input_layernorm.weight"),
+            ("model.layers.", ".self_attn.q_proj.weight"),
+            ("model.layers.", ".self_attn.q_norm.weight"),
+            ("model.layers.", ".self_attn.k_proj.weight"),
+            ("model.layers.", ".self_attn.k_norm.weight"),
+            ("model.layers.", ".self_attn.v_proj.weight"),
+            ("model.layers.", ".self_attn.o_proj.weight"),
+            ("model.layers.", ".post_attention_layernorm.weight"),
+            ("model.layers.", ".pre_feedforward_layernorm.weight"),
+            ("model.layers.", ".mlp.up_proj.weight"),
+            ("model.layers.", ".mlp.gate_proj.weight"),
+            ("model.layers.", ".mlp.down_proj.weight"),
+            ("model.layers.", ".post_feedforward_layernorm.weight"),
+        ],
+        post: &[
+            ("model.norm.weight", false, &[]),
+            ("lm_head.weight", true, &["model.embed_tokens.weight"]),
+        ],
+    },
+    ModuleTemplate {
+        definition: "Gemma3ForConditionalGeneration/gemma3",
+        module: "multi_modal_projector",
+        weight_prefix: "multi_modal_projector.",
+        num_layers_key: None,
+        override_num_layers: Some(0),
+        pre: &[
+            ("mm_input_projection_weight", false, &[]),
+            ("mm_soft_emb_norm.weight", false, &[]),
+        ],
+        layer: &[],
+        post: &[],
+    },
+    ModuleTemplate {
+        definition: "Gemma3ForConditionalGeneration/gemma3",
+        module: "vision_tower",
+        weight_prefix: "vision_tower.vision_model.",
+        num_layers_key: Some("vision_config.num_hidden_layers"),
+        override_num_layers: None,
+        pre: &[
+            ("embeddings.patch_embedding.bias", false, &[]),
+            ("embeddings.patch_embedding.weight", false, &[]),
+            ("embeddings.position_embedding.weight", false, &[]),
+        ],
+        layer: &[
+            ("encoder.layers.", ".layer_norm1.bias"),
+            ("encoder.layers.", ".layer_norm1.weight"),
+            ("encoder.layers.", ".layer_norm2.bias"),
+            ("encoder.layers.", ".layer_norm2.weight"),
+            ("encoder.layers.", ".mlp.fc1.bias"),
+            ("encoder.layers.", ".mlp.fc1.weight"),
+            ("encoder.layers.", ".mlp.fc2.bias"),
+            ("encoder.layers.", ".mlp.fc2.weight"),
+            ("encoder.layers.", ".self_attn.k_proj.bias"),
+            ("encoder.layers.", ".self_attn.k_proj.weight"),
+            ("encoder.layers.", ".self_attn.out_proj.bias"),
+            ("encoder.layers.", ".self_attn.out_proj.weight"),
+            ("encoder.layers.", ".self_attn.q_proj.bias"),
+            ("encoder.layers.", ".self_attn.q_proj.weight"),
+            ("encoder.layers.", ".self_attn.v_proj.bias"),
+            ("encoder.layers.", ".self_attn.v_proj.weight"),
+        ],
+        post: &[
+            ("post_layernorm.bias", false, &[]),
+            ("post_layernorm.weight", false, &[]),
+        ],
+    },
+    ModuleTemplate {
+        definition: "Mistral3ForConditionalGeneration/mistral3",
+        module: "text_decoder",
+        weight_prefix: "language_model.",
+        num_layers_key: Some("text_config.num_hidden_layers"),
+        override_num_layers: None,
+        pre: &[("model.embed_tokens.weight", false, &[])],
+        layer: &[
+            ("model.layers.", ".input_layernorm.weight"),
+            ("model.layers.", ".self_attn.q_proj.weight"),
+            ("model.layers.", ".self_attn.k_proj.weight"),
+            ("model.layers.", ".self_attn.v_proj.weight"),
+            ("model.layers.", ".self_attn.o_proj.weight"),
+            ("model.layers.", ".post_attention_layernorm.weight"),
+            ("model.layers.", ".mlp.up_proj.weight"),
+            ("model.layers.", ".mlp.gate_proj.weight"),
+            ("model.layers.", ".mlp.down_proj.weight"),
+        ],
+        post: &[
+            ("model.norm.weight", false, &[]),
+            ("lm_head.weight", true, &["model.embed_tokens.weight"]),
+        ],
+    },
+    ModuleTemplate {
+        definition: "Mistral3ForConditionalGeneration/mistral3",
+        module: "multi_modal_projector",
+        weight_prefix: "multi_modal_projector.",
+        num_layers_key: None,
+        override_num_layers: Some(0),
+        pre: &[
+            ("linear_1.weight", false, &[]),
+            ("linear_2.weight", false, &[]),
+            ("norm.weight", false, &[]),
+            ("patch_merger.merging_layer.weight", false, &[]),
+        ],
+        layer: &[],
+        post: &[],
+    },
+    ModuleTemplate {
+        definition: "Mistral3ForConditionalGeneration/mistral3",
+        module: "vision_tower",
+        weight_prefix: "vision_tower.",
+        num_layers_key: Some("vision_config.num_hidden_layers"),
+        override_num_layers: None,
+        pre: &[
+            ("patch_conv.weight", false, &[]),
+            ("ln_pre.weight", false, &[]),
+        ],
+        layer: &[
+            ("transformer.layers.", ".ffn_norm.weight"),
+            ("transformer.layers.", ".feed_forward.down_proj.weight"),
+            ("transformer.layers.", ".feed_forward.gate_proj.weight"),
+            ("transformer.layers.", ".feed_forward.up_proj.weight"),
+            ("transformer.layers.", ".attention_norm.weight"),
+            ("transformer.layers.", ".attention.k_proj.weight"),
+            ("transformer.layers.", ".attention.o_proj.weight"),
+            ("transformer.layers.", ".attention.q_proj.weight"),
+            ("transformer.layers.", ".attention.v_proj.weight"),
+        ],
+        post: &[],
+    },
+    ModuleTemplate {
+        definition: "WhisperForConditionalGeneration/whisper",
+        module: "decoder",
+        weight_prefix: "model.decoder",
+        num_layers_key: Some("decoder_layers"),
+        override_num_layers: None,
+        pre: &[
+            ("embed_tokens.weight", false, &[]),
+            ("embed_positions.weight", false, &[]),
+        ],
+        layer: &[
+            ("layers.", ".encoder_attn.k_proj.weight"),
+            ("layers.", ".encoder_attn.out_proj.bias"),
+            ("layers.", ".encoder_attn.out_proj.weight"),
+            ("layers.", ".encoder_attn.q_proj.bias"),
+            ("layers.", ".encoder_attn.q_proj.weight"),
+            ("layers.", ".encoder_attn.v_proj.bias"),
+            ("layers.", ".encoder_attn.v_proj.weight"),
+            ("layers.", ".encoder_attn_layer_norm.bias"),
+            ("layers.", ".encoder_attn_layer_norm.weight"),
+            ("layers.", ".fc1.bias"),
+            ("layers.", ".fc1.weight"),
+            ("layers.", ".fc2.bias"),
+            ("layers.", ".fc2.weight"),
+            ("layers.", ".final_layer_norm.bias"),
+            ("layers.", ".final_layer_norm.weight"),
+            ("layers.", ".self_attn.k_proj.weight"),
+            ("layers.", ".self_attn.out_proj.bias"),
+            ("layers.", ".self_attn.out_proj.weight"),
+            ("layers.", ".self_attn.q_proj.bias"),
+            ("layers.", ".self_attn.q_proj.weight"),
+            ("layers.", ".self_attn.v_proj.bias"),
+            ("layers.", ".self_attn.v_proj.weight"),
+            ("layers.", ".self_attn_layer_norm.bias"),
+            ("layers.", ".self_attn_layer_norm.weight"),
+        ],
+        post: &[
+            ("layer_norm.bias", false, &[]),
+            ("layer_norm.weight", false, &[]),
+        ],
+    },
+    ModuleTemplate {
+        definition: "WhisperForConditionalGeneration/whisper",
+        module: "encoder",
+        weight_prefix: "model.encoder.",
+        num_layers_key: Some("encoder_layers"),
+        override_num_layers: None,
+        pre: &[
+            ("embed_positions.weight", false, &[]),
+            ("conv1.bias", false, &[]),
+            ("conv1.weight", false, &[]),
+            ("conv2.bias", false, &[]),
+            ("conv2.weight", false, &[]),
+        ],
+        layer: &[
+            ("layers.", ".fc1.bias"),
+            ("layers.", ".fc1.weight"),
+            ("layers.", ".fc2.bias"),
+            ("layers.", ".fc2.weight"),
+            ("layers.", ".final_layer_norm.bias"),
+            ("layers.", ".final_layer_norm.weight"),
+            ("layers.", ".self_attn.k_proj.weight"),
+            ("layers.", ".self_attn.out_proj.bias"),
+            ("layers.", ".self_attn.out_proj.weight"),
+            ("layers.", ".self_attn.q_proj.bias"),
+            ("layers.", ".self_attn.q_proj.weight"),
+            ("layers.", ".self_attn.v_proj.bias"),
+            ("layers.", ".self_attn.v_proj.weight"),
+            ("layers.", ".self_attn_layer_norm.bias"),
+            ("layers.", ".self_attn_layer_norm.weight"),
+        ],
+        post: &[
+            ("layer_norm.bias", false, &[]),
+            ("layer_norm.weight", false, &[]),
+        ],
+    },
+];
+
+/// Files mergekit 0.1.5 copies from the donor when they exist, by definition key.
+pub const MERGEKIT_TAGALONG: &[(&str, &[&str])] = &[
+    (
+        "Gemma3ForConditionalGeneration/gemma3",
+        &["preprocessor_config.json", "processor_config.json"],
+    ),
+    (
+        "Llama4ForConditionalGeneration/llama4",
+        &["preprocessor_config.json", "processor_config.json"],
+    ),
+    (
+        "Mistral3ForConditionalGeneration/mistral3",
+        &["preprocessor_config.json", "processor_config.json"],
+    ),
+    (
+        "Qwen2_5_VLForConditionalGeneration/qwen2_5_vl",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "Qwen2VLForConditionalGeneration/qwen2_vl",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "Qwen3VLMoeForConditionalGeneration/qwen3_vl_moe",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "Qwen3VLForConditionalGeneration/qwen3_vl",
+        &["preprocessor_config.json", "vocab.json"],
+    ),
+    (
+        "WhisperForConditionalGeneration/whisper",
+        &["preprocessor_config.json", "normalizer.json"],
+    ),
+];

@@ -130,5 +130,15 @@ pub(crate) fn write_plan(plan: &Plan, out: &Path, files: &OutputFiles) -> Result
             );
         }
     }
+    // mergekit copies the architecture's tagalong files (processor configs) from the donor
+    // whatever the tokenizer options.
+    if let Some(donor) = donor {
+        let folder = donor.source.folder_ref();
+        for f in plan.tagalong {
+            if let Some(p) = folder.aux_file(f) {
+                writer.copy_file(f, &p)?;
+            }
+        }
+    }
     Ok(writer.finish()?)
 }

@@ -142,6 +142,12 @@ pub struct Plan {
     pub base_model: Option<usize>,
     /// New layer count for config.json (slices syntax only).
     pub num_layers: Option<usize>,
+    /// New layer counts of the modules of a multi-module architecture written as `slices:`,
+    /// at their dotted config.json keys (`text_config.num_hidden_layers`).
+    pub module_layers: Vec<(&'static str, usize)>,
+    /// Files copied from the donor when it has them (mergekit's `tagalong_files`: a VLM's
+    /// processor configs).
+    pub tagalong: &'static [&'static str],
     /// The config's `dtype` / `out_dtype`, resolved.
     pub config_dtype: Option<DType>,
     /// See above.

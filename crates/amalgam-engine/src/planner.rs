@@ -16,6 +16,7 @@ use amalgam_methods::{
 
 use crate::arch;
 use crate::error::{EngineError, Result};
+use crate::mergekit_archs::ModuleTemplate;
 use crate::plan::{Model, Op, OpInput, Plan, TokenizerOut};
 use crate::source::Source;
 
@@ -54,6 +55,19 @@ struct NSlice {
     fallback_weight: Option<f64>,
 }
 
+/// One output module. mergekit plans each on its own: its pre weights, its slices' layers
+/// (numbered from 0 in the module), its post weights.
+struct ModuleOut {
+    /// Where its slices are in the config, for error paths.
+    at: String,
+    /// A multi-module architecture's definition of the module (weight prefix, layer-count key,
+    /// weights); `None` for the one module of the others (the model's template, or inference).
+    template: Option<&'static ModuleTemplate>,
+    slices: Vec<NSlice>,
+    /// Written as `slices:`: mergekit then sets the module's layer count in config.json.
+    from_slices: bool,
+}
+
 fn parse_dtype(key: &'static str, s: &Option<String>) -> Result<Option<DType>> {
     let Some(s) = s else { return Ok(None) };
     match DType::from_mergekit(s) {
@@ -80,6 +94,8 @@ struct Planner<'a> {
     known: Vec<Option<arch::Known>>,
     /// The output vocabulary, with a tokenizer config.
     vocab: Option<crate::vocab::Vocab>,
+    /// Tied names of the modules' weights (prefixed): read when a model lacks the weight.
+    tied: HashMap<String, Vec<String>>,
 }
 
 impl<'a> Planner<'a> {
@@ -160,7 +176,8 @@ impl<'a> Planner<'a> {
         // A known architecture's layers are exactly its template: every listed tensor is
         // required (a missing one fails planning with mergekit's message), others are ignored.
         let known = arch::known(config.as_ref(), source.is_expert_view());
-        if let (None, Some(a)) = (&known, arch_name) {
+        let modular = arch::module_templates(config.as_ref(), source.is_expert_view()).is_some();
+        if let (None, Some(a), false) = (&known, arch_name, modular) {
             let w = format!(
                 "{}: architecture {} has no mergekit decoder definition amalgam plans from; its \
                  tensors are inferred from the checkpoint's names",
@@ -299,31 +316,51 @@ impl<'a> Planner<'a> {
             .map_or(0, |&k| k.saturating_add(1))
     }
 
-    fn normalize(&mut self) -> Result<Vec<NSlice>> {
-        let cfg = &self.loaded.config;
-        let global_base = match &cfg.base_model {
-            Some(b) => Some(self.model(b)?),
-            None => None,
+    /// A model's layer count in module `t` (mergekit: the module's fixed count, else the
+    /// config.json value at the module's key); the model's own count for the single module.
+    fn module_num_layers(&self, m: usize, t: Option<&ModuleTemplate>) -> Result<usize> {
+        let Some(t) = t else {
+            return Ok(self.num_layers(m));
         };
-        let uniform_fallback = if self.opts.strict {
-            None
-        } else {
-            amalgam_config::uniform_fallback(cfg, self.method.info())
-        };
-        let form = output_form(cfg);
-        let module_params = form.module_params.cloned();
+        if let Some(n) = t.override_num_layers {
+            return Ok(n);
+        }
+        let key = t.num_layers_key.unwrap_or("num_hidden_layers");
+        self.models[m]
+            .config
+            .as_ref()
+            .and_then(|c| arch::config_path(c, key))
+            .and_then(serde_json::Value::as_u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| EngineError::ModuleLayerCount {
+                model: self.models[m].label.clone(),
+                module: t.module.to_string(),
+                key: key.to_string(),
+            })
+    }
+
+    /// One module's `models:` or `slices:` as mergekit normalizes them: `models:` become one
+    /// slice over every layer of each model (the base model added when not listed).
+    fn module_slices(
+        &mut self,
+        models: Option<&[amalgam_config::InputModel]>,
+        slices: Option<&[amalgam_config::OutputSlice]>,
+        module_params: Option<&Parameters>,
+        global_base: Option<usize>,
+        t: Option<&'static ModuleTemplate>,
+    ) -> Result<Vec<NSlice>> {
         let mut out = Vec::new();
-        match (form.models, form.slices) {
+        match (models, slices) {
             (Some(models), None) => {
                 let mut sources = Vec::new();
                 for m in models {
                     let i = self.model(&m.model)?;
-                    let n = self.num_layers(i);
+                    let n = self.module_num_layers(i, t)?;
                     sources.push((i, (0, n), m.parameters.clone()));
                 }
                 if let Some(b) = global_base {
                     if !sources.iter().any(|s| s.0 == b) {
-                        let n = self.num_layers(b);
+                        let n = self.module_num_layers(b, t)?;
                         sources.push((b, (0, n), Parameters::new()));
                     }
                 }
@@ -332,7 +369,7 @@ impl<'a> Planner<'a> {
                     sources,
                     base: global_base,
                     params: Parameters::new(),
-                    module_params: module_params.clone(),
+                    module_params: module_params.cloned(),
                 });
             }
             (None, Some(slices)) => {
@@ -351,7 +388,7 @@ impl<'a> Planner<'a> {
                         sources,
                         base,
                         params: s.parameters.clone(),
-                        module_params: module_params.clone(),
+                        module_params: module_params.cloned(),
                     });
                 }
             }
@@ -361,11 +398,209 @@ impl<'a> Planner<'a> {
                 ))
             }
         }
-        if form.module_params.is_some() {
-            self.check_single_module()?;
+        Ok(out)
+    }
+
+    /// The modules of the merge's architecture (the global base model's, else the first
+    /// model's), when it is a multi-module one amalgam plans.
+    fn arch_modules(&self, arch_model: usize) -> Option<Vec<&'static ModuleTemplate>> {
+        let m = &self.models[arch_model];
+        arch::module_templates(m.config.as_ref(), m.source.is_expert_view())
+    }
+
+    /// The named modules of a multi-module architecture (`modules: {text_decoder: ...}`),
+    /// checked against mergekit's definition of the merge's architecture.
+    fn named_modules(
+        &mut self,
+        named: &[(String, amalgam_config::OutputModule)],
+        global_base: Option<usize>,
+    ) -> Result<Vec<ModuleOut>> {
+        // Every model first: the architecture is the base model's, else the first listed.
+        let mut first = global_base;
+        for (_, m) in named {
+            for r in m.models.iter().flatten().map(|x| &x.model).chain(
+                m.slices
+                    .iter()
+                    .flatten()
+                    .flat_map(|s| s.sources.iter().map(|x| &x.model).chain(&s.base_model)),
+            ) {
+                let i = self.model(r)?;
+                first.get_or_insert(i);
+            }
+        }
+        let Some(arch_model) = first else {
+            return Err(EngineError::NoSlices(
+                "the modules: section has no input models",
+            ));
+        };
+        let label = self.models[arch_model].label.clone();
+        let arch_name = amalgam_io::display::safe(
+            arch::architecture_of(self.models[arch_model].config.as_ref()).unwrap_or("?"),
+        )
+        .to_string();
+        let Some(templates) = self.arch_modules(arch_model) else {
+            let m = &self.models[arch_model];
+            // The first module that is not the architecture's one module `default`.
+            let path = named
+                .iter()
+                .map(|(n, _)| n)
+                .find(|n| *n != amalgam_config::DEFAULT_MODULE)
+                .or(named.first().map(|(n, _)| n))
+                .map_or_else(|| "modules".to_string(), |n| format!("modules.{n}"));
+            return Err(
+                match arch::modules_of(m.config.as_ref(), m.source.is_expert_view()) {
+                    // A multi-module architecture whose weights amalgam's templates cannot say.
+                    Some(names) => EngineError::Unsupported {
+                        path,
+                        key: format!(
+                            "modules of the multi-module architecture {arch_name} (model {label})"
+                        ),
+                        advice: format!(
+                            "amalgam plans the modules of {} only; mergekit 0.1.5 names this \
+                             one's {}",
+                            planned_modular().join(", "),
+                            names.join(", ")
+                        ),
+                    },
+                    // mergekit: KeyError on the module name.
+                    None => EngineError::UnknownModule {
+                        path,
+                        arch: arch_name,
+                        model: label,
+                        known: amalgam_config::DEFAULT_MODULE.to_string(),
+                    },
+                },
+            );
+        };
+        let names: Vec<&str> = templates.iter().map(|t| t.module).collect();
+        if let Some((path, _)) = named.iter().find(|(n, _)| !names.contains(&n.as_str())) {
+            return Err(EngineError::UnknownModule {
+                path: format!("modules.{path}"),
+                arch: arch_name,
+                model: label,
+                known: names.join(", "),
+            });
+        }
+        // mergekit writes only the modules named; the others' tensors are missing from its
+        // output, which then does not load: refused here rather than written incomplete.
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !named.iter().any(|(m, _)| m == n))
+            .collect();
+        if !missing.is_empty() {
+            return Err(EngineError::Unsupported {
+                path: "modules".into(),
+                key: format!(
+                    "a modules: section without module(s) {} of {arch_name}",
+                    missing.join(", ")
+                ),
+                advice: format!(
+                    "mergekit 0.1.5 leaves their tensors out of the merge, so the output does \
+                     not load as a {arch_name}; name every module ({}), for example with \
+                     `models:` listing one model to keep its weights",
+                    names.join(", ")
+                ),
+            });
+        }
+        let mut out = Vec::new();
+        for (name, m) in named {
+            let Some(&t) = templates.iter().find(|t| t.module == name) else {
+                continue;
+            };
+            let slices = self.module_slices(
+                m.models.as_deref(),
+                m.slices.as_deref(),
+                Some(&m.parameters),
+                global_base,
+                Some(t),
+            )?;
+            out.push(ModuleOut {
+                at: format!("modules.{name}.slices"),
+                template: Some(t),
+                slices,
+                from_slices: m.slices.is_some(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn normalize(&mut self) -> Result<Vec<ModuleOut>> {
+        let cfg = &self.loaded.config;
+        let global_base = match &cfg.base_model {
+            Some(b) => Some(self.model(b)?),
+            None => None,
+        };
+        let uniform_fallback = if self.opts.strict {
+            None
+        } else {
+            amalgam_config::uniform_fallback(cfg, self.method.info())
+        };
+        let form = output_form(cfg);
+        let mut out = match form.named {
+            Some(named) => self.named_modules(named, global_base)?,
+            None => {
+                let slices = self.module_slices(
+                    form.models,
+                    form.slices,
+                    form.module_params,
+                    global_base,
+                    None,
+                )?;
+                if form.module_params.is_some() {
+                    self.check_single_module()?;
+                }
+                let arch_model =
+                    global_base.or_else(|| slices.first()?.sources.first().map(|x| x.0));
+                match arch_model.and_then(|m| self.arch_modules(m)) {
+                    // Top-level `models:` on a multi-module architecture: mergekit merges every
+                    // module with those models.
+                    Some(templates) if form.module_params.is_none() && form.models.is_some() => {
+                        let mut out = Vec::new();
+                        for t in templates {
+                            let slices =
+                                self.module_slices(form.models, None, None, global_base, Some(t))?;
+                            out.push(ModuleOut {
+                                at: format!("modules.{}.slices", t.module),
+                                template: Some(t),
+                                slices,
+                                from_slices: false,
+                            });
+                        }
+                        out
+                    }
+                    Some(templates) if form.module_params.is_none() => {
+                        return Err(EngineError::MultiModuleSlices {
+                            modules: templates
+                                .iter()
+                                .map(|t| t.module)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        })
+                    }
+                    _ => vec![ModuleOut {
+                        at: form.at.to_string(),
+                        template: None,
+                        slices,
+                        from_slices: form.slices.is_some(),
+                    }],
+                }
+            }
+        };
+        for t in out.iter().filter_map(|m| m.template) {
+            for (name, _, tied) in t.pre.iter().chain(t.post) {
+                if !tied.is_empty() {
+                    self.tied.insert(
+                        format!("{}{name}", t.weight_prefix),
+                        tied.iter()
+                            .map(|x| format!("{}{x}", t.weight_prefix))
+                            .collect(),
+                    );
+                }
+            }
         }
         if let Some(w) = uniform_fallback {
-            for s in &mut out {
+            for s in out.iter_mut().flat_map(|m| &mut m.slices) {
                 s.fallback_weight = Some(1.0 / s.sources.len() as f64);
             }
             self.warnings.push(w.message);
@@ -388,6 +623,12 @@ impl<'a> Planner<'a> {
             let src = &self.models[m].source;
             let name = if src.has(&name) {
                 name
+            } else if let Some(tied) = self
+                .tied
+                .get(&name)
+                .and_then(|ts| ts.iter().find(|t| src.has(t)))
+            {
+                tied.to_string()
             } else if let Some(tied) = arch::tied_name(&name).filter(|t| src.has(t)) {
                 tied.to_string()
             } else {
@@ -731,12 +972,15 @@ fn check_one_architecture(models: &[Model]) -> Result<()> {
 
 /// What a config merges: its `models:` or `slices:`, written at the top level or as the single
 /// module `default` (`modules: {default: ...}`, which mergekit plans exactly as the top-level
-/// form, with the module's `parameters` as one more scope). Modules of multi-module
-/// architectures give neither (validation refuses them as not supported yet).
+/// form, with the module's `parameters` as one more scope); or the named modules of a
+/// multi-module architecture (`named`).
 struct OutputForm<'c> {
     models: Option<&'c [amalgam_config::InputModel]>,
     slices: Option<&'c [amalgam_config::OutputSlice]>,
     module_params: Option<&'c Parameters>,
+    /// Where the slices are, for error paths.
+    at: &'static str,
+    named: Option<&'c [(String, amalgam_config::OutputModule)]>,
 }
 
 fn output_form(cfg: &amalgam_config::MergeConfig) -> OutputForm<'_> {
@@ -745,6 +989,8 @@ fn output_form(cfg: &amalgam_config::MergeConfig) -> OutputForm<'_> {
             models: cfg.models.as_deref(),
             slices: cfg.slices.as_deref(),
             module_params: None,
+            at: "slices",
+            named: None,
         };
     };
     match modules.as_slice() {
@@ -757,14 +1003,28 @@ fn output_form(cfg: &amalgam_config::MergeConfig) -> OutputForm<'_> {
                 models: m.models.as_deref(),
                 slices: m.slices.as_deref(),
                 module_params: Some(&m.parameters),
+                at: "modules.default.slices",
+                named: None,
             }
         }
-        _ => OutputForm {
+        named => OutputForm {
             models: None,
             slices: None,
             module_params: None,
+            at: "modules",
+            named: Some(named),
         },
     }
+}
+
+/// The multi-module architectures amalgam plans (their first class names), for messages.
+fn planned_modular() -> Vec<&'static str> {
+    let mut defs: Vec<&'static str> = crate::mergekit_archs::MERGEKIT_MODULE_TEMPLATES
+        .iter()
+        .map(|t| t.definition.split('/').next().unwrap_or(t.definition))
+        .collect();
+    defs.dedup();
+    defs
 }
 
 /// One parameter through [`amalgam_config::resolve_value`], its coercion error named.
@@ -816,13 +1076,14 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     // such rather than as a contract violation of an empty slice.
     let form = output_form(cfg);
     // Error paths name the slices where the config writes them.
-    let at = if form.module_params.is_some() {
-        "modules.default.slices"
-    } else {
-        "slices"
-    };
+    let at = form.at;
     match (form.models, form.slices) {
-        (Some([]), None) => return Err(EngineError::EmptySlice { at, slice: 0 }),
+        (Some([]), None) => {
+            return Err(EngineError::EmptySlice {
+                at: at.into(),
+                slice: 0,
+            })
+        }
         (None, Some(s)) => {
             if s.is_empty() {
                 return Err(EngineError::NoSlices(
@@ -830,7 +1091,10 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
                 ));
             }
             if let Some(i) = s.iter().position(|s| s.sources.is_empty()) {
-                return Err(EngineError::EmptySlice { at, slice: i });
+                return Err(EngineError::EmptySlice {
+                    at: at.into(),
+                    slice: i,
+                });
             }
         }
         _ => {}
@@ -865,14 +1129,111 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
         layer_index: Vec::new(),
         known: Vec::new(),
         vocab: None,
+        tied: HashMap::new(),
     };
-    let slices = p.normalize()?;
+    let modules = p.normalize()?;
     if !opts.allow_crimes {
         check_one_architecture(&p.models)?;
     }
-    let tokenizer = plan_tokenizer(&mut p, &slices)?;
-    // The config parser rejects empty lists, but a `MergeConfig` can be built by hand: these
-    // checks keep the indexing below safe whatever the caller passes.
+    let Some(first_module) = modules.first() else {
+        return Err(EngineError::NoSlices("the config has no modules to merge"));
+    };
+    let tokenizer = plan_tokenizer(&mut p, &first_module.slices)?;
+    let first_models: Vec<usize> = first_module
+        .slices
+        .first()
+        .map(|s| s.sources.iter().map(|x| x.0).collect())
+        .unwrap_or_default();
+    let mut num_layers = None;
+    let mut module_layers = Vec::new();
+    for module in &modules {
+        let out_layer = plan_module(&mut p, module, opts)?;
+        match module.template {
+            // mergekit 0.1.5 sets the layer count for `slices:`, top-level or in the `default`
+            // module...
+            None if module.from_slices => num_layers = Some(out_layer),
+            None => {}
+            // ...and, for a module of a multi-module architecture written as `slices:`, at the
+            // module's key (`text_config.num_hidden_layers`).
+            Some(t) if module.from_slices => {
+                if let Some(key) = t.num_layers_key {
+                    module_layers.push((key, out_layer));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    let base_model = match &cfg.base_model {
+        Some(b) => p.by_ref.get(b).copied(),
+        None => None,
+    };
+    let donor = match (base_model, first_models.first()) {
+        (Some(b), _) => b,
+        (None, Some(&m)) => m,
+        (None, None) => {
+            return Err(EngineError::NoSlices(
+                "slices[0] has no source model to take config.json from",
+            ))
+        }
+    };
+    if p.models[donor].config.is_none() {
+        p.warnings.push(format!(
+            "model {} has no config.json, so the output has none either (transformers cannot \
+             load it; mergekit refuses such a model)",
+            p.models[donor].label
+        ));
+    }
+    let mut ops = std::mem::take(&mut p.ops);
+    match opts.compat {
+        // Replays mergekit's scheduler: sorted by label, ties as its task graph breaks them.
+        Compat::V0_1_5 => crate::order::sort(&mut ops),
+        Compat::V0_0_4_2 => crate::legacy_order::sort(&mut ops, &p.models),
+    }
+    // The merge's architecture is the base model's, else the first model's (as the donor).
+    let tagalong = {
+        let m = &p.models[donor];
+        arch::tagalong_files(m.config.as_ref(), m.source.is_expert_view())
+    };
+    // mergekit warns and keeps the donor's value when the key's parent is not in its config.
+    module_layers.retain(|(key, _)| {
+        let parent = key.rsplit_once('.').map(|(a, _)| a);
+        let ok = match (parent, p.models[donor].config.as_ref()) {
+            (Some(parent), Some(c)) => arch::config_path(c, parent).is_some_and(|v| v.is_object()),
+            (None, Some(c)) => c.is_object(),
+            (_, None) => false,
+        };
+        if !ok {
+            p.warnings.push(format!(
+                "Unable to set number of layers ({key}) in output config - you may need to \
+                 manually correct it"
+            ));
+        }
+        ok
+    });
+    Ok(Plan {
+        models: p.models,
+        ops,
+        method: Some(p.method),
+        donor,
+        base_model,
+        num_layers,
+        module_layers,
+        tagalong,
+        config_dtype,
+        config_out_dtype,
+        compat: opts.compat,
+        warnings: p.warnings,
+        tokenizer,
+    })
+}
+
+/// Plans one module: its slices checked (layer ranges, equal lengths), then its pre weights
+/// (first slice's models), layers (numbered from 0 in the module) and post weights (last
+/// slice's models), as mergekit's `plan_module`. Returns the module's output layer count.
+fn plan_module(p: &mut Planner<'_>, module: &ModuleOut, opts: &PlanOptions) -> Result<usize> {
+    let at = &module.at;
+    let slices = &module.slices;
+    let t_module = module.template;
     let (Some(first), Some(last)) = (slices.first(), slices.last()) else {
         return Err(EngineError::NoSlices(
             "the config has no slices: give a non-empty `models:` or `slices:` list",
@@ -880,13 +1241,16 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
     };
     for (i, s) in slices.iter().enumerate() {
         if s.sources.is_empty() {
-            return Err(EngineError::EmptySlice { at, slice: i });
+            return Err(EngineError::EmptySlice {
+                at: at.clone(),
+                slice: i,
+            });
         }
         for (m, (a, b), _) in &s.sources {
-            let n = p.num_layers(*m);
+            let n = p.module_num_layers(*m, t_module)?;
             if a > b {
                 return Err(EngineError::LayerRange {
-                    at,
+                    at: at.clone(),
                     slice: i,
                     start: *a,
                     end: *b,
@@ -899,7 +1263,7 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             }
             if *b > n {
                 return Err(EngineError::LayerRange {
-                    at,
+                    at: at.clone(),
                     slice: i,
                     start: *a,
                     end: *b,
@@ -916,17 +1280,21 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             .map(|x| x.1 .1.saturating_sub(x.1 .0))
             .collect();
         if lens.iter().any(|&l| Some(&l) != lens.first()) {
-            return Err(EngineError::LayerCounts { at, slice: i, lens });
+            return Err(EngineError::LayerCounts {
+                at: at.clone(),
+                slice: i,
+                lens,
+            });
         }
     }
     let first_models: Vec<usize> = first.sources.iter().map(|x| x.0).collect();
     let last_models: Vec<usize> = last.sources.iter().map(|x| x.0).collect();
-    for name in p.non_layer_names(&first_models, false) {
+    for name in module_non_layer_names(p, t_module, &first_models, false) {
         let inputs = first_models.iter().map(|&m| (m, name.clone())).collect();
         p.plan_tensor(name, inputs, first, 0.0)?;
     }
     let mut out_layer = 0usize;
-    for s in &slices {
+    for s in slices {
         // Not empty, and start <= end: both checked above.
         let Some(&(m0, (a0, b0), _)) = s.sources.first() else {
             continue;
@@ -938,10 +1306,17 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             } else {
                 1.0
             };
-            let templates = p.layer_index[m0]
-                .get(&(a0 + i))
-                .cloned()
-                .unwrap_or_default();
+            let templates: Vec<(String, String)> = match t_module {
+                Some(tm) => tm
+                    .layer
+                    .iter()
+                    .map(|(a, b)| (format!("{}{a}", tm.weight_prefix), b.to_string()))
+                    .collect(),
+                None => p.layer_index[m0]
+                    .get(&(a0 + i))
+                    .cloned()
+                    .unwrap_or_default(),
+            };
             if templates.is_empty() {
                 return Err(EngineError::MissingLayer {
                     model: p.models[m0].label.clone(),
@@ -976,52 +1351,30 @@ pub fn plan(loaded: &LoadedConfig, registry: &Registry, opts: &PlanOptions) -> R
             .collect(),
         Compat::V0_0_4_2 => last_models.clone(),
     };
-    let post = p.non_layer_names(&post_models, true);
-    for name in post {
+    for name in module_non_layer_names(p, t_module, &post_models, true) {
         let inputs = post_models.iter().map(|&m| (m, name.clone())).collect();
         p.plan_tensor(name, inputs, last, post_t)?;
     }
-    // mergekit 0.1.5 sets the layer count for `slices:`, top-level or in the `default` module.
-    let num_layers = form.slices.map(|_| out_layer);
-    let base_model = match &cfg.base_model {
-        Some(b) => p.by_ref.get(b).copied(),
-        None => None,
+    Ok(out_layer)
+}
+
+/// The pre (or post) weights of a module, prefixed, an optional one only when some of `models`
+/// has it; the single module's from the model's template or its checkpoint.
+fn module_non_layer_names(
+    p: &Planner<'_>,
+    t: Option<&ModuleTemplate>,
+    models: &[usize],
+    post: bool,
+) -> Vec<String> {
+    let Some(t) = t else {
+        return p.non_layer_names(models, post);
     };
-    let donor = match (base_model, first_models.first()) {
-        (Some(b), _) => b,
-        (None, Some(&m)) => m,
-        (None, None) => {
-            return Err(EngineError::NoSlices(
-                "slices[0] has no source model to take config.json from",
-            ))
-        }
-    };
-    if p.models[donor].config.is_none() {
-        p.warnings.push(format!(
-            "model {} has no config.json, so the output has none either (transformers cannot \
-             load it; mergekit refuses such a model)",
-            p.models[donor].label
-        ));
-    }
-    let mut ops = std::mem::take(&mut p.ops);
-    match opts.compat {
-        // Replays mergekit's scheduler: sorted by label, ties as its task graph breaks them.
-        Compat::V0_1_5 => crate::order::sort(&mut ops),
-        Compat::V0_0_4_2 => crate::legacy_order::sort(&mut ops, &p.models),
-    }
-    Ok(Plan {
-        models: p.models,
-        ops,
-        method: Some(p.method),
-        donor,
-        base_model,
-        num_layers,
-        config_dtype,
-        config_out_dtype,
-        compat: opts.compat,
-        warnings: p.warnings,
-        tokenizer,
-    })
+    let list = if post { t.post } else { t.pre };
+    list.iter()
+        .map(|(n, optional, _)| (format!("{}{n}", t.weight_prefix), *optional))
+        .filter(|(n, optional)| !optional || models.iter().any(|&m| p.models[m].source.has(n)))
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// The output vocabulary (with `tokenizer_source` / `tokenizer:`) and the output tokenizer
@@ -1065,7 +1418,7 @@ fn plan_tokenizer(p: &mut Planner<'_>, slices: &[NSlice]) -> Result<Option<Token
                 }
                 if let Some(path) = folder.aux_file(f) {
                     let bytes = std::fs::read(&path).map_err(|e| EngineError::SideFile {
-                        path: path.clone(),
+                        path,
                         reason: e.to_string(),
                     })?;
                     files.push((f, bytes));

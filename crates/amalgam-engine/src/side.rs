@@ -42,6 +42,18 @@ pub fn config_json(plan: &Plan) -> Option<Vec<u8>> {
             .unwrap_or("num_hidden_layers");
         obj.insert(key.to_string(), Json::from(n));
     }
+    // The layer counts of a multi-module architecture's modules, at their nested keys (the
+    // planner kept only those whose parent object the donor's config has).
+    for (key, n) in &plan.module_layers {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let Some(last) = parts.pop() else { continue };
+        let parent = parts
+            .into_iter()
+            .try_fold(&mut cfg, |v, part| v.get_mut(part));
+        if let Some(obj) = parent.and_then(Json::as_object_mut) {
+            obj.insert(last.to_string(), Json::from(*n));
+        }
+    }
     // mergekit's `_update_config_vocab`: the output vocabulary size, padded, under the key the
     // config uses (`text_config.vocab_size` for VL configs that keep the text vocabulary there).
     if let (Some(n), Some(obj)) = (

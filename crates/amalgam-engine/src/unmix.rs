@@ -109,6 +109,8 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
         donor: 0,
         base_model: None,
         num_layers: None,
+        module_layers: Vec::new(),
+        tagalong: &[],
         config_dtype: opts.dtype,
         config_out_dtype: None,
         compat: opts.compat,

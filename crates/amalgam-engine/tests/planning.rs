@@ -116,7 +116,11 @@ fn layer_range_error_of_the_default_module_names_its_path() {
     let text = "merge_method: passthrough\nmodules:\n  default:\n    slices:\n      - sources:\n          \
                 - model: ./models/base\n            layer_range: [0, 9]\n";
     match plan_text(text, Compat::V0_1_5) {
-        Err(e @ EngineError::LayerRange { at, slice: 0, .. }) => {
+        Err(
+            ref e @ EngineError::LayerRange {
+                ref at, slice: 0, ..
+            },
+        ) => {
             assert_eq!(at, "modules.default.slices");
             assert!(
                 e.to_string()
