@@ -598,9 +598,10 @@ pub fn unsupported_message(key: &str) -> String {
 pub const DEFAULT_MODULE: &str = "default";
 
 /// The merge methods with float64 arithmetic (`MergeMethod::supports_f64` in amalgam-methods,
-/// for mergekit 0.1.5; a test there checks the two agree): mergekit computes in f64 when the
-/// working dtype is float64, and only these reproduce it.
-pub const FLOAT64_METHODS: &[&str] = &["linear"];
+/// for mergekit 0.1.5; a test checks the two agree): mergekit computes in f64 when the
+/// working dtype is float64, and only these reproduce it (task_arithmetic up to four models
+/// besides the base; the planner refuses more).
+pub const FLOAT64_METHODS: &[&str] = &["linear", "task_arithmetic"];
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
 /// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) on a
