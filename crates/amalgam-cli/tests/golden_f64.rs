@@ -1,5 +1,6 @@
 //! Float64 arithmetic (`tests/golden-f64`, made by `make_golden.sh` with mergekit 0.1.5):
-//! linear of three tiny Llama models and task_arithmetic of two over a base, computed in f64, from float64 inputs (no `dtype:`) and
+//! linear of three tiny Llama models, task_arithmetic of two over a base and passthrough with
+//! `scale`, computed in f64, from float64 inputs (no `dtype:`) and
 //! from float32 inputs with `dtype: float64`, normalized or not, written as float64 or
 //! (`out_dtype: float32`) float32, gives mergekit's bytes; methods without f64 arithmetic are
 //! refused by name, by `validate` and `merge` alike.
@@ -39,6 +40,8 @@ const CASES: &[&str] = &[
     "linear-f32-dtype-f64-nonorm-out-f32",
     "task_arithmetic-f64",
     "task_arithmetic-f32-dtype-f64-norm-out-f32",
+    "passthrough-f64",
+    "passthrough-f32-dtype-f64-out-f32",
 ];
 
 #[test]

@@ -601,7 +601,7 @@ pub const DEFAULT_MODULE: &str = "default";
 /// for mergekit 0.1.5; a test checks the two agree): mergekit computes in f64 when the
 /// working dtype is float64, and only these reproduce it (task_arithmetic up to four models
 /// besides the base; the planner refuses more).
-pub const FLOAT64_METHODS: &[&str] = &["linear", "task_arithmetic"];
+pub const FLOAT64_METHODS: &[&str] = &["linear", "passthrough", "task_arithmetic"];
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
 /// module other than `default` (multi-module architectures), LoRA (`+lora` or `lora:`) on a
