@@ -136,6 +136,19 @@ fn methods_without_float64_arithmetic_are_refused_by_name() {
             "float64 arithmetic of merge_method multislerp (mergekit 0.1.5, 2 input models) is not supported yet",
         ),
     ];
+    // linear's f64 arithmetic is mergekit 0.1.5's: under 0.0.4.2 it is refused too.
+    let legacy = std::fs::read_to_string(dir().join("linear-f32-dtype-f64.yml"))
+        .unwrap()
+        .replace("models/", &format!("{}/models/", dir().display()));
+    let configs = [
+        configs[0].clone(),
+        configs[1].clone(),
+        (
+            legacy,
+            &["validate", "merge"][..],
+            "float64 arithmetic of merge_method: linear under mergekit 0.0.4.2",
+        ),
+    ];
     for (k, (text, cmds, words)) in configs.iter().enumerate() {
         let cfg = tmp.path().join(format!("c{k}.yml"));
         std::fs::write(&cfg, text).unwrap();
@@ -144,6 +157,9 @@ fn methods_without_float64_arithmetic_are_refused_by_name() {
             let mut args = vec![*cmd, cfg.to_str().unwrap()];
             if *cmd == "merge" {
                 args.push(out.to_str().unwrap());
+            }
+            if k == 2 {
+                args.extend(["--mergekit-version", "0.0.4.2"]);
             }
             let o = run(&args, tmp.path());
             assert!(!o.status.success(), "{cmd} {k}");

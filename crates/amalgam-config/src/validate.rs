@@ -300,6 +300,30 @@ pub fn validate(
                 .into(),
         );
     }
+    // Float64 arithmetic is reproduced for mergekit 0.1.5 only, except passthrough (the same
+    // `x * scale` in both versions); the planner refuses the same through `supports_f64`.
+    if compat == Compat::V0_0_4_2
+        && config.merge_method != "passthrough"
+        && FLOAT64_METHODS.contains(&config.merge_method.as_str())
+        && config
+            .dtype
+            .as_deref()
+            .is_some_and(|d| d.trim_start_matches("torch.") == "float64")
+    {
+        push_at(
+            Severity::Unsupported,
+            "dtype",
+            None,
+            format!(
+                "{}; remove it or use mergekit for this config",
+                unsupported_message(&format!(
+                    "dtype: float64 (float64 arithmetic of merge_method: {} under mergekit \
+                     0.0.4.2)",
+                    config.merge_method
+                ))
+            ),
+        );
+    }
     let declared: Vec<&str> = method.params.iter().map(|p| p.name).collect();
     for at in all_params(config) {
         for (key, value) in at.params {
