@@ -7,6 +7,9 @@
 //! depend on the thread count. Input bytes are read with positioned reads into per-thread
 //! buffers (the memory maps serve only the validated headers), so memory is bounded by
 //! (threads x item size) whatever the model size, with no page cache mapped into the process.
+//! Whole-tensor items whose inputs are large ([`BIG_ITEM_BYTES`]) run one at a time, with the
+//! method working in parallel inside the tensor, so that two of the largest tensors (embeddings
+//! and the LM head) are never held at once.
 //! Methods that draw random numbers run their tensors one after another in save order, because
 //! the random stream is consumed in that order (mergekit's order), and only then can a seed
 //! reproduce a run.
@@ -29,6 +32,9 @@ pub const CHUNK_ELEMS: usize = 1 << 14;
 
 /// Elements per work item of an elementwise merge (a run of chunks handled by one thread).
 pub const ITEM_ELEMS: usize = 1 << 20;
+
+/// Input bytes (as f32) above which a whole-tensor item runs alone (see [`execute`]).
+pub const BIG_ITEM_BYTES: usize = 64 << 20;
 
 /// Progress callback: (output bytes done, tensors done).
 pub type ProgressFn = Arc<dyn Fn(u64, usize) + Send + Sync>;
@@ -426,9 +432,18 @@ fn merge_range(
     if op.work_dtype == DType::F64 {
         return merge_range_f64(plan, op, range, sink);
     }
-    let tensors: Vec<Tensor> = (0..op.inputs.len())
-        .map(|j| load(plan, op, j, range.clone(), pad))
-        .collect::<Result<_>>()?;
+    // A whole large tensor's inputs are read and decoded in parallel (each thread its own read
+    // buffer); a chunk's, one after another.
+    let tensors: Vec<Tensor> = if range.len() > CHUNK_ELEMS {
+        (0..op.inputs.len())
+            .into_par_iter()
+            .map(|j| load(plan, op, j, range.clone(), pad))
+            .collect::<Result<_>>()?
+    } else {
+        (0..op.inputs.len())
+            .map(|j| load(plan, op, j, range.clone(), pad))
+            .collect::<Result<_>>()?
+    };
     let Some(method) = &plan.method else {
         // A method-less plan copies its one input, already converted to the working dtype.
         let out = tensors
@@ -610,7 +625,20 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     for (i, _, _) in &items {
         remaining[*i].fetch_add(1, Ordering::Relaxed);
     }
-    items.par_iter().try_for_each(|(i, range, chunked)| {
+    // Whole-tensor items whose inputs alone take more than BIG_ITEM_BYTES as f32 run one at a
+    // time, before the rest (the methods work in parallel inside such a tensor): two of them at
+    // once would double the peak memory, which grows with the largest tensor and the inputs.
+    let big = |(i, range, chunked): &(usize, std::ops::Range<usize>, bool)| {
+        !*chunked
+            && plan.ops[*i].float
+            && range
+                .len()
+                .saturating_mul(plan.ops[*i].inputs.len())
+                .saturating_mul(4)
+                > BIG_ITEM_BYTES
+    };
+    let (big_items, items): (Vec<_>, Vec<_>) = items.into_iter().partition(big);
+    let run = |(i, range, chunked): &(usize, std::ops::Range<usize>, bool)| -> Result<()> {
         let op = &plan.ops[*i];
         if *chunked {
             merge_item(plan, op, range.clone(), sink, threads, pads[*i].as_ref())?;
@@ -630,7 +658,9 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
         let finished = remaining[*i].fetch_sub(1, Ordering::AcqRel) == 1;
         report((range.len() * op.out_dtype.size()) as u64, finished);
         Ok(())
-    })
+    };
+    big_items.iter().try_for_each(run)?;
+    items.par_iter().try_for_each(run)
 }
 
 fn nbytes(op: &Op) -> u64 {

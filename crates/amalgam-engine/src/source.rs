@@ -1,5 +1,6 @@
 //! Where input tensors come from: a model folder, or one expert of a Mixtral folder seen as a
-//! dense Mistral (the `#expert=K` model-reference extension and `amalgam unmix`).
+//! dense Mistral (the `#expert=K` model-reference extension and `amalgam unmix`), optionally
+//! with a PEFT LoRA adapter applied as the weights are read ([`LoraView`], `model+adapter`).
 
 use std::path::Path;
 

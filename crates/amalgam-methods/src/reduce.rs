@@ -439,6 +439,360 @@ pub(crate) fn norm2_strided(get: impl Fn(usize) -> f32, n: usize, dtype: DType) 
     round(dtype, sum_sq_seq(get, n).sqrt())
 }
 
+/// Elements per block of the blocked reductions ([`norm2_blocks`], [`sum_split_blocks`]) and of
+/// the methods' blocked elementwise passes: a multiple of every kernel's vector step (16 values),
+/// small enough that a few blocks per input stay in the L1/L2 cache.
+pub const BLOCK: usize = 4096;
+
+/// Calls `fill(start, buf)` for the consecutive blocks of `0..n` (each at most [`BLOCK`] long,
+/// starting at a multiple of it), then `each(start, block)` on the filled block.
+#[inline]
+fn for_blocks(
+    n: usize,
+    mut fill: impl FnMut(usize, &mut [f32]),
+    mut each: impl FnMut(usize, &[f32]),
+) {
+    let mut buf = [0f32; BLOCK];
+    let mut start = 0;
+    while start < n {
+        let len = BLOCK.min(n - start);
+        let b = &mut buf[..len];
+        fill(start, b);
+        each(start, b);
+        start += len;
+    }
+}
+
+/// `acc = fma(v, v, acc)` over `xs` in order (the generic norm reduction's one accumulator),
+/// compiled with the FMA instruction where the CPU has it: without it `mul_add` is a call into
+/// the maths library per element. The result is the same either way (a fused multiply-add is
+/// exactly rounded).
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "aarch64+neon"))]
+fn fma_squares(mut acc: f32, xs: &[f32]) -> f32 {
+    for &v in xs {
+        acc = v.mul_add(v, acc);
+    }
+    acc
+}
+
+/// `lanes[l] += v*v` (separate multiply and add) for the values of `xs` taken 8 at a time, lane
+/// `l` getting every value at `l` mod 8: the vectorised 2-norm kernel's body.
+#[multiversion::multiversion(targets("x86_64+avx2+fma", "x86_64+avx", "aarch64+neon"))]
+fn lane_squares(lanes: &mut [f32; LANES], xs: &[f32]) {
+    for c in xs.chunks_exact(LANES) {
+        for (a, &v) in lanes.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+}
+
+/// [`norm2`] of `n` values that are produced block by block: `fill(start, buf)` writes elements
+/// `start..start + buf.len()` (blocks arrive in order). The same bits as [`norm2`] on the whole
+/// row, without materialising it: what lets a method take the norm of a task vector or a unit
+/// direction straight from its inputs (`tests/reduce.rs` checks both against PyTorch).
+pub fn norm2_blocks(n: usize, dtype: DType, fill: impl FnMut(usize, &mut [f32])) -> f32 {
+    let s = if dtype == DType::F16 {
+        let mut acc = 0f32;
+        for_blocks(n, fill, |_, b| acc = fma_squares(acc, b));
+        acc
+    } else {
+        // The vectorised kernel: every value below `full` goes to lane (index mod 8) in index
+        // order (a BF16 step of 16 adds its lower then its upper 8); the rest is the FMA tail.
+        let step = if dtype == DType::BF16 {
+            2 * LANES
+        } else {
+            LANES
+        };
+        let full = n - n % step;
+        let mut lanes = [0f32; LANES];
+        let mut tail = [0f32; 2 * LANES];
+        let mut nt = 0;
+        for_blocks(n, fill, |start, b| {
+            let k = full.saturating_sub(start).min(b.len());
+            let (body, rest) = b.split_at(k);
+            lane_squares(&mut lanes, body);
+            for &v in rest {
+                if let Some(t) = tail.get_mut(nt) {
+                    *t = v;
+                    nt += 1;
+                }
+            }
+        });
+        let [first, rest @ ..] = lanes;
+        let mut acc = first;
+        for l in rest {
+            acc += l;
+        }
+        fma_squares(acc, tail.get(..nt).unwrap_or(&[]))
+    };
+    round(dtype, s.sqrt())
+}
+
+/// [`norm2`] of a contiguous row, through [`norm2_blocks`] (the same bits; vectorised and with
+/// the FMA instruction, which [`norm2`]'s generic closure form does not get).
+pub fn norm2_fast(x: &[f32], dtype: DType) -> f32 {
+    norm2_blocks(x.len(), dtype, |s, b| {
+        if let Some(src) = x.get(s..s + b.len()) {
+            b.copy_from_slice(src);
+        }
+    })
+}
+
+/// The contiguous sum kernel ([`inner_sum`] with [`LANES`] lanes) fed with its values in order,
+/// in slices of any length: the same additions in the same order, but vectorised over whole
+/// steps (four vectors) instead of one closure call per element.
+struct StreamSum {
+    /// Values per vector: 16 for bf16/f16 (two halves added first), 8 for f32.
+    vec_numel: usize,
+    reduced: bool,
+    n: usize,
+    /// Values summed by the four-accumulator cascade (whole steps of four vectors).
+    body_end: usize,
+    /// Values consumed so far.
+    pos: usize,
+    /// A step split across two slices.
+    stage: [f32; 4 * 2 * LANES],
+    staged: usize,
+    /// The cascade of `multi_row_sum::<4, LANES>` over `steps` steps.
+    acc: [[[f32; LANES]; ILP]; LEVELS],
+    steps_done: usize,
+    level_power: usize,
+    /// The values after `body_end` (leftover vectors, then scalars): fewer than 5 vectors.
+    tail: [f32; 5 * 2 * LANES],
+    nt: usize,
+}
+
+impl StreamSum {
+    fn new(n: usize, dtype: DType) -> Self {
+        let reduced = is_reduced(dtype);
+        let vec_numel = if reduced { 2 * LANES } else { LANES };
+        let steps = if n >= vec_numel {
+            n / vec_numel / ILP
+        } else {
+            0
+        };
+        StreamSum {
+            vec_numel,
+            reduced,
+            n,
+            body_end: steps * ILP * vec_numel,
+            pos: 0,
+            stage: [0f32; 4 * 2 * LANES],
+            staged: 0,
+            acc: [[[0f32; LANES]; ILP]; LEVELS],
+            steps_done: 0,
+            level_power: LEVELS.max(ceil_log2(steps) / LEVELS),
+            tail: [0f32; 5 * 2 * LANES],
+            nt: 0,
+        }
+    }
+
+    /// One step (four vectors) into the first level, then the cascade when a level fills.
+    #[inline]
+    fn step(&mut self, v: &[f32]) {
+        let vn = self.vec_numel;
+        if self.reduced {
+            step_add_reduced(&mut self.acc[0], v);
+        } else {
+            step_add(&mut self.acc[0], v, vn);
+        }
+        self.steps_done += 1;
+        // A level of `2^level_power` steps is complete.
+        let mask = (1usize << self.level_power) - 1;
+        if self.steps_done & mask != 0 {
+            return;
+        }
+        for j in 1..LEVELS {
+            let (lower, upper) = self.acc.split_at_mut(j);
+            if let (Some(prev), Some(cur)) = (lower.last_mut(), upper.first_mut()) {
+                add_into(cur, prev);
+                *prev = [[0f32; LANES]; ILP];
+            }
+            if self.steps_done & (mask << (j * self.level_power)) != 0 {
+                break;
+            }
+        }
+    }
+
+    fn push(&mut self, mut xs: &[f32]) {
+        let stepw = ILP * self.vec_numel;
+        while !xs.is_empty() && self.pos < self.body_end {
+            if self.staged > 0 || xs.len() < stepw {
+                let k = (stepw - self.staged).min(xs.len());
+                let (head, rest) = xs.split_at(k);
+                if let Some(dst) = self.stage.get_mut(self.staged..self.staged + k) {
+                    dst.copy_from_slice(head);
+                }
+                self.staged += k;
+                self.pos += k;
+                xs = rest;
+                if self.staged == stepw {
+                    let stage = self.stage;
+                    self.step(stage.get(..stepw).unwrap_or(&[]));
+                    self.staged = 0;
+                }
+            } else {
+                let whole = (xs.len().min(self.body_end - self.pos)) / stepw;
+                let (body, rest) = xs.split_at(whole * stepw);
+                for v in body.chunks_exact(stepw) {
+                    self.step(v);
+                }
+                self.pos += body.len();
+                xs = rest;
+            }
+        }
+        for &v in xs {
+            if self.pos >= self.n {
+                break;
+            }
+            if let Some(t) = self.tail.get_mut(self.nt) {
+                *t = v;
+                self.nt += 1;
+            }
+            self.pos += 1;
+        }
+    }
+
+    fn finish(self) -> f32 {
+        let tail = self.tail.get(..self.nt).unwrap_or(&[]);
+        if self.n < self.vec_numel {
+            let [s] = row_sum::<1>(|i, _| tail.get(i).copied().unwrap_or(0.0), tail.len());
+            return 0.0 + s;
+        }
+        let [mut first, rest @ ..] = self.acc;
+        for level in &rest {
+            add_into(&mut first, level);
+        }
+        let [mut p0, p1, p2, p3] = first;
+        let vn = self.vec_numel;
+        let vec_size = self.n / vn;
+        let leftover = vec_size - (self.body_end / vn);
+        for v in 0..leftover {
+            for (l, p) in p0.iter_mut().enumerate() {
+                let g = |i: usize| tail.get(v * vn + i).copied().unwrap_or(0.0);
+                *p += if self.reduced {
+                    g(l) + g(LANES + l)
+                } else {
+                    g(l)
+                };
+            }
+        }
+        for pk in [p1, p2, p3] {
+            for (a, b) in p0.iter_mut().zip(pk) {
+                *a += b;
+            }
+        }
+        let mut fin = 0f32;
+        for &x in tail.get(leftover * vn..).unwrap_or(&[]) {
+            fin += x;
+        }
+        for a in p0 {
+            fin += a;
+        }
+        0.0 + fin
+    }
+}
+
+/// `acc[k][l] += v[k·8 + l]` for the four f32 vectors of a step.
+#[inline]
+fn step_add(acc: &mut [[f32; LANES]; ILP], v: &[f32], vn: usize) {
+    for (k, row) in acc.iter_mut().enumerate() {
+        if let Some(x) = v.get(k * vn..k * vn + LANES) {
+            for (a, &b) in row.iter_mut().zip(x) {
+                *a += b;
+            }
+        }
+    }
+}
+
+/// `acc[k][l] += v[k·16 + l] + v[k·16 + 8 + l]` for the four bf16/f16 vectors of a step.
+#[inline]
+fn step_add_reduced(acc: &mut [[f32; LANES]; ILP], v: &[f32]) {
+    let vn = 2 * LANES;
+    for (k, row) in acc.iter_mut().enumerate() {
+        if let (Some(lo), Some(hi)) = (
+            v.get(k * vn..k * vn + LANES),
+            v.get(k * vn + LANES..(k + 1) * vn),
+        ) {
+            for ((a, &x), &y) in row.iter_mut().zip(lo).zip(hi) {
+                *a += x + y;
+            }
+        }
+    }
+}
+
+/// [`sum_split`] of `n` values that are produced block by block: `fill(start, buf)` writes
+/// elements `start..start + buf.len()`, for `start` a multiple of [`BLOCK`]. The same additions
+/// in the same order as [`sum_split`] over the materialised values (`tests/reduce.rs` checks
+/// against PyTorch), vectorised, and without materialising them.
+pub fn sum_split_blocks(
+    n: usize,
+    in_dtype: DType,
+    out_dtype: DType,
+    threads: usize,
+    mut fill: impl FnMut(usize, &mut [f32]),
+) -> f32 {
+    let mut buf = [0f32; BLOCK];
+    let mut chunk_sum = |start: usize, end: usize| -> f32 {
+        let mut acc = StreamSum::new(end - start, in_dtype);
+        let mut b0 = start - start % BLOCK;
+        while b0 < end {
+            let len = BLOCK.min(n - b0);
+            let b = &mut buf[..len];
+            fill(b0, b);
+            let lo = start.max(b0) - b0;
+            let hi = end.min(b0 + len) - b0;
+            acc.push(b.get(lo..hi).unwrap_or(&[]));
+            b0 += len;
+        }
+        acc.finish()
+    };
+    let Some(chunk) = split_chunk(n, threads) else {
+        return chunk_sum(0, n);
+    };
+    let mut slots = vec![0f32; threads];
+    for (k, slot) in slots.iter_mut().enumerate() {
+        let start = k.saturating_mul(chunk);
+        if start >= n {
+            break;
+        }
+        let end = n.min(start + chunk);
+        *slot = round(out_dtype, chunk_sum(start, end));
+    }
+    inner_sum::<LANES>(
+        |i| slots.get(i).copied().unwrap_or(0.0),
+        threads,
+        is_reduced(out_dtype),
+    )
+}
+
+impl Dim0Sum {
+    /// [`Dim0Sum::sum`] of columns `col0..col0 + out.len()` at once: `rows[m]` holds entry `m`
+    /// of each of those columns. Up to four entries (every path then adds in plain sequence)
+    /// this is a vectorised loop; otherwise column by column.
+    pub fn sum_rows(&self, col0: usize, rows: &[&[f32]], out: &mut [f32]) {
+        if self.contiguous.is_none() && rows.len() <= ILP {
+            out.fill(0.0);
+            for r in rows {
+                for (o, &v) in out.iter_mut().zip(*r) {
+                    *o += v;
+                }
+            }
+            for o in out.iter_mut() {
+                *o += 0.0;
+            }
+            return;
+        }
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = self.sum_with(
+                col0 + j,
+                |m| rows.get(m).and_then(|r| r.get(j)).copied().unwrap_or(0.0),
+                rows.len(),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

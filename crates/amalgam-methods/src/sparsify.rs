@@ -16,7 +16,7 @@ use amalgam_io::DType;
 use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::full_sum_with;
 use crate::rng::Mt19937;
-use crate::stdsort::{less_asc, select_keys, std_sort, topk_largest, Keyed};
+use crate::stdsort::{select_keys, std_sort_asc, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
 
 /// Whether a sparsifier rescales the kept values back to the delta's L1 norm (mergekit's
@@ -69,7 +69,13 @@ pub fn l1(x: &[f32], dtype: DType, threads: usize) -> f32 {
 /// are at least 1e-7, times `round(before/after)`. `mask` holds 0/1; multiplying (rather than
 /// selecting) keeps PyTorch's signed zeros and NaNs.
 pub fn rescaled_masked(x: &[f32], mask: &[f32], dtype: DType, rescale: Rescale) -> Vec<f32> {
-    let mut masked: Vec<f32> = x.iter().zip(mask).map(|(&a, &m)| a * m).collect();
+    let masked: Vec<f32> = x.iter().zip(mask).map(|(&a, &m)| a * m).collect();
+    rescale_masked(x, masked, dtype, rescale)
+}
+
+/// The rescale step of [`rescaled_masked`] on `masked` (`x·mask`, computed by the caller without
+/// materialising the mask).
+fn rescale_masked(x: &[f32], mut masked: Vec<f32>, dtype: DType, rescale: Rescale) -> Vec<f32> {
     let Rescale::L1 { threads } = rescale else {
         return masked;
     };
@@ -100,15 +106,11 @@ pub fn magnitude(delta: &Tensor, density: f64, rescale: Rescale) -> Result<Tenso
     let k = (py_int(density * n as f64)?.max(1) as usize).min(n);
     // Only which elements the sort puts before position k matters.
     let order = select(&delta.data, true, &[k])?;
-    let mut mask = vec![0f32; n];
-    for x in order.iter().take(k) {
-        if let Some(m) = mask.get_mut(x.index as usize) {
-            *m = 1.0;
-        }
-    }
+    let masked = mask_kept(&delta.data, order.get(..k).unwrap_or(&[]));
+    drop(order);
     Ok(with_data(
         delta,
-        rescaled_masked(&delta.data, &mask, delta.dtype, rescale),
+        rescale_masked(&delta.data, masked, delta.dtype, rescale),
     ))
 }
 
@@ -176,15 +178,11 @@ pub fn magnitude_outliers(
     // Only which elements the sort puts inside the kept range matters.
     let bounds: Vec<usize> = range.iter().flat_map(|r| [r.start, r.end]).collect();
     let order = select(&delta.data, false, &bounds)?;
-    let mut mask = vec![0f32; n];
-    for x in range.and_then(|r| order.get(r)).unwrap_or(&[]) {
-        if let Some(m) = mask.get_mut(x.index as usize) {
-            *m = 1.0;
-        }
-    }
+    let masked = mask_kept(&delta.data, range.and_then(|r| order.get(r)).unwrap_or(&[]));
+    drop(order);
     Ok(with_data(
         delta,
-        rescaled_masked(&delta.data, &mask, delta.dtype, rescale),
+        rescale_masked(&delta.data, masked, delta.dtype, rescale),
     ))
 }
 
@@ -204,10 +202,13 @@ pub fn bernoulli(
     if !(0.0..=1.0).contains(&p) {
         return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
     }
-    let mask: Vec<f32> = (0..delta.numel())
-        .map(|_| if rng.bernoulli(p) { 1.0 } else { 0.0 })
+    // `x·mask` as the mask is drawn, one word per element in order.
+    let masked: Vec<f32> = delta
+        .data
+        .iter()
+        .map(|&a| a * if rng.bernoulli(p) { 1.0 } else { 0.0 })
         .collect();
-    let mut out = rescaled_masked(&delta.data, &mask, work, rescale);
+    let mut out = rescale_masked(&delta.data, masked, work, rescale);
     round_slice(delta.dtype, &mut out);
     Ok(with_data(delta, out))
 }
@@ -246,55 +247,79 @@ pub fn della_magprune(
         )));
     }
     let mut probs = vec![0f32; n];
-    if cols > 0 {
+    if cols > 0 && inner > 0 {
+        index_u32(cols)?;
         // `(d − ε) + t`: PyTorch's add kernel casts a Python float to the tensor dtype first
         // (bf16 here), unlike mul, which applies it as f32. Checked against torch 2.15.
         let base = as_dtype(work, density - epsilon);
         let eps = scalar(epsilon);
-        let mut keyed: Vec<Keyed> = Vec::with_capacity(cols);
-        let mut ranks = vec![0f32; cols];
-        for r in 0..rows {
-            for q in 0..inner {
-                let at = |j: usize| (r * cols + j) * inner + q;
-                keyed.clear();
-                for j in 0..cols {
-                    let key = delta.data.get(at(j)).copied().unwrap_or(0.0).abs();
-                    keyed.push(Keyed {
-                        key,
-                        index: index_u32(j)?,
-                    });
-                }
-                std_sort(&mut keyed, less_asc);
-                for (pos, k) in keyed.iter().enumerate() {
-                    if let Some(slot) = ranks.get_mut(k.index as usize) {
-                        *slot = round(work, round(work, pos as f32) + 1.0);
+        // An element's probability depends only on its rank, the same in every row: the
+        // ranks `round(round(pos) + 1)` grow with the sorted position `pos`, so the row's
+        // minimum is the rank of position 0 and its maximum that of the last one.
+        let rank = |pos: usize| round(work, round(work, pos as f32) + 1.0);
+        let (mn, mx) = (rank(0), rank(cols - 1));
+        let span = round(work, mx - mn);
+        let by_pos: Vec<f32> = (0..cols)
+            .map(|pos| {
+                let rn = round(work, round(work, rank(pos) - mn) / span);
+                // clamp(0, 1) keeps NaN (a one-element row), which Bernoulli then refuses.
+                let rn = if rn.is_nan() { rn } else { rn.clamp(0.0, 1.0) };
+                round(work, base + round(work, round(work, rn * 2.0) * eps))
+            })
+            .collect();
+        // Rows are ranked independently and draw no random numbers: in parallel. The draws
+        // come after, in row-major order.
+        use rayon::prelude::*;
+        probs
+            .par_chunks_mut(cols * inner)
+            .enumerate()
+            .for_each_init(
+                || Vec::with_capacity(cols),
+                |keyed, (r, row_probs)| {
+                    for q in 0..inner {
+                        let at = |j: usize| (r * cols + j) * inner + q;
+                        keyed.clear();
+                        for j in 0..cols {
+                            let key = delta.data.get(at(j)).copied().unwrap_or(0.0).abs();
+                            keyed.push(Keyed {
+                                key,
+                                index: j as u32,
+                            });
+                        }
+                        std_sort_asc(keyed);
+                        for (k, &p) in keyed.iter().zip(&by_pos) {
+                            if let Some(slot) = row_probs.get_mut(k.index as usize * inner + q) {
+                                *slot = p;
+                            }
+                        }
                     }
-                }
-                let mn = ranks.iter().copied().fold(f32::INFINITY, f32::min);
-                let mx = ranks.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let span = round(work, mx - mn);
-                for (j, &rank) in ranks.iter().enumerate() {
-                    let rn = round(work, round(work, rank - mn) / span);
-                    // clamp(0, 1) keeps NaN (a one-element row), which Bernoulli then refuses.
-                    let rn = if rn.is_nan() { rn } else { rn.clamp(0.0, 1.0) };
-                    let p = round(work, base + round(work, round(work, rn * 2.0) * eps));
-                    if let Some(slot) = probs.get_mut(at(j)) {
-                        *slot = p;
-                    }
-                }
-            }
-        }
+                },
+            );
     }
-    let mut mask = vec![0f32; n];
-    for (m, &p) in mask.iter_mut().zip(&probs) {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
-        }
-        *m = if rng.bernoulli(p) { 1.0 } else { 0.0 };
+    // PyTorch checks every probability before drawing any.
+    if probs.iter().any(|p| !(0.0..=1.0).contains(p)) {
+        return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
     }
-    let mut out = rescaled_masked(&delta.data, &mask, work, rescale);
+    // The probabilities become `x·mask` in place, one word per element in row-major order.
+    for (m, &a) in probs.iter_mut().zip(&delta.data) {
+        *m = a * if rng.bernoulli(*m) { 1.0 } else { 0.0 };
+    }
+    let mut out = rescale_masked(&delta.data, probs, work, rescale);
     round_slice(delta.dtype, &mut out);
     Ok(with_data(delta, out))
+}
+
+/// `x·mask` for the mask that keeps the elements of `kept` (positions into `x`): multiplying by
+/// 0/1 rather than selecting keeps PyTorch's signed zeros and NaNs.
+fn mask_kept(x: &[f32], kept: &[Keyed]) -> Vec<f32> {
+    let mut masked: Vec<f32> = x.iter().map(|&a| a * 0.0).collect();
+    for k in kept {
+        let i = k.index as usize;
+        if let (Some(m), Some(&a)) = (masked.get_mut(i), x.get(i)) {
+            *m = a * 1.0;
+        }
+    }
+    masked
 }
 
 /// The dtype PyTorch's CPU Bernoulli works in for a tensor of `dtype`.

@@ -98,13 +98,44 @@ pub fn select_keys(
     let n = v.len();
     if n >= 2 {
         let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
-        if descending {
-            introsort_select(&mut v, 0, depth, less_desc, bounds);
-        } else {
-            introsort_select(&mut v, 0, depth, less_asc, bounds);
+        // Without NaN keys PyTorch's comparators are plain `>` and `<`: the same decisions,
+        // without the NaN tests in the partition loops.
+        let nan = has_nan(&v);
+        match (descending, nan) {
+            (true, true) => introsort_select(&mut v, 0, depth, less_desc, bounds),
+            (true, false) => introsort_select(&mut v, 0, depth, gt_plain, bounds),
+            (false, true) => introsort_select(&mut v, 0, depth, less_asc, bounds),
+            (false, false) => introsort_select(&mut v, 0, depth, lt_plain, bounds),
         }
     }
     v
+}
+
+/// [`less_asc`] for keys known not to be NaN.
+#[inline(always)]
+fn lt_plain(a: f32, b: f32) -> bool {
+    a < b
+}
+
+/// [`less_desc`] for keys known not to be NaN.
+#[inline(always)]
+fn gt_plain(a: f32, b: f32) -> bool {
+    a > b
+}
+
+/// Whether any key is NaN (a fold without early exit, which vectorises).
+fn has_nan(v: &[Keyed]) -> bool {
+    v.iter().fold(false, |a, k| a | k.key.is_nan())
+}
+
+/// [`std_sort`] with PyTorch's ascending comparator ([`less_asc`]), taking the NaN-free
+/// comparator when no key is NaN (the same order, faster).
+pub fn std_sort_asc(v: &mut [Keyed]) {
+    if has_nan(v) {
+        std_sort(v, less_asc);
+    } else {
+        std_sort(v, lt_plain);
+    }
 }
 
 fn straddles(start: usize, end: usize, bounds: &[usize]) -> bool {
@@ -157,6 +188,28 @@ pub fn topk_largest(keys: &[f32], k: usize) -> Vec<u32> {
     } else {
         nth_element(&mut v, k - 1, less_desc);
         std_sort(&mut v[..k - 1], less_desc);
+    }
+    v.truncate(k);
+    v.into_iter().map(|x| x.index).collect()
+}
+
+/// The set of [`topk_largest`]'s indices (in unspecified order), without the sort that follows
+/// the selection: `std::partial_sort`'s heap sort and the `std::sort` after `std::nth_element`
+/// only permute the first `k` entries among themselves, so the selection alone fixes the set.
+/// Takes the keys by value so that they are freed before the `(key, index)` pairs are built.
+pub fn topk_largest_set(keys: Vec<f32>, k: usize) -> Vec<u32> {
+    let n = keys.len();
+    let k = k.min(n);
+    if k == 0 {
+        return Vec::new();
+    }
+    let mut v = keyed(keys);
+    let nan = has_nan(&v);
+    match (k.saturating_mul(64) <= n, nan) {
+        (true, true) => heap_select(&mut v, k, less_desc),
+        (true, false) => heap_select(&mut v, k, gt_plain),
+        (false, true) => nth_element(&mut v, k - 1, less_desc),
+        (false, false) => nth_element(&mut v, k - 1, gt_plain),
     }
     v.truncate(k);
     v.into_iter().map(|x| x.index).collect()
@@ -456,6 +509,26 @@ mod tests {
             }
         }
         assert!(cases > 1000);
+    }
+
+    #[test]
+    fn topk_set_is_the_set_of_topk() {
+        for (n, distinct) in [
+            (10usize, 3u64),
+            (100, 2),
+            (1000, 7),
+            (5000, 1 << 20),
+            (70_000, 3),
+        ] {
+            let keys = tie_keys(n, distinct, n as u64);
+            for k in [0, 1, 2, n / 64, n / 63, n / 2, n - 1, n, n + 5] {
+                let mut a = topk_largest(&keys, k);
+                let mut b = topk_largest_set(keys.clone(), k);
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b, "n {n} k {k}");
+            }
+        }
     }
 
     #[test]

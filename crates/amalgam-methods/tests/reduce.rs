@@ -8,7 +8,9 @@ use std::path::Path;
 
 use amalgam_io::{convert, DType, SafetensorsFile};
 use amalgam_methods::numerics::round;
-use amalgam_methods::reduce::{norm2, torch_float_lanes, torch_sum, Dim0Sum};
+use amalgam_methods::reduce::{
+    norm2, norm2_blocks, norm2_fast, sum_split_blocks, torch_float_lanes, torch_sum, Dim0Sum,
+};
 
 fn open() -> SafetensorsFile {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reduce.safetensors");
@@ -80,6 +82,22 @@ fn model_axis_sums_match_torch() {
                 bad.push(format!("{case} column {c}: torch {w}, ours {got}"));
             }
         }
+        // The same columns summed in bulk from one row per model, from every starting column.
+        let rows: Vec<&[f32]> = (0..m).map(|k| &x[k * cols..(k + 1) * cols]).collect();
+        for c0 in [0, cols / 2] {
+            let part: Vec<&[f32]> = rows.iter().map(|r| &r[c0..]).collect();
+            let mut got = vec![0f32; cols - c0];
+            plan.sum_rows(c0, &part, &mut got);
+            for (j, (g, w)) in got.iter().zip(&want[c0..]).enumerate() {
+                let g = round(dt, *g);
+                if g.to_bits() != w.to_bits() {
+                    bad.push(format!(
+                        "{case} column {} (bulk): torch {w}, ours {g}",
+                        c0 + j
+                    ));
+                }
+            }
+        }
     }
     assert!(
         bad.is_empty(),
@@ -92,4 +110,22 @@ fn model_axis_sums_match_torch() {
 #[test]
 fn vector_norms_match_torch() {
     check_scalar_cases("norm/", |dt, x| norm2(x, dt));
+}
+
+/// Fills `b` with `x[s..]`, as the blocked reductions ask for their values.
+fn from(x: &[f32]) -> impl FnMut(usize, &mut [f32]) + '_ {
+    move |s, b| b.copy_from_slice(&x[s..s + b.len()])
+}
+
+#[test]
+fn blocked_sums_match_torch() {
+    check_scalar_cases("sum/", |dt, x| {
+        round(dt, sum_split_blocks(x.len(), dt, dt, 1, from(x)))
+    });
+}
+
+#[test]
+fn blocked_vector_norms_match_torch() {
+    check_scalar_cases("norm/", |dt, x| norm2_blocks(x.len(), dt, from(x)));
+    check_scalar_cases("norm/", |dt, x| norm2_fast(x, dt));
 }

@@ -412,14 +412,22 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                 kept.push((input, x));
             }
         }
+        use rayon::prelude::*;
+        // The raw task vectors draw no random numbers: built in parallel, rounded in bulk.
+        let raws: Vec<Vec<f32>> = kept
+            .par_iter()
+            .map(|(_, x)| {
+                let mut raw: Vec<f32> = x.iter().zip(&base.data).map(|(&a, &b)| a - b).collect();
+                round_slice(dtype, &mut raw);
+                raw
+            })
+            .collect();
         let task = |input: &MergeInput<'_>,
-                    x: &[f32],
+                    raw: Vec<f32>,
                     rng: Option<&mut crate::rng::Mt19937>|
          -> Result<(Vec<f32>, f64), MethodError> {
             let weight = input.f64("weight")?;
             let density = input.f64("density")?;
-            let mut raw: Vec<f32> = x.iter().zip(&base.data).map(|(&a, &b)| a - b).collect();
-            round_slice(dtype, &mut raw);
             let delta = Tensor::new(dtype, base.shape.clone(), raw);
             let delta = match self.sparsifier {
                 None => delta,
@@ -450,15 +458,16 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             // One random stream, consumed model after model.
             let mut rng = args.rng;
             kept.iter()
-                .map(|(input, x)| task(input, x, rng.as_deref_mut()))
+                .zip(raws)
+                .map(|((input, _), raw)| task(input, raw, rng.as_deref_mut()))
                 .collect::<Result<_, _>>()?
         } else {
             // Independent per model (each a whole-tensor sort for ties and breadcrumbs): both
             // cores work inside one large tensor; the results come back in input order.
-            use rayon::prelude::*;
             let each: Vec<_> = kept
                 .par_iter()
-                .map(|(input, x)| task(input, x, None))
+                .zip(raws)
+                .map(|((input, _), raw)| task(input, raw, None))
                 .collect();
             // The first error in input order, as the sequential loop would report it.
             each.into_iter().collect::<Result<_, _>>()?
@@ -470,12 +479,12 @@ impl MergeMethod for GeneralizedTaskArithmetic {
 
         // `torch.tensor(weights, dtype=deltas.dtype)`, then `deltas.mul_(weights)`.
         let w: Vec<f32> = weights.iter().map(|&v| as_dtype(dtype, v)).collect();
-        for (d, &wi) in deltas.iter_mut().zip(&w) {
+        deltas.par_iter_mut().zip(&w).for_each(|(d, &wi)| {
             for v in d.iter_mut() {
                 *v *= wi;
             }
             round_slice(dtype, d);
-        }
+        });
 
         let n = base.numel();
         let m = deltas.len();
@@ -504,95 +513,105 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                 normalize,
                 lam: apply_lambda.then_some(lam),
             };
-            let mut s = [0f32; BLOCK];
-            let mut wd = [0f32; BLOCK];
-            for (blk, (o, b)) in out
-                .chunks_mut(BLOCK)
-                .zip(base.data.chunks(BLOCK))
+            // Every block depends only on its own columns: blocks in parallel.
+            out.par_chunks_mut(BLOCK)
+                .zip(base.data.par_chunks(BLOCK))
                 .enumerate()
-            {
-                let at = blk * BLOCK;
-                let len = o.len();
-                let cols: Vec<&[f32]> = deltas.iter().map(|d| &d[at..at + len]).collect();
-                if self.consensus {
-                    let (s, wd) = (&mut s[..len], &mut wd[..len]);
-                    s.fill(0.0);
-                    for c in &cols {
-                        for (a, &v) in s.iter_mut().zip(c.iter()) {
-                            *a += v;
+                .for_each_init(
+                    || ([0f32; BLOCK], [0f32; BLOCK]),
+                    |(s, wd), (blk, (o, b))| {
+                        let at = blk * BLOCK;
+                        let len = o.len();
+                        let cols: Vec<&[f32]> = deltas.iter().map(|d| &d[at..at + len]).collect();
+                        if self.consensus {
+                            let (s, wd) = (&mut s[..len], &mut wd[..len]);
+                            s.fill(0.0);
+                            for c in &cols {
+                                for (a, &v) in s.iter_mut().zip(c.iter()) {
+                                    *a += v;
+                                }
+                            }
+                            round_slice(dtype, s);
+                            // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative; multiplying
+                            // by the 0/1 mask (not selecting) keeps PyTorch's signed zeros.
+                            o.fill(0.0);
+                            wd.fill(0.0);
+                            for (c, &wi) in cols.iter().zip(&w) {
+                                for ((a, wa), (&v, &sv)) in
+                                    o.iter_mut().zip(wd.iter_mut()).zip(c.iter().zip(s.iter()))
+                                {
+                                    let keep = if agrees(v, sv >= 0.0) { 1.0 } else { 0.0 };
+                                    *a += v * keep;
+                                    *wa += wi * keep;
+                                }
+                            }
+                            round_slice(dtype, o);
+                            round_slice(dtype, wd);
+                            for d in wd.iter_mut() {
+                                if *d == 0.0 {
+                                    *d = 1.0;
+                                }
+                            }
+                            steps.finish(o, b, |k| wd.get(k).copied().unwrap_or(1.0));
+                        } else {
+                            o.fill(0.0);
+                            for c in &cols {
+                                for (a, &v) in o.iter_mut().zip(c.iter()) {
+                                    *a += v;
+                                }
+                            }
+                            round_slice(dtype, o);
+                            steps.finish(o, b, |_| global_div);
                         }
-                    }
-                    round_slice(dtype, s);
-                    // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative; multiplying by
-                    // the 0/1 mask (not selecting) keeps PyTorch's signed zeros.
-                    o.fill(0.0);
-                    wd.fill(0.0);
-                    for (c, &wi) in cols.iter().zip(&w) {
-                        for ((a, wa), (&v, &sv)) in
-                            o.iter_mut().zip(wd.iter_mut()).zip(c.iter().zip(s.iter()))
-                        {
-                            let keep = if agrees(v, sv >= 0.0) { 1.0 } else { 0.0 };
-                            *a += v * keep;
-                            *wa += wi * keep;
-                        }
-                    }
-                    round_slice(dtype, o);
-                    round_slice(dtype, wd);
-                    for d in wd.iter_mut() {
-                        if *d == 0.0 {
-                            *d = 1.0;
-                        }
-                    }
-                    steps.finish(o, b, |k| wd.get(k).copied().unwrap_or(1.0));
-                } else {
-                    o.fill(0.0);
-                    for c in &cols {
-                        for (a, &v) in o.iter_mut().zip(c.iter()) {
-                            *a += v;
-                        }
-                    }
-                    round_slice(dtype, o);
-                    steps.finish(o, b, |_| global_div);
-                }
-            }
+                    },
+                );
             return Ok(Tensor::new(dtype, base.shape.clone(), out));
         }
-        let mut vals = vec![0f32; m];
-        let mut masked = vec![0f32; m];
-        let mut wmask = vec![0f32; m];
-        let mut out = Vec::with_capacity(n);
-        for (e, &b) in base.data.iter().enumerate() {
-            for (v, d) in vals.iter_mut().zip(&deltas) {
-                *v = d.get(e).copied().unwrap_or(0.0);
-            }
-            let (mut mixed, div) = if self.consensus {
-                let s = round(dtype, plan.sum(e, &vals));
-                // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative.
-                let positive = s >= 0.0;
-                for ((mv, wv), (&v, &wi)) in masked
-                    .iter_mut()
-                    .zip(wmask.iter_mut())
-                    .zip(vals.iter().zip(&w))
-                {
-                    // Multiplying by the 0/1 mask (not selecting) keeps PyTorch's signed zeros.
-                    let keep = if agrees(v, positive) { 1.0 } else { 0.0 };
-                    *mv = v * keep;
-                    *wv = wi * keep;
-                }
-                let mixed = round(dtype, plan.sum(e, &masked));
-                let div = round(dtype, plan.sum(e, &wmask));
-                (mixed, if div == 0.0 { 1.0 } else { div })
-            } else {
-                (round(dtype, plan.sum(e, &vals)), global_div)
-            };
-            if normalize {
-                mixed = round(dtype, mixed / div);
-            }
-            if apply_lambda {
-                mixed = round(dtype, mixed * lam);
-            }
-            out.push(round(dtype, b + mixed));
-        }
+        // Five or more models: the model-axis sum's order depends on the column, element by
+        // element; still every element on its own, so blocks run in parallel.
+        let mut out = vec![0f32; n];
+        out.par_chunks_mut(BLOCK)
+            .zip(base.data.par_chunks(BLOCK))
+            .enumerate()
+            .for_each_init(
+                || (vec![0f32; m], vec![0f32; m], vec![0f32; m]),
+                |(vals, masked, wmask), (blk, (o, bs))| {
+                    for (k, (slot, &b)) in o.iter_mut().zip(bs).enumerate() {
+                        let e = blk * BLOCK + k;
+                        for (v, d) in vals.iter_mut().zip(&deltas) {
+                            *v = d.get(e).copied().unwrap_or(0.0);
+                        }
+                        let (mut mixed, div) = if self.consensus {
+                            let s = round(dtype, plan.sum(e, vals));
+                            // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative.
+                            let positive = s >= 0.0;
+                            for ((mv, wv), (&v, &wi)) in masked
+                                .iter_mut()
+                                .zip(wmask.iter_mut())
+                                .zip(vals.iter().zip(&w))
+                            {
+                                // Multiplying by the 0/1 mask (not selecting) keeps PyTorch's
+                                // signed zeros.
+                                let keep = if agrees(v, positive) { 1.0 } else { 0.0 };
+                                *mv = v * keep;
+                                *wv = wi * keep;
+                            }
+                            let mixed = round(dtype, plan.sum(e, masked));
+                            let div = round(dtype, plan.sum(e, wmask));
+                            (mixed, if div == 0.0 { 1.0 } else { div })
+                        } else {
+                            (round(dtype, plan.sum(e, vals)), global_div)
+                        };
+                        if normalize {
+                            mixed = round(dtype, mixed / div);
+                        }
+                        if apply_lambda {
+                            mixed = round(dtype, mixed * lam);
+                        }
+                        *slot = round(dtype, b + mixed);
+                    }
+                },
+            );
         Ok(Tensor::new(dtype, base.shape.clone(), out))
     }
 }

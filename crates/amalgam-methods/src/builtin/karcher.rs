@@ -2,9 +2,11 @@
 //! by their mean norm.
 
 use amalgam_io::DType;
+use rayon::prelude::*;
 
+use super::blocks::{add_round, div_round, mul_round, part, BLOCK};
 use crate::numerics::{round, round_slice, scalar};
-use crate::reduce::{norm2, torch_sum_with};
+use crate::reduce::{norm2_fast, sum_split_blocks};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -67,19 +69,19 @@ impl Default for Karcher {
 
 /// `torch.linalg.vector_norm(t.to(float32))` as an f32.
 fn norm_f32(x: &[f32]) -> f32 {
-    norm2(x, DType::F32)
+    norm2_fast(x, DType::F32)
 }
 
-fn dot(a: &[f32], b: &[f32], dt: DType) -> f32 {
-    let n = a.len().min(b.len());
-    let s = torch_sum_with(
-        |i| match (a.get(i), b.get(i)) {
-            (Some(&x), Some(&y)) => x * y,
-            _ => 0.0,
-        },
-        n,
-        DType::F32,
-    );
+/// `torch.dot(mean, u)` of f32 products (summed in PyTorch's `sum` order, see the deviations),
+/// rounded to `dt`; `unit(start, buf)` produces block `start` of `u`.
+fn dot_unit(mean: &[f32], mut unit: impl FnMut(usize, &mut [f32]), dt: DType) -> f32 {
+    let s = sum_split_blocks(mean.len(), DType::F32, DType::F32, 1, |s, b| {
+        unit(s, b);
+        let len = b.len();
+        for (v, &m) in b.iter_mut().zip(part(mean, s, len)) {
+            *v *= m;
+        }
+    });
     round(dt, s)
 }
 
@@ -100,18 +102,19 @@ impl MergeMethod for Karcher {
         let dt = first.dtype;
         let n_in = tensors.len();
         let alphas = vec![1.0 / n_in as f64; n_in];
-        let norms: Vec<f32> = tensors.iter().map(|t| norm_f32(&t.data)).collect();
-        let units: Vec<Vec<f32>> = tensors
-            .iter()
-            .zip(&norms)
-            .map(|(t, &nrm)| {
-                if nrm == 0.0 {
-                    vec![0.0; t.data.len()]
-                } else {
-                    bulk(dt, t.data.iter().map(|&v| v / nrm).collect())
+        let norms: Vec<f32> = tensors.par_iter().map(|t| norm_f32(&t.data)).collect();
+        // The unit directions are recomputed block by block from the inputs (see `blocks`):
+        // only the mean direction and the tangent are tensor-sized.
+        let unit_block = |i: usize, s: usize, out: &mut [f32]| {
+            let nrm = norms.get(i).copied().unwrap_or(0.0);
+            match tensors.get(i) {
+                Some(t) if nrm != 0.0 => {
+                    out.copy_from_slice(part(&t.data, s, out.len()));
+                    div_round(dt, out, nrm);
                 }
-            })
-            .collect();
+                _ => out.fill(0.0),
+            }
+        };
         let valid: Vec<usize> = (0..n_in)
             .filter(|&i| norms.get(i).is_some_and(|&v| v as f64 > tol))
             .collect();
@@ -128,34 +131,36 @@ impl MergeMethod for Karcher {
             .iter()
             .map(|&i| alphas.get(i).copied().unwrap_or(0.0) / alpha_sum)
             .collect();
-        let vunits: Vec<&Vec<f32>> = valid.iter().filter_map(|&i| units.get(i)).collect();
         let len = first.data.len();
         let mut mean = vec![0f32; len];
         let mut tmp = [0f32; BLOCK];
-        for (&a, u) in nalphas.iter().zip(&vunits) {
-            let a = scalar(a);
-            for (m, u) in mean.chunks_mut(BLOCK).zip(u.chunks(BLOCK)) {
-                let tmp = &mut tmp[..m.len()];
-                for (t, &v) in tmp.iter_mut().zip(u) {
-                    *t = a * v;
-                }
-                round_slice(dt, tmp);
-                for (m, &t) in m.iter_mut().zip(tmp.iter()) {
-                    *m += t;
-                }
-                round_slice(dt, m);
+        for (k, m) in mean.chunks_mut(BLOCK).enumerate() {
+            let tmp = &mut tmp[..m.len()];
+            for (&a, &i) in nalphas.iter().zip(&valid) {
+                unit_block(i, k * BLOCK, tmp);
+                mul_round(dt, tmp, scalar(a));
+                add_round(dt, m, tmp);
             }
         }
         let mn = norm_f32(&mean);
-        mean = if (mn as f64) < tol {
-            vunits.first().map(|u| (*u).clone()).unwrap_or_default()
+        if (mn as f64) < tol {
+            if let Some(&i) = valid.first() {
+                for (k, m) in mean.chunks_mut(BLOCK).enumerate() {
+                    unit_block(i, k * BLOCK, m);
+                }
+            }
         } else {
-            bulk(dt, mean.iter().map(|&v| v / mn).collect())
-        };
+            div_round(dt, &mut mean, mn);
+        }
+        let mut tangent = vec![0f32; len];
         for _ in 0..max_iter.max(0) {
-            let mut tangent = vec![0f32; len];
-            for (&a, u) in nalphas.iter().zip(&vunits) {
-                let d = dot(&mean, u, dt);
+            tangent.fill(0.0);
+            // The dots only read the mean: computed first, in parallel over the inputs.
+            let dots: Vec<f32> = valid
+                .par_iter()
+                .map(|&i| dot_unit(&mean, |s, b| unit_block(i, s, b), dt))
+                .collect();
+            for ((&a, &i), &d) in nalphas.iter().zip(&valid).zip(&dots) {
                 let d = if d.is_nan() { d } else { d.clamp(-1.0, 1.0) };
                 let theta = round(dt, d.acos());
                 if (theta as f64) < tol {
@@ -163,29 +168,24 @@ impl MergeMethod for Karcher {
                 }
                 let ratio = round(dt, theta / round(dt, theta.sin()));
                 let coef = round(dt, scalar(a) * ratio);
-                for ((t, u), m) in tangent
+                let mut u = [0f32; BLOCK];
+                for (k, (t, m)) in tangent
                     .chunks_mut(BLOCK)
-                    .zip(u.chunks(BLOCK))
                     .zip(mean.chunks(BLOCK))
+                    .enumerate()
                 {
                     // diff = u − d·mean; t += coef·diff, every step rounded.
+                    let u = &mut u[..t.len()];
+                    unit_block(i, k * BLOCK, u);
                     let tmp = &mut tmp[..t.len()];
-                    for (x, &mv) in tmp.iter_mut().zip(m) {
-                        *x = d * mv;
-                    }
-                    round_slice(dt, tmp);
-                    for (x, &uv) in tmp.iter_mut().zip(u) {
+                    tmp.copy_from_slice(m);
+                    mul_round(dt, tmp, d);
+                    for (x, &uv) in tmp.iter_mut().zip(u.iter()) {
                         *x = uv - *x;
                     }
                     round_slice(dt, tmp);
-                    for x in tmp.iter_mut() {
-                        *x *= coef;
-                    }
-                    round_slice(dt, tmp);
-                    for (tv, &x) in t.iter_mut().zip(tmp.iter()) {
-                        *tv += x;
-                    }
-                    round_slice(dt, t);
+                    mul_round(dt, tmp, coef);
+                    add_round(dt, t, tmp);
                 }
             }
             let tn = norm_f32(&tangent);
@@ -197,29 +197,14 @@ impl MergeMethod for Karcher {
             let (c, s) = (round(dt, tn.cos()), round(dt, tn.sin()));
             for (m, t) in mean.chunks_mut(BLOCK).zip(tangent.chunks_mut(BLOCK)) {
                 // mean = c·mean + s·(t / tn), every step rounded.
-                for v in m.iter_mut() {
-                    *v *= c;
-                }
-                round_slice(dt, m);
-                for v in t.iter_mut() {
-                    *v /= tn;
-                }
-                round_slice(dt, t);
-                for v in t.iter_mut() {
-                    *v *= s;
-                }
-                round_slice(dt, t);
-                for (v, &q) in m.iter_mut().zip(t.iter()) {
-                    *v += q;
-                }
-                round_slice(dt, m);
+                mul_round(dt, m, c);
+                div_round(dt, t, tn);
+                mul_round(dt, t, s);
+                add_round(dt, m, t);
             }
             let un = norm_f32(&mean);
             if (un as f64) > tol {
-                for v in mean.iter_mut() {
-                    *v /= un;
-                }
-                round_slice(dt, &mut mean);
+                div_round(dt, &mut mean, un);
             }
         }
         // sum(alpha * norm): f32 products, Python sum from 0.
@@ -228,16 +213,8 @@ impl MergeMethod for Karcher {
             .zip(&norms)
             .fold(0f32, |acc, (&a, &nrm)| acc + scalar(a) * nrm);
         let scale = round(dt, scale);
-        let data = bulk(dt, mean.iter().map(|&m| scale * m).collect());
-        Ok(Tensor::new(dt, first.shape.clone(), data))
+        mul_round(dt, &mut mean, scale);
+        Ok(Tensor::new(dt, first.shape.clone(), mean))
     }
 }
 
-/// Elements per block of the bulk steps (a few blocks stay in the CPU cache).
-const BLOCK: usize = 4096;
-
-/// `xs` rounded to `dt`, in bulk (the same bits as rounding each value).
-fn bulk(dt: DType, mut xs: Vec<f32>) -> Vec<f32> {
-    round_slice(dt, &mut xs);
-    xs
-}

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::MergeMethod;
 
+pub(crate) mod blocks;
 pub mod common;
 
 /// Declares each method file as a module and lists the methods it provides, in registration

@@ -1,9 +1,12 @@
 //! `model_stock`: interpolates between the base and the average of the fine-tuned models by a
 //! ratio derived from the angle between their task vectors (Jang et al., Model Stock).
 
-use super::common::{require_base, task_vector};
+use rayon::prelude::*;
+
+use super::blocks::{add_round, div_round, mul_round, part, task_block, BLOCK};
+use super::common::require_base;
 use crate::numerics::{round, round_slice};
-use crate::reduce::{full_sum_with, norm2, outer_sum, threads_for};
+use crate::reduce::{norm2_blocks, outer_sum, sum_split_blocks, threads_for};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -73,34 +76,52 @@ impl MergeMethod for ModelStock {
             n.max(1)
         };
         let rows = n / row_len;
-        let offsets: Vec<Vec<f32>> = ws.iter().map(|w| task_vector(w, w0, dt)).collect();
         let count = ws.len();
         let floor = round(dt, 1e-6);
+        // The offsets are recomputed block by block from the inputs (see `blocks`), never stored.
+        let offset_block = |i: usize, s: usize, out: &mut [f32]| {
+            if let Some(w) = ws.get(i) {
+                let len = out.len();
+                task_block(dt, part(&w.data, s, len), Some(part(&w0.data, s, len)), out);
+            }
+        };
+        // ‖oᵢ‖ per model and row.
+        let norms: Vec<Vec<f32>> = (0..count)
+            .into_par_iter()
+            .map(|i| {
+                (0..rows)
+                    .map(|r| norm2_blocks(row_len, dt, |s, b| offset_block(i, r * row_len + s, b)))
+                    .collect()
+            })
+            .collect();
+        let norm = |i: usize, r: usize| norms.get(i).and_then(|v| v.get(r)).copied().unwrap_or(0.0);
         // cos per pair and row: `torch.stack(cos_thetas)` is a (pairs, rows) tensor.
         let mut cos: Vec<Vec<f32>> = Vec::new();
-        for (i, oa) in offsets.iter().enumerate() {
-            for ob in offsets.iter().skip(i + 1) {
+        for i in 0..count {
+            for j in i + 1..count {
                 let row_cos = (0..rows)
                     .map(|r| {
-                        let s = r * row_len;
-                        let (ra, rb) = match (oa.get(s..s + row_len), ob.get(s..s + row_len)) {
-                            (Some(a), Some(b)) => (a, b),
-                            _ => return 0.0,
-                        };
-                        let np = round(dt, norm2(ra, dt) * norm2(rb, dt));
+                        let np = round(dt, norm(i, r) * norm(j, r));
                         let np = if np < floor { floor } else { np };
+                        let mut ob = [0f32; BLOCK];
                         let dot = round(
                             dt,
-                            full_sum_with(
-                                |k| match (ra.get(k), rb.get(k)) {
-                                    (Some(&x), Some(&y)) => round(dt, x * y),
-                                    _ => 0.0,
-                                },
+                            sum_split_blocks(
                                 row_len,
+                                dt,
                                 dt,
                                 // Only a single row (the flattened tensor, or a 1-D one
                                 // filter-wise) is a reduction to one value, which splits.
                                 threads_for(rows, args.torch_threads),
+                                |s, b| {
+                                    let ob = &mut ob[..b.len()];
+                                    offset_block(i, r * row_len + s, b);
+                                    offset_block(j, r * row_len + s, ob);
+                                    for (x, &y) in b.iter_mut().zip(ob.iter()) {
+                                        *x *= y;
+                                    }
+                                    round_slice(dt, b);
+                                },
                             ),
                         );
                         let c = round(dt, dot / np);
@@ -136,36 +157,25 @@ impl MergeMethod for ModelStock {
                 }
             })
             .collect();
-        // Python's sum(): 0 + w₁, then + w₂ ..., each rounded; then / count.
+        // Per row and block: Python's sum() (0 + w₁, then + w₂ ..., each rounded), / count, then
+        // t·a + (1 − t)·b, every step rounded (in bulk, the same bits).
         let mut avg = vec![0f32; n];
-        for w in &ws {
-            for (a, &x) in avg.iter_mut().zip(&w.data) {
-                *a += x;
-            }
-            round_slice(dt, &mut avg);
-        }
-        // Per row: a/count, then t·a + (1 − t)·b, every step rounded (in bulk, the same bits).
-        let mut q = vec![0f32; row_len];
-        for (r, (a, b)) in avg.chunks_mut(row_len).zip(w0.data.chunks(row_len)).enumerate() {
+        let mut q = [0f32; BLOCK];
+        for (r, (ar, br)) in avg.chunks_mut(row_len).zip(w0.data.chunks(row_len)).enumerate() {
             let tk = t.get(r).copied().unwrap_or(0.0);
-            let q = &mut q[..a.len()];
-            for v in a.iter_mut() {
-                *v /= count as f32;
-            }
-            round_slice(dt, a);
-            for v in a.iter_mut() {
-                *v *= tk;
-            }
-            round_slice(dt, a);
             let one_minus = round(dt, 1.0 - tk);
-            for (qv, &bv) in q.iter_mut().zip(b) {
-                *qv = one_minus * bv;
+            for (k, (a, b)) in ar.chunks_mut(BLOCK).zip(br.chunks(BLOCK)).enumerate() {
+                let s = r * row_len + k * BLOCK;
+                for w in &ws {
+                    add_round(dt, a, part(&w.data, s, a.len()));
+                }
+                div_round(dt, a, count as f32);
+                mul_round(dt, a, tk);
+                let q = &mut q[..a.len()];
+                q.copy_from_slice(b);
+                mul_round(dt, q, one_minus);
+                add_round(dt, a, q);
             }
-            round_slice(dt, q);
-            for (v, &qv) in a.iter_mut().zip(q.iter()) {
-                *v += qv;
-            }
-            round_slice(dt, a);
         }
         let data = avg;
         Ok(Tensor::new(dt, w0.shape.clone(), data))

@@ -1,9 +1,14 @@
 //! `multislerp`: barycentric interpolation of any number of models on the hypersphere (tangent
 //! space at the weighted mean direction), optionally relative to a base.
 
-use super::common::task_vector;
-use crate::numerics::{round, scalar};
-use crate::reduce::{norm2, outer_sum, torch_float_lanes, torch_sum, torch_sum_with};
+use amalgam_io::DType;
+use rayon::prelude::*;
+
+use super::blocks::{add_round, div_round, mul_round, part, part_mut, task_block, BLOCK};
+use crate::numerics::{round, round_slice, scalar};
+use crate::reduce::{
+    norm2_blocks, norm2_fast, sum_split_blocks, torch_float_lanes, torch_sum, Dim0Sum,
+};
 use amalgam_schema::{ContractViolation, Counted};
 
 use crate::{
@@ -111,87 +116,80 @@ impl MergeMethod for MultiSlerp {
             let s = round(dt, torch_sum(&w, dt, torch_float_lanes()));
             w = w.iter().map(|&v| round(dt, v / s)).collect();
         }
-        let x: Vec<Vec<f32>> = xs
-            .iter()
-            .map(|t| match base {
-                Some(b) => task_vector(t, b, dt),
-                None => t.data.clone(),
-            })
-            .collect();
-        let norms: Vec<f32> = x.iter().map(|r| norm2(r, dt)).collect();
-        let units: Vec<Vec<f32>> = x
-            .iter()
-            .zip(&norms)
-            .map(|(r, &nrm)| {
-                let den = round(dt, nrm + eps);
-                r.iter().map(|&v| round(dt, v / den)).collect()
-            })
-            .collect();
-        let wsum_rows = |rows: &[Vec<f32>]| -> Vec<f32> {
-            (0..d)
-                .map(|i| {
-                    round(
-                        dt,
-                        outer_sum(
-                            |m| {
-                                let v = rows.get(m).and_then(|r| r.get(i)).copied().unwrap_or(0.0);
-                                round(dt, v * w.get(m).copied().unwrap_or(0.0))
-                            },
-                            nm,
-                            i,
-                            d,
-                            dt,
-                        ),
-                    )
-                })
-                .collect()
-        };
-        let mean = wsum_rows(&units);
-        let mean_norm = norm2(&mean, dt);
-        let add_base = |r: Vec<f32>| -> Vec<f32> {
-            match base {
-                Some(b) => r
-                    .iter()
-                    .zip(&b.data)
-                    .map(|(&v, &c)| round(dt, v + c))
-                    .collect(),
-                None => r,
+        // Every intermediate (Xᵢ, Uᵢ, the tangents) is recomputed block by block from the inputs
+        // (see `blocks`); only the mean direction and the tangent sum are tensor-sized.
+        let bdata = base.map(|b| b.data.as_slice());
+        let x_block = |m: usize, s: usize, out: &mut [f32]| {
+            if let Some(t) = xs.get(m) {
+                let len = out.len();
+                task_block(dt, part(&t.data, s, len), bdata.map(|b| part(b, s, len)), out);
             }
         };
+        // Independent per model: both cores work inside one large tensor.
+        let norms: Vec<f32> = (0..nm)
+            .into_par_iter()
+            .map(|m| norm2_blocks(d, dt, |s, b| x_block(m, s, b)))
+            .collect();
+        let dens: Vec<f32> = norms.iter().map(|&nrm| round(dt, nrm + eps)).collect();
+        let unit_block = |m: usize, s: usize, out: &mut [f32]| {
+            x_block(m, s, out);
+            div_round(dt, out, dens.get(m).copied().unwrap_or(1.0));
+        };
+        let plan = Dim0Sum::new(d, dt, torch_float_lanes());
+        let mut bufs = vec![vec![0f32; BLOCK]; nm];
+        let mut mean = vec![0f32; d];
+        weighted_sum(dt, &plan, &w, &mut bufs, &mut mean, &unit_block);
+        let mean_norm = norm2_fast(&mean, dt);
         if mean_norm < round(dt, eps) {
-            if let ([x0, x1], [w0, w1]) = (x.as_slice(), w.as_slice()) {
-                let r = x0
-                    .iter()
-                    .zip(x1)
-                    .map(|(&a, &b)| round(dt, round(dt, a * w0) + round(dt, b * w1)))
-                    .collect();
-                return Ok(Tensor::new(dt, first.shape.clone(), add_base(r)));
+            if let [w0, w1] = w.as_slice() {
+                let mut b1 = [0f32; BLOCK];
+                for s in (0..d).step_by(BLOCK) {
+                    let len = BLOCK.min(d - s);
+                    let r = part_mut(&mut mean, s, len);
+                    let b1 = &mut b1[..len];
+                    x_block(0, s, r);
+                    mul_round(dt, r, *w0);
+                    x_block(1, s, b1);
+                    mul_round(dt, b1, *w1);
+                    add_round(dt, r, b1);
+                    if let Some(b) = bdata {
+                        add_round(dt, r, part(b, s, len));
+                    }
+                }
+                return Ok(Tensor::new(dt, first.shape.clone(), mean));
             }
             return Err(MethodError::Other(ZERO_MEAN.into()));
         }
-        let mean: Vec<f32> = mean.iter().map(|&v| round(dt, v / mean_norm)).collect();
-        let tangents: Vec<Vec<f32>> = units
-            .iter()
-            .map(|u| {
-                let dot = round(
-                    dt,
-                    torch_sum_with(
-                        |i| match (u.get(i), mean.get(i)) {
-                            (Some(&a), Some(&b)) => round(dt, a * b),
-                            _ => 0.0,
-                        },
-                        d,
-                        dt,
-                    ),
-                );
-                u.iter()
-                    .zip(&mean)
-                    .map(|(&a, &m)| round(dt, a - round(dt, dot * m)))
-                    .collect()
+        div_round(dt, &mut mean, mean_norm);
+        let dots: Vec<f32> = (0..nm)
+            .into_par_iter()
+            .map(|m| {
+                let s = sum_split_blocks(d, dt, dt, 1, |s, b| {
+                    unit_block(m, s, b);
+                    let len = b.len();
+                    for (v, &q) in b.iter_mut().zip(part(&mean, s, len)) {
+                        *v *= q;
+                    }
+                    round_slice(dt, b);
+                });
+                round(dt, s)
             })
             .collect();
-        let tr = wsum_rows(&tangents);
-        let tn = round(dt, norm2(&tr, dt) + eps);
+        // Tangent i = Uᵢ − (Uᵢ·m)m, every step rounded.
+        let tangent_block = |m: usize, s: usize, out: &mut [f32]| {
+            let mut q = [0f32; BLOCK];
+            let q = &mut q[..out.len()];
+            q.copy_from_slice(part(&mean, s, out.len()));
+            mul_round(dt, q, dots.get(m).copied().unwrap_or(0.0));
+            unit_block(m, s, out);
+            for (v, &p) in out.iter_mut().zip(q.iter()) {
+                *v -= p;
+            }
+            round_slice(dt, out);
+        };
+        let mut tr = vec![0f32; d];
+        weighted_sum(dt, &plan, &w, &mut bufs, &mut tr, &tangent_block);
+        let tn = round(dt, norm2_fast(&tr, dt) + eps);
         let c = round(dt, tn.cos());
         let s = round(dt, round(dt, tn.sin()) / tn);
         let nw: Vec<f32> = norms
@@ -200,14 +198,41 @@ impl MergeMethod for MultiSlerp {
             .map(|(&a, &b)| round(dt, a * b))
             .collect();
         let avg_norm = round(dt, torch_sum(&nw, dt, torch_float_lanes()));
-        let r: Vec<f32> = mean
-            .iter()
-            .zip(&tr)
-            .map(|(&m, &t)| {
-                let v = round(dt, round(dt, m * c) + round(dt, t * s));
-                round(dt, v * avg_norm)
-            })
-            .collect();
-        Ok(Tensor::new(dt, first.shape.clone(), add_base(r)))
+        // out = (m·c + t·s) · avg_norm (+ base), every step rounded; written over the mean.
+        for (k, (m, t)) in mean.chunks_mut(BLOCK).zip(tr.chunks_mut(BLOCK)).enumerate() {
+            mul_round(dt, m, c);
+            mul_round(dt, t, s);
+            add_round(dt, m, t);
+            mul_round(dt, m, avg_norm);
+            if let Some(b) = bdata {
+                add_round(dt, m, part(b, k * BLOCK, m.len()));
+            }
+        }
+        Ok(Tensor::new(dt, first.shape.clone(), mean))
+    }
+}
+
+/// `dest = round(Σₘ round(rowₘ · wₘ))` over the model axis (PyTorch's `sum(dim=0)` order), with
+/// `row(m, start, buf)` producing block `start` of model m's row; `bufs` holds one block per model.
+fn weighted_sum(
+    dt: DType,
+    plan: &Dim0Sum,
+    w: &[f32],
+    bufs: &mut [Vec<f32>],
+    dest: &mut [f32],
+    row: &dyn Fn(usize, usize, &mut [f32]),
+) {
+    let d = dest.len();
+    for s in (0..d).step_by(BLOCK) {
+        let len = BLOCK.min(d - s);
+        for (m, buf) in bufs.iter_mut().enumerate() {
+            let b = part_mut(buf, 0, len);
+            row(m, s, b);
+            mul_round(dt, b, w.get(m).copied().unwrap_or(0.0));
+        }
+        let rows: Vec<&[f32]> = bufs.iter().map(|b| part(b, 0, len)).collect();
+        let out = part_mut(dest, s, len);
+        plan.sum_rows(s, &rows, out);
+        round_slice(dt, out);
     }
 }

@@ -3,9 +3,12 @@
 
 use amalgam_io::DType;
 
+use super::blocks::{add_round, div_round, mul_round, part, task_block, BLOCK};
 use super::common::task_vector;
-use crate::numerics::{round, scalar};
-use crate::reduce::{full_sum_with, norm2, norm2_strided, outer_sum, threads_for};
+use crate::numerics::{round, round_slice, scalar};
+use crate::reduce::{
+    full_sum_with, norm2, norm2_blocks, norm2_strided, outer_sum, sum_split_blocks, threads_for,
+};
 use amalgam_schema::{ContractViolation, Counted};
 
 use crate::{
@@ -150,6 +153,81 @@ fn nuslerp_spans(
     out
 }
 
+/// [`nuslerp_spans`] for contiguous vectors (the flattened tensor, or its rows of `row_len`),
+/// computed block by block from the inputs: the task vectors (`x − base`) and the normalised
+/// vectors are never stored, and the base is added as each output block is written.
+#[allow(clippy::too_many_arguments)]
+fn nuslerp_rows(
+    t: f64,
+    x0: &[f32],
+    x1: &[f32],
+    base: Option<&[f32]>,
+    dt: DType,
+    row_len: usize,
+    threads: usize,
+) -> Vec<f32> {
+    let n = x0.len().min(x1.len());
+    let mut out = vec![0f32; n];
+    let floor = round(dt, 1e-7);
+    let eps2 = round(dt, 1e-16);
+    let one_minus_t = scalar(1.0 - t);
+    let tt = scalar(t);
+    let row_len = row_len.max(1);
+    let rows = n / row_len;
+    let v_block = |x: &[f32], s: usize, b: &mut [f32]| {
+        let len = b.len();
+        task_block(dt, part(x, s, len), base.map(|y| part(y, s, len)), b);
+    };
+    let mut q = [0f32; BLOCK];
+    for (r, o) in out.chunks_mut(row_len).enumerate() {
+        let r0 = r * row_len;
+        let n0 = norm2_blocks(row_len, dt, |s, b| v_block(x0, r0 + s, b));
+        let n1 = norm2_blocks(row_len, dt, |s, b| v_block(x1, r0 + s, b));
+        let n0 = if n0 < floor { floor } else { n0 };
+        let n1 = if n1 < floor { floor } else { n1 };
+        // One row (a 1-D tensor, or a flattened one) is a reduction to one value: it splits.
+        let s = sum_split_blocks(row_len, dt, dt, threads_for(rows, threads), |s, b| {
+            let q = &mut q[..b.len()];
+            v_block(x0, r0 + s, b);
+            div_round(dt, b, n0);
+            v_block(x1, r0 + s, q);
+            div_round(dt, q, n1);
+            for (a, &c) in b.iter_mut().zip(q.iter()) {
+                *a *= c;
+            }
+            round_slice(dt, b);
+        });
+        let cos = round(dt, s);
+        let cos = if cos.is_nan() {
+            cos
+        } else {
+            cos.clamp(-1.0, 1.0)
+        };
+        let colinear = round(dt, 1.0 - round(dt, cos * cos)) <= eps2;
+        let theta = round(dt, (if colinear { 0.0 } else { cos }).acos());
+        let sin_theta = round(dt, theta.sin());
+        let s0 = round(dt, round(dt, one_minus_t * theta).sin());
+        let s1 = round(dt, round(dt, tt * theta).sin());
+        let (c0, c1) = if colinear { (one_minus_t, tt) } else { (s0, s1) };
+        for (k, ob) in o.chunks_mut(BLOCK).enumerate() {
+            let s = r0 + k * BLOCK;
+            let q = &mut q[..ob.len()];
+            v_block(x0, s, ob);
+            mul_round(dt, ob, c0);
+            v_block(x1, s, q);
+            mul_round(dt, q, c1);
+            add_round(dt, ob, q);
+            if !colinear {
+                div_round(dt, ob, sin_theta);
+            }
+            if let Some(y) = base {
+                add_round(dt, ob, part(y, s, ob.len()));
+            }
+        }
+    }
+    out
+}
+
 impl MergeMethod for NuSlerp {
     fn info(&self) -> &MethodInfo {
         &self.info
@@ -185,6 +263,23 @@ impl MergeMethod for NuSlerp {
         let dt = x0.dtype;
         let shape = x0.shape.clone();
         let n = x0.data.len();
+        if flatten || shape.len() <= 1 || !row_wise {
+            let row_len = if flatten || shape.len() <= 1 {
+                n
+            } else {
+                shape.last().copied().unwrap_or(1).max(1)
+            };
+            let data = nuslerp_rows(
+                t,
+                &x0.data,
+                &x1.data,
+                base.map(|b| b.data.as_slice()),
+                dt,
+                row_len,
+                args.torch_threads,
+            );
+            return Ok(Tensor::new(dt, shape, data));
+        }
         let (spans, contiguous): (Vec<Span>, bool) = if flatten || shape.len() <= 1 {
             (
                 vec![Span {

@@ -3,10 +3,12 @@
 
 use amalgam_io::DType;
 
-use super::common::{require_base, task_vector};
-use crate::numerics::{round, scalar};
-use crate::reduce::{full_mean_sum_with, outer_sum, threads_for, torch_float_lanes, torch_sum};
-use crate::stdsort::topk_largest;
+use rayon::prelude::*;
+
+use super::common::{check_same_shape, require_base};
+use crate::numerics::{round, round_slice, scalar};
+use crate::reduce::{full_mean_sum_with, threads_for, torch_float_lanes, torch_sum, Dim0Sum};
+use crate::stdsort::topk_largest_set;
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -65,21 +67,6 @@ impl Default for Sce {
     }
 }
 
-/// Population variance over models per element: Welford in f64 over f32 values, as PyTorch's
-/// CPU `var` does (16-bit inputs are upcast to f32), then rounded f64 → f32 → dtype.
-fn variance(tv: &[Vec<f32>], i: usize, dt: DType) -> f32 {
-    let (mut mean, mut m2, mut n) = (0f64, 0f64, 0f64);
-    for t in tv {
-        let x = t.get(i).copied().unwrap_or(0.0) as f64;
-        n += 1.0;
-        let d = x - mean;
-        mean += d / n;
-        m2 += d * (x - mean);
-    }
-    let v = if n > 0.0 { m2 / n } else { f64::NAN };
-    round(dt, v as f32)
-}
-
 impl MergeMethod for Sce {
     fn info(&self) -> &MethodInfo {
         &self.info
@@ -93,74 +80,62 @@ impl MergeMethod for Sce {
         if xs.is_empty() {
             return Ok(b.clone());
         }
+        // PyTorch refuses `x - base` of different shapes; every index below is then in range.
+        check_same_shape(&args)?;
         let dt = b.dtype;
         let n = b.data.len();
         let nm = xs.len();
-        let mut tv: Vec<Vec<f32>> = xs.iter().map(|x| task_vector(x, b, dt)).collect();
+        // Task vectors built in parallel (one per model, each rounded in bulk: the same bits as
+        // element by element).
+        let mut tv: Vec<Vec<f32>> = xs
+            .par_iter()
+            .map(|x| {
+                let mut t: Vec<f32> = x.data.iter().zip(&b.data).map(|(&v, &w)| v - w).collect();
+                round_slice(dt, &mut t);
+                t
+            })
+            .collect();
         if topk < 1.0 {
             let mut keep = vec![false; n];
             if topk > 0.0 {
-                let var: Vec<f32> = (0..n).map(|i| variance(&tv, i, dt)).collect();
-                let nonzero = var.iter().filter(|&&v| v != 0.0).count();
+                // `|var|` over models per element, in parallel blocks (each element on its own).
+                let mut keys = vec![0f32; n];
+                keys.par_chunks_mut(BLOCK)
+                    .enumerate()
+                    .for_each(|(blk, ks)| variance_block(&tv, blk * BLOCK, ks, dt));
+                let nonzero = keys.iter().filter(|&&v| v != 0.0).count();
                 // `int(count_nonzero(var) * select_topk)`: an int64 0-d tensor times a Python
                 // float is promoted to a float32 tensor, so the product is rounded in f32 before
                 // truncation (e.g. 90 × 0.7 gives 63 here, 62 in f64).
                 let k = (nonzero as f32 * scalar(topk)) as usize;
                 // Which of several equal variances make the cut is decided by torch.topk's CPU
                 // algorithm (libstdc++ nth_element/partial_sort), so it is replayed, not
-                // approximated by a stable order.
-                let keys: Vec<f32> = var.iter().map(|v| v.abs()).collect();
-                for i in topk_largest(&keys, k) {
+                // approximated by a stable order; only the kept set matters here, so the sort of
+                // the selected part that follows the selection is skipped.
+                for i in topk_largest_set(keys, k) {
                     if let Some(kp) = keep.get_mut(i as usize) {
                         *kp = true;
                     }
                 }
             }
-            for t in tv.iter_mut() {
+            tv.par_iter_mut().for_each(|t| {
                 for (v, &kp) in t.iter_mut().zip(&keep) {
                     *v *= if kp { 1.0 } else { 0.0 };
                 }
-            }
+            });
         }
-        // Sign consensus (TIES "sum"): majority = sign of the model-axis sum, ties positive.
-        let majority: Vec<f32> = (0..n)
-            .map(|i| {
-                let s = round(
-                    dt,
-                    outer_sum(
-                        |m| tv.get(m).and_then(|t| t.get(i)).copied().unwrap_or(0.0),
-                        nm,
-                        i,
-                        n,
-                        dt,
-                    ),
-                );
-                if s >= 0.0 {
-                    1.0
-                } else {
-                    -1.0
-                }
-            })
-            .collect();
-        let sign = |v: f32| -> f32 {
-            if v > 0.0 {
-                1.0
-            } else if v < 0.0 {
-                -1.0
-            } else {
-                0.0
-            }
-        };
         // Model weights: mean(τ²) per model, normalised by their (Python float) sum.
         let energy: Vec<f32> = tv
-            .iter()
+            .par_iter()
             .map(|t| {
                 // `.mean(dim=1)`: on the CPU PyTorch casts bf16/f16 to f32 before reducing, so
                 // the squares (rounded to `dt`) are summed with f32 loads; one model is a
                 // reduction to one value, which splits per thread.
+                let mut sq: Vec<f32> = t.iter().map(|&v| v * v).collect();
+                round_slice(dt, &mut sq);
                 let s = full_mean_sum_with(
-                    |i| t.get(i).map_or(0.0, |&v| round(dt, v * v)),
-                    t.len(),
+                    |i| sq.get(i).copied().unwrap_or(0.0),
+                    sq.len(),
                     threads_for(nm, args.torch_threads),
                 );
                 round(dt, s / n.max(1) as f32)
@@ -175,36 +150,139 @@ impl MergeMethod for Sce {
                 .map(|&e| round(dt, e / total as f32))
                 .collect()
         };
-        let ew = |m: usize, i: usize| -> f32 {
-            let v = tv.get(m).and_then(|t| t.get(i)).copied().unwrap_or(0.0);
-            let keep = sign(v) == majority.get(i).copied().unwrap_or(1.0);
-            let w = weights.get(m).copied().unwrap_or(0.0);
-            round(dt, w * if keep { 1.0 } else { 0.0 })
-        };
+        // Every output element depends only on its own column of the task vectors: blocks in
+        // parallel, each step rounded in bulk (the same bits as one element at a time).
+        let plan = Dim0Sum::new(n, dt, torch_float_lanes());
+        // Up to four models (and more than one column) every column adds in plain sequence
+        // from zero (see `Dim0Sum::sum_with`): then whole blocks are summed model by model.
+        let seq = nm <= SEQ_MAX && n > 1;
         let floor = round(dt, 1e-6);
-        let data = (0..n)
-            .map(|i| {
-                let merged = round(
-                    dt,
-                    outer_sum(
-                        |m| {
-                            round(
-                                dt,
-                                tv.get(m).and_then(|t| t.get(i)).copied().unwrap_or(0.0) * ew(m, i),
-                            )
-                        },
-                        nm,
-                        i,
-                        n,
-                        dt,
-                    ),
-                );
-                let den = round(dt, outer_sum(|m| ew(m, i), nm, i, n, dt));
-                let den = if den < floor { floor } else { den };
-                let fin = round(dt, merged / den);
-                round(dt, b.data.get(i).copied().unwrap_or(0.0) + fin)
-            })
-            .collect();
+        let mut data = vec![0f32; n];
+        data.par_chunks_mut(BLOCK).enumerate().for_each_init(
+            || Scratch::new(nm),
+            |sc, (blk, out)| {
+                let at = blk * BLOCK;
+                let len = out.len();
+                let cols: Vec<&[f32]> = tv.iter().map(|t| &t[at..at + len]).collect();
+                // Sign consensus (TIES "sum"): majority = sign of the model-axis sum, ties
+                // positive.
+                let sum = &mut sc.sum[..len];
+                col_sum(sum, &cols, at, &plan, seq);
+                round_slice(dt, sum);
+                // `w·(sign(τ) == majority)`, then `τ·that`, each rounded.
+                for (m, c) in cols.iter().enumerate() {
+                    let (ew, prod) = (&mut sc.ew[m][..len], &mut sc.prod[m][..len]);
+                    let w = weights[m];
+                    for ((e, &v), &sv) in ew.iter_mut().zip(c.iter()).zip(sum.iter()) {
+                        let majority = if sv >= 0.0 { 1.0 } else { -1.0 };
+                        *e = w * if sign(v) == majority { 1.0 } else { 0.0 };
+                    }
+                    round_slice(dt, ew);
+                    for ((p, &v), &e) in prod.iter_mut().zip(c.iter()).zip(ew.iter()) {
+                        *p = v * e;
+                    }
+                    round_slice(dt, prod);
+                }
+                let ews: Vec<&[f32]> = sc.ew.iter().map(|e| &e[..len]).collect();
+                let prods: Vec<&[f32]> = sc.prod.iter().map(|p| &p[..len]).collect();
+                let den = &mut sc.den[..len];
+                col_sum(out, &prods, at, &plan, seq);
+                col_sum(den, &ews, at, &plan, seq);
+                round_slice(dt, out);
+                round_slice(dt, den);
+                for (o, d) in out.iter_mut().zip(den.iter()) {
+                    let d = if *d < floor { floor } else { *d };
+                    *o /= d;
+                }
+                round_slice(dt, out);
+                for (o, &bv) in out.iter_mut().zip(&b.data[at..at + len]) {
+                    // `base + fin`, in that operand order (which NaN propagates).
+                    #[allow(clippy::assign_op_pattern)]
+                    {
+                        *o = bv + *o;
+                    }
+                }
+                round_slice(dt, out);
+            },
+        );
         Ok(Tensor::new(dt, b.shape.clone(), data))
+    }
+}
+
+/// Elements per parallel block: every model's block of scratch stays in the CPU cache.
+const BLOCK: usize = 4096;
+
+/// Most models whose model-axis sum adds in plain sequence (PyTorch's four accumulators).
+const SEQ_MAX: usize = 4;
+
+/// `out[j] = Σ_m cols[m][j]` for the columns at `at..`, in PyTorch's order for the model axis.
+fn col_sum(out: &mut [f32], cols: &[&[f32]], at: usize, plan: &Dim0Sum, seq: bool) {
+    if seq {
+        out.fill(0.0);
+        for c in cols {
+            for (o, &v) in out.iter_mut().zip(c.iter()) {
+                *o += v;
+            }
+        }
+    } else {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = plan.sum_with(at + j, |m| cols.get(m).map_or(0.0, |c| c[j]), cols.len());
+        }
+    }
+}
+
+/// `|var|` over models of the elements at `at..at + out.len()`: the population variance by
+/// Welford in f64 over f32 values, as PyTorch's CPU `var` does (16-bit inputs are upcast to f32),
+/// rounded f64 → f32 → dtype. In bulk, models in the outer loop: the same operations per element.
+fn variance_block(tv: &[Vec<f32>], at: usize, out: &mut [f32], dt: DType) {
+    let len = out.len();
+    let mut mean = vec![0f64; len];
+    let mut m2 = vec![0f64; len];
+    for (m, t) in tv.iter().enumerate() {
+        let cnt = (m + 1) as f64;
+        for ((mu, s), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(&t[at..at + len]) {
+            let x = x as f64;
+            let d = x - *mu;
+            *mu += d / cnt;
+            *s += d * (x - *mu);
+        }
+    }
+    let nm = tv.len() as f64;
+    for (o, &s) in out.iter_mut().zip(&m2) {
+        *o = if nm > 0.0 { (s / nm) as f32 } else { f32::NAN };
+    }
+    round_slice(dt, out);
+    for o in out.iter_mut() {
+        *o = o.abs();
+    }
+}
+
+/// Per-thread buffers of one block.
+struct Scratch {
+    sum: Vec<f32>,
+    den: Vec<f32>,
+    ew: Vec<Vec<f32>>,
+    prod: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    fn new(models: usize) -> Self {
+        Scratch {
+            sum: vec![0.0; BLOCK],
+            den: vec![0.0; BLOCK],
+            ew: vec![vec![0.0; BLOCK]; models],
+            prod: vec![vec![0.0; BLOCK]; models],
+        }
+    }
+}
+
+/// `torch.sign`: zero (and NaN's comparisons) give 0.
+fn sign(v: f32) -> f32 {
+    if v > 0.0 {
+        1.0
+    } else if v < 0.0 {
+        -1.0
+    } else {
+        0.0
     }
 }

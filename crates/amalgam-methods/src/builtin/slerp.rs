@@ -2,8 +2,9 @@
 
 use amalgam_io::DType;
 
-use crate::numerics::round;
-use crate::reduce::{sum_sq_lastdim, torch_sum_with};
+use super::blocks::part;
+use crate::numerics::round_slice;
+use crate::reduce::{norm2_fast, sum_split_blocks};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor,
@@ -73,10 +74,9 @@ impl Default for Slerp {
     }
 }
 
-/// 2-norm of `n` f32 values given by `get`, as `torch.linalg.vector_norm` of a contiguous f32
-/// row.
-fn row_norm(get: impl Fn(usize) -> f32, n: usize) -> f32 {
-    sum_sq_lastdim(get, n, false).sqrt()
+/// `torch.linalg.vector_norm` of a contiguous f32 row.
+fn row_norm(x: &[f32]) -> f32 {
+    norm2_fast(x, DType::F32)
 }
 
 /// 2-norm over a short list of partial norms (PyTorch's generic norm reduction: sequential,
@@ -117,15 +117,13 @@ pub(crate) fn slerp_015_with(
         .step_by(CHUNK)
         .map(|s| (s, (s + CHUNK).min(n)))
         .collect();
-    let at = |i: usize| a.get(i).copied().unwrap_or(0.0);
-    let bt = |i: usize| b.get(i).copied().unwrap_or(0.0);
     let na_parts: Vec<f32> = chunks
         .iter()
-        .map(|&(s, e)| row_norm(|i| at(s + i), e - s))
+        .map(|&(s, e)| row_norm(part(a, s, e - s)))
         .collect();
     let nb_parts: Vec<f32> = chunks
         .iter()
-        .map(|&(s, e)| row_norm(|i| bt(s + i), e - s))
+        .map(|&(s, e)| row_norm(part(b, s, e - s)))
         .collect();
     let mut na = norm_of_parts(&na_parts);
     let mut nb = norm_of_parts(&nb_parts);
@@ -136,9 +134,15 @@ pub(crate) fn slerp_015_with(
     if nb.is_nan() || nb <= EPS {
         nb = 1.0;
     }
-    let dot_parts = chunks
-        .iter()
-        .map(|&(s, e)| torch_sum_with(|i| (at(s + i) / na) * (bt(s + i) / nb), e - s, DType::F32));
+    let dot_parts = chunks.iter().map(|&(s, e)| {
+        sum_split_blocks(e - s, DType::F32, DType::F32, 1, |k, buf| {
+            let len = buf.len();
+            let (pa, pb) = (part(a, s + k, len), part(b, s + k, len));
+            for ((o, &x), &y) in buf.iter_mut().zip(pa).zip(pb) {
+                *o = (x / na) * (y / nb);
+            }
+        })
+    });
     let dot_sum = dot_parts.fold(0f32, |acc, p| acc + p);
     let dot = if dot_sum.is_nan() {
         dot_sum
@@ -156,9 +160,14 @@ pub(crate) fn slerp_015_with(
             sin(tt * theta) / sin_theta,
         )
     };
-    (0..n)
-        .map(|i| round(dtype, ca * at(i) + cb * bt(i)))
-        .collect()
+    let mut out: Vec<f32> = a
+        .iter()
+        .zip(b)
+        .take(n)
+        .map(|(&x, &y)| ca * x + cb * y)
+        .collect();
+    round_slice(dtype, &mut out);
+    out
 }
 
 impl MergeMethod for Slerp {
