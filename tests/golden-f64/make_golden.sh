@@ -5,10 +5,11 @@
 # 1040 so the embedding has more elements than one chunk of amalgam's elementwise path, tied
 # embeddings) saved in float64; models/f32-{a,b,c} are the same models saved in float32.
 # Each <case>.yml is merged by mergekit into expected/<case>: linear (normalize true and false)
-# of three models, from float64 inputs (mergekit computes in f64 because
-# the inputs are f64) and from float32 inputs with `dtype: float64`, written as float64 (the
-# default) or float32 (`out_dtype: float32`). PYTHONHASHSEED=0 and one torch thread, so the
-# bits do not depend on the machine. Compared by crates/amalgam-cli/tests/golden_f64.rs.
+# of three models, task_arithmetic (a base and two models, with lambda or normalize) and
+# passthrough (with scale), from float64 inputs (mergekit computes in f64 because the inputs
+# are f64) and from float32 inputs with `dtype: float64`, written as float64 (the default) or
+# float32 (`out_dtype: float32`). PYTHONHASHSEED=0 and one torch thread, so the bits do not
+# depend on the machine. Compared by crates/amalgam-cli/tests/golden_f64.rs.
 set -euo pipefail
 mk=${1:-$HOME/mk}
 cd "$(dirname "$0")"

@@ -1,5 +1,6 @@
 //! Float64 arithmetic (`tests/golden-f64`, made by `make_golden.sh` with mergekit 0.1.5):
-//! linear of three tiny Llama models computed in f64, from float64 inputs (no `dtype:`) and
+//! linear of three tiny Llama models, task_arithmetic of two over a base and passthrough with
+//! `scale`, computed in f64, from float64 inputs (no `dtype:`) and
 //! from float32 inputs with `dtype: float64`, normalized or not, written as float64 or
 //! (`out_dtype: float32`) float32, gives mergekit's bytes; methods without f64 arithmetic are
 //! refused by name, by `validate` and `merge` alike.
@@ -37,10 +38,14 @@ const CASES: &[&str] = &[
     "linear-f64-out-f32",
     "linear-f32-dtype-f64",
     "linear-f32-dtype-f64-nonorm-out-f32",
+    "task_arithmetic-f64",
+    "task_arithmetic-f32-dtype-f64-norm-out-f32",
+    "passthrough-f64",
+    "passthrough-f32-dtype-f64-out-f32",
 ];
 
 #[test]
-fn float64_linear_matches_mergekit() {
+fn float64_merges_match_mergekit() {
     let tmp = tempfile::tempdir().unwrap();
     for case in CASES {
         let out = tmp.path().join(case);
@@ -128,7 +133,20 @@ fn methods_without_float64_arithmetic_are_refused_by_name() {
                 m("f64-b")
             ),
             &["merge"][..],
-            "float64 arithmetic of merge_method multislerp is not supported yet",
+            "float64 arithmetic of merge_method multislerp (mergekit 0.1.5, 2 input models) is not supported yet",
+        ),
+    ];
+    // linear's f64 arithmetic is mergekit 0.1.5's: under 0.0.4.2 it is refused too.
+    let legacy = std::fs::read_to_string(dir().join("linear-f32-dtype-f64.yml"))
+        .unwrap()
+        .replace("models/", &format!("{}/models/", dir().display()));
+    let configs = [
+        configs[0].clone(),
+        configs[1].clone(),
+        (
+            legacy,
+            &["validate", "merge"][..],
+            "float64 arithmetic of merge_method: linear under mergekit 0.0.4.2",
         ),
     ];
     for (k, (text, cmds, words)) in configs.iter().enumerate() {
@@ -139,6 +157,9 @@ fn methods_without_float64_arithmetic_are_refused_by_name() {
             let mut args = vec![*cmd, cfg.to_str().unwrap()];
             if *cmd == "merge" {
                 args.push(out.to_str().unwrap());
+            }
+            if k == 2 {
+                args.extend(["--mergekit-version", "0.0.4.2"]);
             }
             let o = run(&args, tmp.path());
             assert!(!o.status.success(), "{cmd} {k}");
@@ -159,11 +180,16 @@ fn validate_list_of_float64_methods_matches_the_methods() {
     let registry = Registry::builtin();
     let mut have: Vec<&str> = registry
         .iter()
-        .filter(|m| m.supports_f64(Compat::V0_1_5))
+        .filter(|m| m.supports_f64(Compat::V0_1_5, 3))
         .map(|m| m.info().name)
         .collect();
     have.sort();
     let mut listed = amalgam_config::FLOAT64_METHODS.to_vec();
     listed.sort();
     assert_eq!(have, listed);
+    // task_arithmetic's model-axis sum is reproduced up to four task vectors only.
+    let ta = registry.get("task_arithmetic").unwrap();
+    assert!(ta.supports_f64(Compat::V0_1_5, 5));
+    assert!(!ta.supports_f64(Compat::V0_1_5, 6));
+    assert!(!ta.supports_f64(Compat::V0_0_4_2, 3));
 }

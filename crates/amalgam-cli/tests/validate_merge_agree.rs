@@ -26,8 +26,10 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "merge_method: linear\ntokenizer_source: union\nmodels:\n  - model: a+some/lora\n    parameters: {weight: 1}\n",
     ),
     (
+        // Float64 arithmetic of a method without it (linear, task_arithmetic and passthrough
+        // have it).
         "float64.yml",
-        "merge_method: linear\ndtype: float64\nmodels:\n  - model: a\n    parameters: {weight: 1}\n",
+        "merge_method: multislerp\ndtype: float64\nmodels:\n  - model: a\n    parameters: {weight: 1}\n",
     ),
 ];
 

@@ -300,6 +300,30 @@ pub fn validate(
                 .into(),
         );
     }
+    // Float64 arithmetic is reproduced for mergekit 0.1.5 only, except passthrough (the same
+    // `x * scale` in both versions); the planner refuses the same through `supports_f64`.
+    if compat == Compat::V0_0_4_2
+        && config.merge_method != "passthrough"
+        && FLOAT64_METHODS.contains(&config.merge_method.as_str())
+        && config
+            .dtype
+            .as_deref()
+            .is_some_and(|d| d.trim_start_matches("torch.") == "float64")
+    {
+        push_at(
+            Severity::Unsupported,
+            "dtype",
+            None,
+            format!(
+                "{}; remove it or use mergekit for this config",
+                unsupported_message(&format!(
+                    "dtype: float64 (float64 arithmetic of merge_method: {} under mergekit \
+                     0.0.4.2)",
+                    config.merge_method
+                ))
+            ),
+        );
+    }
     let declared: Vec<&str> = method.params.iter().map(|p| p.name).collect();
     for at in all_params(config) {
         for (key, value) in at.params {
@@ -598,9 +622,10 @@ pub fn unsupported_message(key: &str) -> String {
 pub const DEFAULT_MODULE: &str = "default";
 
 /// The merge methods with float64 arithmetic (`MergeMethod::supports_f64` in amalgam-methods,
-/// for mergekit 0.1.5; a test there checks the two agree): mergekit computes in f64 when the
-/// working dtype is float64, and only these reproduce it.
-pub const FLOAT64_METHODS: &[&str] = &["linear"];
+/// for mergekit 0.1.5; a test checks the two agree): mergekit computes in f64 when the
+/// working dtype is float64, and only these reproduce it (task_arithmetic up to four models
+/// besides the base; the planner refuses more).
+pub const FLOAT64_METHODS: &[&str] = &["linear", "passthrough", "task_arithmetic"];
 
 /// What amalgam does not implement yet ("not supported yet"): `(YAML path, key)` for each
 /// LoRA (`+lora` or `lora:`) on a tokenizer source, and float64 arithmetic (`dtype: float64`) of a method not in

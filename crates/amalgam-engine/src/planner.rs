@@ -761,11 +761,13 @@ impl<'a> Planner<'a> {
             // inputs; the methods without it, and the inputs that need f32-valued preparation
             // (vocabulary alignment, a LoRA merged in), are refused before anything is written.
             let name = self.method.info().name;
-            let reason = if !self.method.supports_f64(self.opts.compat) {
+            let reason = if !self.method.supports_f64(self.opts.compat, resolved.len()) {
                 Some(format!(
-                    "float64 arithmetic of merge_method {name} is not supported yet (the inputs \
-                     are float64 or dtype: float64 is set; set dtype: float32 to merge in f32, \
-                     and out_dtype: float64 to write float64)"
+                    "float64 arithmetic of merge_method {name} (mergekit {}, {} input models) is \
+                     not supported yet (the inputs are float64 or dtype: float64 is set; set \
+                     dtype: float32 to merge in f32, and out_dtype: float64 to write float64)",
+                    self.opts.compat,
+                    resolved.len()
                 ))
             } else if align.is_some() {
                 Some(

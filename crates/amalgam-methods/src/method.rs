@@ -235,11 +235,11 @@ pub trait MergeMethod: Send + Sync {
     /// Merges one tensor.
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError>;
 
-    /// Whether [`MergeMethod::merge_f64`] is implemented for `compat`. The planner refuses a
-    /// float64 working dtype for a method without it ("not supported yet"), before any output
-    /// is written. Default: no.
-    fn supports_f64(&self, compat: Compat) -> bool {
-        let _ = compat;
+    /// Whether [`MergeMethod::merge_f64`] is implemented for `compat` and a tensor of `inputs`
+    /// inputs (the base included). The planner refuses a float64 working dtype where it is not
+    /// ("not supported yet"), before any output is written. Default: no.
+    fn supports_f64(&self, compat: Compat, inputs: usize) -> bool {
+        let _ = (compat, inputs);
         false
     }
 

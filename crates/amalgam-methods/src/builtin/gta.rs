@@ -15,7 +15,7 @@ use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::{torch_float_lanes, Dim0Sum};
 use crate::sparsify;
 use crate::{
-    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeInput, MergeMethod, MethodError,
+    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeArgs64, MergeInput, MergeMethod, MethodError,
     MethodInfo, ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
 };
 
@@ -306,6 +306,82 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         // the model-axis sum has at most four entries: from five on, PyTorch's summation order
         // depends on the column's position in the whole tensor.
         self.sparsifier.is_none() && !self.consensus && per_input.len() <= 5
+    }
+
+    fn supports_f64(&self, compat: Compat, inputs: usize) -> bool {
+        // task_arithmetic only (no sparsifier, no consensus), and with at most four task
+        // vectors, whose model-axis sums PyTorch adds in plain sequence whatever the dtype.
+        compat == Compat::V0_1_5
+            && self.sparsifier.is_none()
+            && !self.consensus
+            && inputs <= SEQ_MAX + 1
+    }
+
+    /// mergekit 0.1.5's task arithmetic in f64: `x - base` per model, times its weight (an f64
+    /// tensor of the python floats), summed over the models from zero in input order, divided
+    /// by the sum of the weights (1 where its magnitude is below 1e-8) when normalizing, times
+    /// λ (a python float) unless it is 1, added to the base. Every step is an f64 operation.
+    fn merge_f64(&self, args: MergeArgs64<'_>) -> Result<Vec<f64>, MethodError> {
+        if !self.supports_f64(args.compat, args.inputs.len()) {
+            return Err(MethodError::Float64Unsupported {
+                method: format!(
+                    "{} (mergekit {}, {} inputs)",
+                    self.name(),
+                    args.compat,
+                    args.inputs.len()
+                ),
+            });
+        }
+        let base = args
+            .base
+            .and_then(|b| args.inputs.get(b))
+            .ok_or_else(|| MethodError::Contract {
+                tensor: args.tensor_name.to_string(),
+                violation: amalgam_schema::ContractViolation::BaseRequired,
+            })?
+            .data;
+        let n = base.len();
+        let normalize = args.param("normalize")?.as_bool();
+        let lambda = args.param("lambda")?.as_f64();
+        let mut mixed = vec![0f64; n];
+        let mut den = 0f64;
+        let mut any = false;
+        for (i, input) in args.inputs.iter().enumerate() {
+            if Some(i) == args.base {
+                continue;
+            }
+            if input.data.len() != n {
+                return Err(MethodError::Shape {
+                    tensor: args.tensor_name.to_string(),
+                    shapes: format!(
+                        "{} has {} values, the base {n}",
+                        input.label,
+                        input.data.len()
+                    ),
+                });
+            }
+            let w = input.f64("weight")?;
+            for ((m, &x), &b) in mixed.iter_mut().zip(input.data).zip(base) {
+                *m += (x - b) * w;
+            }
+            den += w;
+            any = true;
+        }
+        if !any {
+            return Ok(base.to_vec());
+        }
+        let den = if den.abs() < 1e-8 { 1.0 } else { den };
+        for (m, &b) in mixed.iter_mut().zip(base) {
+            let mut v = *m;
+            if normalize {
+                v /= den;
+            }
+            if lambda != 1.0 {
+                v *= lambda;
+            }
+            *m = b + v;
+        }
+        Ok(mixed)
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {

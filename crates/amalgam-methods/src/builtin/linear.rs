@@ -59,7 +59,7 @@ impl MergeMethod for Linear {
         true
     }
 
-    fn supports_f64(&self, compat: Compat) -> bool {
+    fn supports_f64(&self, compat: Compat, _inputs: usize) -> bool {
         compat == Compat::V0_1_5
     }
 

@@ -2,7 +2,7 @@
 
 use crate::numerics::{round_slice, scalar};
 use crate::{
-    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo, ParamKind,
+    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeArgs64, MergeMethod, MethodError, MethodInfo, ParamKind,
     ParamScope, ParamSpec, ParamValues, Tensor, Value,
 };
 
@@ -55,6 +55,32 @@ impl MergeMethod for Passthrough {
 
     fn is_elementwise(&self, _: &ParamValues, _: &[&ParamValues]) -> bool {
         true
+    }
+
+    fn supports_f64(&self, _compat: Compat, _inputs: usize) -> bool {
+        // `tensor * scale` in both versions; the contract (one input) is checked below.
+        true
+    }
+
+    /// In f64: the input as read, or `x * scale` with the python float applied in f64.
+    fn merge_f64(&self, args: MergeArgs64<'_>) -> Result<Vec<f64>, MethodError> {
+        let [input] = args.inputs.as_slice() else {
+            return Err(MethodError::Contract {
+                tensor: args.tensor_name.to_string(),
+                violation: amalgam_schema::ContractViolation::Count {
+                    what: amalgam_schema::Counted::Inputs,
+                    min: 1,
+                    max: Some(1),
+                    got: args.inputs.len(),
+                },
+            });
+        };
+        let scale = input.f64("scale")?;
+        Ok(if scale == 1.0 {
+            input.data.to_vec()
+        } else {
+            input.data.iter().map(|&v| v * scale).collect()
+        })
     }
 
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError> {
