@@ -118,5 +118,7 @@ fn validate_and_merge_agree() {
     // written above are all unsupported features.
     assert_eq!(refused, 23, "invalid configs");
     assert_eq!(accepted + unsupported, 132 + UNSUPPORTED.len());
-    assert!(unsupported >= UNSUPPORTED.len());
+    // Every real config mergekit runs is accepted: only the configs written above are refused as
+    // not supported yet.
+    assert_eq!(unsupported, UNSUPPORTED.len(), "not supported yet");
 }
