@@ -171,8 +171,16 @@ fn pad_rows(plan: &Plan, op: &Op) -> Result<Option<Vec<Vec<f32>>>> {
     Ok(Some(out))
 }
 
-/// Loads elements `range` of input `j`'s own tensor, converted to the working dtype.
-fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Tensor> {
+/// Reads the stored bytes of elements `range` of input `j`'s own tensor with positioned reads
+/// into this thread's read buffer (rather than touching the mapping: no page faults, nothing
+/// left resident), and hands them to `f` with the tensor's entry and the model.
+fn with_input_bytes<T>(
+    plan: &Plan,
+    op: &Op,
+    j: usize,
+    range: &std::ops::Range<usize>,
+    f: impl FnOnce(&[u8], &crate::source::RawTensor<'_>, &crate::plan::Model) -> Result<T>,
+) -> Result<T> {
     let inp = &op.inputs[j];
     let model = &plan.models[inp.model];
     let raw = model.source.require(&inp.name, &model.label)?;
@@ -185,9 +193,7 @@ fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Re
             tensor: inp.name.clone(),
         })?;
     let len = (range.end - range.start) * es;
-    // Read the bytes with positioned reads into a per-thread buffer rather than touching the
-    // mapping: no page faults, nothing left resident.
-    READ_BUF.with(|cell| -> Result<Tensor> {
+    READ_BUF.with(|cell| -> Result<T> {
         let mut buf = cell.borrow_mut();
         if buf.len() < len {
             buf.resize(len, 0);
@@ -199,8 +205,16 @@ fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Re
             model.source.read_part(piece, &mut buf[at..end])?;
             at = end;
         }
+        f(buf, &raw, model)
+    })
+}
+
+/// Loads elements `range` of input `j`'s own tensor, converted to the working dtype.
+fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Tensor> {
+    let name = &op.inputs[j].name;
+    with_input_bytes(plan, op, j, &range.clone(), |buf, raw, model| {
         match model.source.lora() {
-            Some(l) if raw.dtype.is_float() => decode_lora(op, buf, raw.dtype, range, l, &inp.name),
+            Some(l) if raw.dtype.is_float() => decode_lora(op, buf, raw.dtype, range, l, name),
             _ => decode(op, buf, raw.dtype, range.len()),
         }
     })
@@ -308,30 +322,8 @@ fn decode(op: &Op, bytes: &[u8], raw_dtype: DType, n: usize) -> Result<Tensor> {
 /// values as stored, any other float dtype widened exactly (PyTorch's `.to(torch.float64)`).
 /// The planner refuses vocabulary alignment and LoRA inputs with a float64 working dtype.
 fn load_f64(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Vec<f64>> {
-    let inp = &op.inputs[j];
-    let model = &plan.models[inp.model];
-    let raw = model.source.require(&inp.name, &model.label)?;
-    let es = raw.dtype.size();
-    let pieces = raw
-        .data
-        .range(range.start * es, range.end * es)
-        .ok_or_else(|| EngineError::ShortTensor {
-            file: raw.file.to_path_buf(),
-            tensor: inp.name.clone(),
-        })?;
     let n = range.len();
-    READ_BUF.with(|cell| -> Result<Vec<f64>> {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < n * es {
-            buf.resize(n * es, 0);
-        }
-        let buf = &mut buf[..n * es];
-        let mut at = 0;
-        for piece in pieces {
-            let end = at + piece.len();
-            model.source.read_part(piece, &mut buf[at..end])?;
-            at = end;
-        }
+    with_input_bytes(plan, op, j, &range, |buf, raw, _| {
         let mut wide;
         let bytes: &[u8] = if raw.dtype == DType::F64 {
             buf
