@@ -318,6 +318,24 @@ fn decode(op: &Op, bytes: &[u8], raw_dtype: DType, n: usize) -> Result<Tensor> {
     Ok(Tensor::new(work, shape, data))
 }
 
+/// The label of each input of `op` in method errors: `model.tensor`.
+fn input_labels(plan: &Plan, op: &Op) -> Vec<String> {
+    op.inputs
+        .iter()
+        .map(|i| format!("{}.{}", plan.models[i.model].label, i.name))
+        .collect()
+}
+
+/// A method-less op with no input to copy: nothing to write for `range`.
+fn no_input(plan: &Plan, op: &Op, range: &std::ops::Range<usize>) -> EngineError {
+    EngineError::MethodOutputSize {
+        tensor: op.out_name.clone(),
+        method: plan.method_name().into(),
+        got: 0,
+        want: range.len(),
+    }
+}
+
 /// Loads elements `range` of input `j`'s own tensor as f64 (the float64 working dtype): f64
 /// values as stored, any other float dtype widened exactly (PyTorch's `.to(torch.float64)`).
 /// The planner refuses vocabulary alignment and LoRA inputs with a float64 working dtype.
@@ -353,13 +371,12 @@ fn merge_range_f64(
         .collect::<Result<_>>()?;
     let out = match &plan.method {
         // A method-less plan copies its one input.
-        None => data.into_iter().next().unwrap_or_default(),
+        None => data
+            .into_iter()
+            .next()
+            .ok_or_else(|| no_input(plan, op, &range))?,
         Some(method) => {
-            let labels: Vec<String> = op
-                .inputs
-                .iter()
-                .map(|i| format!("{}.{}", plan.models[i.model].label, i.name))
-                .collect();
+            let labels = input_labels(plan, op);
             let inputs = data
                 .iter()
                 .zip(&op.per_input)
@@ -441,19 +458,10 @@ fn merge_range(
         let out = tensors
             .into_iter()
             .next()
-            .ok_or_else(|| EngineError::MethodOutputSize {
-                tensor: op.out_name.clone(),
-                method: plan.method_name().into(),
-                got: 0,
-                want: range.len(),
-            })?;
+            .ok_or_else(|| no_input(plan, op, &range))?;
         return put(op, &out, range, plan, sink);
     };
-    let labels: Vec<String> = op
-        .inputs
-        .iter()
-        .map(|i| format!("{}.{}", plan.models[i.model].label, i.name))
-        .collect();
+    let labels = input_labels(plan, op);
     let inputs = tensors
         .iter()
         .zip(&op.per_input)
