@@ -184,6 +184,11 @@ struct MergeArgs {
     /// transformers 5). The same values either way, only cut differently.
     #[arg(long, value_name = "LAYOUT", default_value = "fused", value_parser = parse_moe_layout)]
     moe_layout: amalgam_engine::MoeLayout,
+    /// Merge a tensor in chunks, reading its inputs once per pass, when its inputs would take
+    /// more than MIB mebibytes as f32 and its method can (slerp): memory then stays at a few
+    /// chunks per thread, whatever the tensor's size. The same bytes either way. Default 256.
+    #[arg(long, value_name = "MIB")]
+    stream_above_mib: Option<usize>,
     /// Write safetensors (the default; the only format amalgam writes).
     #[arg(long, overrides_with = "no_safe_serialization")]
     safe_serialization: bool,
@@ -509,6 +514,7 @@ fn merge_one(
         progress: None,
         torch_threads: a.torch_threads,
         moe_layout: a.moe_layout,
+        stream_above: a.stream_above_mib.map(|m| m.saturating_mul(1 << 20)),
     };
     // Refuse an occupied output folder before the models are opened: a rerun of a merge is the
     // usual way to meet this, and it should not wait for the plan to say so.

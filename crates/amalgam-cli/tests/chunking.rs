@@ -81,6 +81,10 @@ fn whole(
 }
 
 fn merged(dir: &Path, config: &str, threads: &str) -> Vec<u8> {
+    merged_with(dir, config, threads, &[])
+}
+
+fn merged_with(dir: &Path, config: &str, threads: &str, extra: &[&str]) -> Vec<u8> {
     let out = dir.join(format!("out-{threads}"));
     let _ = std::fs::remove_dir_all(&out);
     std::fs::write(dir.join("c.yml"), config).unwrap();
@@ -94,6 +98,7 @@ fn merged(dir: &Path, config: &str, threads: &str) -> Vec<u8> {
             "-j",
             threads,
         ])
+        .args(extra)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -151,6 +156,37 @@ fn chunked_linear_and_task_arithmetic_equal_whole_tensor_merges() {
         assert!(
             merged(tmp.path(), ta, j) == want,
             "task_arithmetic -j {j} differs from the whole-tensor merge"
+        );
+    }
+}
+
+/// slerp streamed (`--stream-above-mib 0`: three passes over mergekit's 1,048,576-element chunks,
+/// each chunk read afresh, chunks in parallel) gives the bytes of the whole-tensor merge on a
+/// tensor of two chunks, at either thread count, and so does the default (whole) path.
+#[test]
+fn streamed_slerp_equals_the_whole_tensor_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data: Vec<Vec<f32>> = (0..2).map(|i| values(0x85eb_ca6b ^ (i + 7))).collect();
+    for (i, d) in data.iter().enumerate() {
+        write_model(&tmp.path().join(format!("m{i}")), d);
+    }
+    let cfg = "base_model: ./m0\nmodels:\n  - model: ./m1\nmerge_method: slerp\nparameters: {t: 0.35}\ndtype: float16\n";
+    // Input order as mergekit presents it: config order, the auto-added base last.
+    let want = whole(
+        "slerp",
+        &[data[1].clone(), data[0].clone()],
+        &[ParamValues::new(), ParamValues::new()],
+        &p(&[("t", Value::Float(0.35))]),
+        Some(1),
+    );
+    for j in ["1", "2"] {
+        assert!(
+            merged_with(tmp.path(), cfg, j, &["--stream-above-mib", "0"]) == want,
+            "streamed slerp -j {j} differs from the whole-tensor merge"
+        );
+        assert!(
+            merged(tmp.path(), cfg, j) == want,
+            "slerp -j {j} differs from the whole-tensor merge"
         );
     }
 }

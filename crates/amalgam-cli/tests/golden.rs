@@ -166,10 +166,15 @@ fn describe(out: &Output) -> String {
 
 /// Runs one case end to end and panics with every discrepancy found.
 fn run_case(name: &str) {
+    run_case_with(name, &[]);
+}
+
+/// [`run_case`] with extra amalgam flags (which must not change the output).
+fn run_case_with(name: &str, extra: &[&str]) {
     let case = load_case(name);
     let tmp = tempfile::tempdir().expect("temp dir");
     let out_dir = tmp.path().join(&case.name);
-    let out = run_amalgam(&case, &out_dir, &[]);
+    let out = run_amalgam(&case, &out_dir, extra);
     match &case.expected {
         None => check_rejected(&case, &out, &out_dir),
         Some(expected) => {
@@ -710,6 +715,15 @@ golden_cases!(
 // ------------------------------------------------------------------------------------------
 
 /// All files of a folder, by name.
+/// The cases whose method can merge in chunks (`MergeMethod::streams`), again with every tensor
+/// streamed (`--stream-above-mib 0`): the chunked passes must give mergekit's bytes too.
+#[test]
+fn streamed_cases_equal_mergekit() {
+    for name in ["slerp", "slerp_f32", "qwen2_slerp"] {
+        run_case_with(name, &["--stream-above-mib", "0"]);
+    }
+}
+
 fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     list_files(dir)
         .into_iter()

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use amalgam_io::{convert, DType, OutputWriter};
-use amalgam_methods::{rng::Mt19937, MergeArgs, MergeInput, Tensor};
+use amalgam_methods::{rng::Mt19937, ChunkIo, MergeArgs, MergeInput, StreamArgs, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
@@ -36,6 +36,13 @@ pub const ITEM_ELEMS: usize = 1 << 20;
 /// Input bytes (as f32) above which a whole-tensor item runs alone (see [`execute`]).
 pub const BIG_ITEM_BYTES: usize = 64 << 20;
 
+/// Input bytes (as f32) above which a whole-tensor item is merged in chunks when its method can
+/// ([`amalgam_methods::MergeMethod::streams`]): below it, holding the inputs whole is faster
+/// (each input is read once instead of once per pass); above it, the memory of such a tensor
+/// (the embeddings of a large vocabulary, say) would grow with the model, while streamed it
+/// stays at a few chunks per thread. [`ExecOptions::stream_above`] overrides it.
+pub const STREAM_ITEM_BYTES: usize = 256 << 20;
+
 /// Progress callback: (output bytes done, tensors done).
 pub type ProgressFn = Arc<dyn Fn(u64, usize) + Send + Sync>;
 
@@ -49,6 +56,10 @@ pub struct ExecOptions {
     /// PyTorch intra-op threads of the mergekit run to reproduce (0 is taken as 1): reductions
     /// to one value over 32,768+ elements split per thread in PyTorch (docs/threads.md).
     pub torch_threads: usize,
+    /// Input bytes (as f32) above which a whole-tensor item streams (`None`:
+    /// [`STREAM_ITEM_BYTES`]; `Some(0)` streams every tensor whose method can, which tests use
+    /// to check the chunked path against the same goldens).
+    pub stream_above: Option<usize>,
 }
 
 /// Something that receives merged tensor bytes: the output writer, or a hasher for `verify`.
@@ -394,21 +405,7 @@ fn merge_range_f64(
                 shared: &op.shared,
                 compat: plan.compat,
             };
-            let merged =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| method.merge_f64(args)))
-                    .map_err(|payload| EngineError::MethodPanicked {
-                    tensor: op.out_name.clone(),
-                    method: plan.method_name().to_string(),
-                    message: payload
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| payload.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "(no message)".into()),
-                })?;
-            merged.map_err(|source| EngineError::Method {
-                tensor: op.out_name.clone(),
-                source,
-            })?
+            guarded(plan, op, || method.merge_f64(args))?
         }
     };
     if out.len() != range.len() {
@@ -459,7 +456,7 @@ fn merge_range(
             .into_iter()
             .next()
             .ok_or_else(|| no_input(plan, op, &range))?;
-        return put(op, &out, range, plan, sink);
+        return put(op, &out.data, range, plan, sink);
     };
     let labels = input_labels(plan, op);
     let inputs = tensors
@@ -481,11 +478,21 @@ fn merge_range(
         compat: plan.compat,
         torch_threads,
     };
-    // A method is third-party code as far as the engine is concerned: a panic in it (a bug,
-    // but one a user may meet on an odd tensor) becomes an error naming the tensor and the
-    // method, instead of tearing down the rayon pool and the process. Nothing observable is
-    // left half-updated: the method's inputs are owned here and its output is discarded.
-    let merged = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| method.merge(args)))
+    let out = guarded(plan, op, || method.merge(args))?;
+    put(op, &out.data, range, plan, sink)
+}
+
+/// Runs a method on one tensor. A method is third-party code as far as the engine is
+/// concerned: a panic in it (a bug, but one a user may meet on an odd tensor) becomes an error
+/// naming the tensor and the method, instead of tearing down the rayon pool and the process.
+/// Nothing observable is left half-updated: the method's inputs are owned by the caller and its
+/// output is discarded.
+fn guarded<T>(
+    plan: &Plan,
+    op: &Op,
+    f: impl FnOnce() -> std::result::Result<T, amalgam_methods::MethodError>,
+) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
         .map_err(|payload| EngineError::MethodPanicked {
             tensor: op.out_name.clone(),
             method: plan.method_name().to_string(),
@@ -494,32 +501,121 @@ fn merge_range(
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "(no message)".into()),
-        })?;
-    let out = merged.map_err(|source| EngineError::Method {
-        tensor: op.out_name.clone(),
-        source,
-    })?;
-    put(op, &out, range, plan, sink)
+        })?
+        .map_err(|source| EngineError::Method {
+            tensor: op.out_name.clone(),
+            source,
+        })
+}
+
+/// The engine's side of [`ChunkIo`] for one op: reads load (and align) input ranges as
+/// [`merge_range`] does, writes encode and hand them to the sink. An engine error (a read
+/// failing, say) is kept here and reported as itself, not as the method's.
+struct OpIo<'a> {
+    plan: &'a Plan,
+    op: &'a Op,
+    pad: Option<&'a Vec<Vec<f32>>>,
+    sink: &'a dyn Sink,
+    failed: std::sync::Mutex<Option<EngineError>>,
+}
+
+impl OpIo<'_> {
+    fn keep(&self, e: EngineError) -> amalgam_methods::MethodError {
+        let message = e.to_string();
+        let mut slot = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+        amalgam_methods::MethodError::Other(message)
+    }
+}
+
+impl ChunkIo for OpIo<'_> {
+    fn read(
+        &self,
+        input: usize,
+        range: std::ops::Range<usize>,
+    ) -> std::result::Result<Vec<f32>, amalgam_methods::MethodError> {
+        if input >= self.op.inputs.len() {
+            return Err(self.keep(no_input(self.plan, self.op, &range)));
+        }
+        load(self.plan, self.op, input, range, self.pad)
+            .map(|t| t.data)
+            .map_err(|e| self.keep(e))
+    }
+
+    fn write(
+        &self,
+        range: std::ops::Range<usize>,
+        values: &[f32],
+    ) -> std::result::Result<(), amalgam_methods::MethodError> {
+        if range.end > self.op.numel() {
+            return Err(self.keep(EngineError::MethodOutputSize {
+                tensor: self.op.out_name.clone(),
+                method: self.plan.method_name().to_string(),
+                got: range.end,
+                want: self.op.numel(),
+            }));
+        }
+        put(self.op, values, range, self.plan, self.sink).map_err(|e| self.keep(e))
+    }
+}
+
+/// Merges a whole-tensor op through the method's chunked entry point.
+fn merge_streamed(
+    plan: &Plan,
+    op: &Op,
+    sink: &dyn Sink,
+    torch_threads: usize,
+    pad: Option<&Vec<Vec<f32>>>,
+) -> Result<()> {
+    let method = plan
+        .method
+        .as_ref()
+        .ok_or_else(|| no_input(plan, op, &(0..op.numel())))?;
+    let io = OpIo {
+        plan,
+        op,
+        pad,
+        sink,
+        failed: std::sync::Mutex::new(None),
+    };
+    let labels = input_labels(plan, op);
+    let args = StreamArgs {
+        tensor_name: &op.out_name,
+        shape: &op.shape,
+        dtype: op.work_dtype,
+        params: op.per_input.iter().collect(),
+        labels: labels.iter().map(String::as_str).collect(),
+        base: op.base,
+        shared: &op.shared,
+        compat: plan.compat,
+        torch_threads,
+        io: &io,
+    };
+    let done = guarded(plan, op, || method.merge_streamed(args));
+    match io.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => done,
+    }
 }
 
 /// Encodes a merged tensor to the output dtype and hands it to the sink at its offset.
 fn put(
     op: &Op,
-    out: &Tensor,
+    out: &[f32],
     range: std::ops::Range<usize>,
     plan: &Plan,
     sink: &dyn Sink,
 ) -> Result<()> {
-    if out.data.len() != range.len() {
+    if out.len() != range.len() {
         return Err(EngineError::MethodOutputSize {
             tensor: op.out_name.clone(),
             method: plan.method_name().to_string(),
-            got: out.data.len(),
+            got: out.len(),
             want: range.len(),
         });
     }
-    let mut bytes = vec![0u8; out.data.len() * op.out_dtype.size()];
-    convert::encode_f32(op.out_dtype, &out.data, &mut bytes)?;
+    let mut bytes = vec![0u8; out.len() * op.out_dtype.size()];
+    convert::encode_f32(op.out_dtype, out, &mut bytes)?;
     sink.put(op, (range.start * op.out_dtype.size()) as u64, &bytes)
 }
 
@@ -600,8 +696,9 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
         }
         return Ok(());
     }
-    // Work items: (op index, element range, elementwise item merged in chunks?).
-    let mut items: Vec<(usize, std::ops::Range<usize>, bool)> = Vec::new();
+    // Work items: (op index, element range, how it is merged).
+    let stream_above = opts.stream_above.unwrap_or(STREAM_ITEM_BYTES);
+    let mut items: Vec<(usize, std::ops::Range<usize>, Item)> = Vec::new();
     for (i, op) in plan.ops.iter().enumerate() {
         let n: usize = op.shape.iter().product();
         let per: Vec<&amalgam_methods::ParamValues> = op.per_input.iter().collect();
@@ -609,15 +706,25 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
             .method
             .as_ref()
             .is_none_or(|m| m.is_elementwise(&op.shared, &per));
+        let streams = plan
+            .method
+            .as_ref()
+            .is_some_and(|m| m.streams(&op.shared, plan.compat));
         if op.float && n > CHUNK_ELEMS && elementwise {
             let mut s = 0;
             while s < n {
                 let e = (s + ITEM_ELEMS).min(n);
-                items.push((i, s..e, true));
+                items.push((i, s..e, Item::Chunked));
                 s = e;
             }
+        } else if op.float
+            && streams
+            && op.work_dtype != DType::F64
+            && f32_input_bytes(op) > stream_above
+        {
+            items.push((i, 0..n, Item::Streamed));
         } else {
-            items.push((i, 0..n, false));
+            items.push((i, 0..n, Item::Whole));
         }
     }
     // Items still to do per op, to count finished tensors for progress.
@@ -628,32 +735,23 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     // Whole-tensor items whose inputs alone take more than BIG_ITEM_BYTES as f32 run one at a
     // time, before the rest (the methods work in parallel inside such a tensor): two of them at
     // once would double the peak memory, which grows with the largest tensor and the inputs.
-    let big = |(i, range, chunked): &(usize, std::ops::Range<usize>, bool)| {
-        !*chunked
-            && plan.ops[*i].float
-            && range
-                .len()
-                .saturating_mul(plan.ops[*i].inputs.len())
-                .saturating_mul(4)
-                > BIG_ITEM_BYTES
+    // Streamed items too: their chunks run in parallel.
+    let big = |(i, _, kind): &(usize, std::ops::Range<usize>, Item)| match kind {
+        Item::Chunked => false,
+        Item::Streamed => true,
+        Item::Whole => plan.ops[*i].float && f32_input_bytes(&plan.ops[*i]) > BIG_ITEM_BYTES,
     };
     let (big_items, items): (Vec<_>, Vec<_>) = items.into_iter().partition(big);
-    let run = |(i, range, chunked): &(usize, std::ops::Range<usize>, bool)| -> Result<()> {
+    let run = |(i, range, kind): &(usize, std::ops::Range<usize>, Item)| -> Result<()> {
         let op = &plan.ops[*i];
-        if *chunked {
-            merge_item(plan, op, range.clone(), sink, threads, pads[*i].as_ref())?;
-        } else if op.float {
-            merge_range(
-                plan,
-                op,
-                range.clone(),
-                None,
-                sink,
-                threads,
-                pads[*i].as_ref(),
-            )?;
-        } else {
-            copy_buffer(plan, op, sink)?;
+        let pad = pads[*i].as_ref();
+        match kind {
+            Item::Chunked => merge_item(plan, op, range.clone(), sink, threads, pad)?,
+            Item::Streamed => merge_streamed(plan, op, sink, threads, pad)?,
+            Item::Whole if op.float => {
+                merge_range(plan, op, range.clone(), None, sink, threads, pad)?
+            }
+            Item::Whole => copy_buffer(plan, op, sink)?,
         }
         let finished = remaining[*i].fetch_sub(1, Ordering::AcqRel) == 1;
         report((range.len() * op.out_dtype.size()) as u64, finished);
@@ -661,6 +759,22 @@ pub fn execute(plan: &Plan, sink: &dyn Sink, opts: &ExecOptions) -> Result<()> {
     };
     big_items.iter().try_for_each(run)?;
     items.par_iter().try_for_each(run)
+}
+
+/// How a work item is merged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Item {
+    /// A range of an elementwise tensor, merged chunk by chunk.
+    Chunked,
+    /// A whole tensor given to the method at once (or a buffer copied).
+    Whole,
+    /// A whole tensor merged through the method's chunked entry point.
+    Streamed,
+}
+
+/// The bytes an op's inputs take as f32, the form a whole-tensor merge holds them in.
+fn f32_input_bytes(op: &Op) -> usize {
+    op.numel().saturating_mul(op.inputs.len()).saturating_mul(4)
 }
 
 fn nbytes(op: &Op) -> u64 {

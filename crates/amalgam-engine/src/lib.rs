@@ -68,6 +68,9 @@ pub struct MergeOptions {
     pub torch_threads: usize,
     /// Expert layout of a Mixtral output (`--moe-layout`).
     pub moe_layout: MoeLayout,
+    /// Input bytes (as f32) above which a whole-tensor merge streams in chunks where its method
+    /// can (`None`: `exec::STREAM_ITEM_BYTES`; see `ExecOptions::stream_above`).
+    pub stream_above: Option<usize>,
 }
 
 /// The output tensors `--moe-layout per-expert` writes as several: each fused expert tensor and
@@ -196,6 +199,7 @@ pub fn merge_plan(
                 seed,
                 progress: opts.progress.clone(),
                 torch_threads: opts.torch_threads,
+                stream_above: opts.stream_above,
             },
             config_json: side::config_json(&plan),
             files,

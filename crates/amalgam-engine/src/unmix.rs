@@ -151,6 +151,7 @@ pub fn unmix(src: &Path, out: &Path, k: usize, opts: &UnmixOptions) -> Result<Pa
                 progress: opts.progress.clone(),
                 // unmix copies tensors: no reduction, the thread count cannot matter.
                 torch_threads: 1,
+                stream_above: None,
             },
             config_json,
             files,

@@ -287,6 +287,7 @@ pub fn verify(
             seed,
             progress: None,
             torch_threads,
+            stream_above: None,
         },
     )?;
     let mut diffs = cmp.diffs.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -37,6 +37,8 @@ pub use amalgam_schema::{
 };
 pub use builtin::common as helpers;
 pub use error::MethodError;
-pub use method::{MergeArgs, MergeArgs64, MergeInput, MergeInput64, MergeMethod};
+pub use method::{
+    ChunkIo, MergeArgs, MergeArgs64, MergeInput, MergeInput64, MergeMethod, StreamArgs,
+};
 pub use registry::Registry;
 pub use tensor::Tensor;

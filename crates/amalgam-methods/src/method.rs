@@ -1,3 +1,5 @@
+use std::ops::Range;
+
 use amalgam_io::DType;
 use amalgam_schema::{param, Compat, ContractViolation, MethodInfo, ParamScope, ParamValues};
 
@@ -177,37 +179,122 @@ impl<'a> MergeArgs<'a> {
     /// undeclared one, every input well formed and of one shape. The engine's plans always
     /// pass; a direct caller with incomplete arguments gets an error, never output.
     pub fn check(&self, info: &MethodInfo) -> Result<(), MethodError> {
-        let ids: Vec<usize> = (0..self.inputs.len()).collect();
-        info.contract
-            .check(&ids, self.base.as_ref())
-            .map_err(|v: ContractViolation| MethodError::Contract {
-                tensor: self.tensor_name.to_string(),
-                violation: v,
-            })?;
-        let undeclared = |values: &ParamValues, target: &str| -> Result<(), MethodError> {
-            match values.keys().find(|k| info.param(k).is_none()) {
-                Some(k) => Err(MethodError::UndeclaredParam {
-                    method: info.name.to_string(),
-                    name: k.clone(),
-                    target: target.to_string(),
-                }),
-                None => Ok(()),
-            }
-        };
-        undeclared(self.shared, self.tensor_name)?;
-        for p in info.params.iter().filter(|p| p.scope == ParamScope::Shared) {
-            self.param(p.name)?;
-        }
-        for (j, input) in self.inputs.iter().enumerate() {
-            undeclared(input.params, input.label)?;
-            let is_base = self.base == Some(j);
-            for p in info.params.iter() {
-                if MethodInfo::binds(p, is_base, self.compat) {
-                    input.param(p.name)?;
-                }
-            }
-        }
+        check_params(
+            info,
+            self.tensor_name,
+            self.shared,
+            self.inputs.iter().map(|i| (i.params, i.label)),
+            self.base,
+            self.compat,
+        )?;
         crate::builtin::common::check_same_shape(self)
+    }
+}
+
+/// The input contract and the parameters of one tensor's merge, checked against the method's
+/// schema: the part of [`MergeArgs::check`] that needs no tensor data, shared with
+/// [`StreamArgs::check`].
+fn check_params<'p>(
+    info: &MethodInfo,
+    tensor_name: &str,
+    shared: &ParamValues,
+    inputs: impl ExactSizeIterator<Item = (&'p ParamValues, &'p str)>,
+    base: Option<usize>,
+    compat: Compat,
+) -> Result<(), MethodError> {
+    let inputs: Vec<_> = inputs.collect();
+    let ids: Vec<usize> = (0..inputs.len()).collect();
+    info.contract
+        .check(&ids, base.as_ref())
+        .map_err(|v: ContractViolation| MethodError::Contract {
+            tensor: tensor_name.to_string(),
+            violation: v,
+        })?;
+    let undeclared = |values: &ParamValues, target: &str| -> Result<(), MethodError> {
+        match values.keys().find(|k| info.param(k).is_none()) {
+            Some(k) => Err(MethodError::UndeclaredParam {
+                method: info.name.to_string(),
+                name: k.clone(),
+                target: target.to_string(),
+            }),
+            None => Ok(()),
+        }
+    };
+    undeclared(shared, tensor_name)?;
+    for p in info.params.iter().filter(|p| p.scope == ParamScope::Shared) {
+        param(shared, p.name, tensor_name)?;
+    }
+    for (j, (params, label)) in inputs.iter().enumerate() {
+        undeclared(params, label)?;
+        let is_base = base == Some(j);
+        for p in info.params.iter() {
+            if MethodInfo::binds(p, is_base, compat) {
+                param(params, p.name, label)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Chunked access to one tensor's inputs and output, given by the engine to
+/// [`MergeMethod::merge_streamed`]: the method reads the ranges it needs, as often as its passes
+/// need them, instead of receiving every input whole, so the memory of a whole-tensor merge is
+/// bounded by its chunks rather than by the tensor times the inputs.
+pub trait ChunkIo: Sync {
+    /// Elements `range` (row-major) of input `input`, in the working dtype.
+    fn read(&self, input: usize, range: Range<usize>) -> Result<Vec<f32>, MethodError>;
+    /// The merged values of elements `range` (in the working dtype; the engine encodes them to
+    /// the output dtype). Every element must be written exactly once, in any order.
+    fn write(&self, range: Range<usize>, values: &[f32]) -> Result<(), MethodError>;
+}
+
+/// Everything a method gets to merge one tensor in chunks ([`MergeMethod::merge_streamed`]):
+/// [`MergeArgs`] with the tensors replaced by [`ChunkIo`].
+pub struct StreamArgs<'a> {
+    /// Output tensor name (for messages).
+    pub tensor_name: &'a str,
+    /// The shape every input has (checked by the planner) and the output takes.
+    pub shape: &'a [usize],
+    /// The working dtype.
+    pub dtype: DType,
+    /// Per-input parameters, in input order (see [`MergeArgs::inputs`]).
+    pub params: Vec<&'a ParamValues>,
+    /// Per-input labels for messages, `model.tensor`.
+    pub labels: Vec<&'a str>,
+    /// Index of the base model among the inputs, if any.
+    pub base: Option<usize>,
+    /// Shared parameters resolved for this tensor.
+    pub shared: &'a ParamValues,
+    /// Which mergekit arithmetic to reproduce.
+    pub compat: Compat,
+    /// PyTorch intra-op threads mergekit ran with (see [`MergeArgs::torch_threads`]).
+    pub torch_threads: usize,
+    /// The inputs and the output, in chunks.
+    pub io: &'a dyn ChunkIo,
+}
+
+impl StreamArgs<'_> {
+    /// Elements in the tensor.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Shared float parameter (an error if missing, never a default).
+    pub fn shared_f64(&self, name: &str) -> Result<f64, MethodError> {
+        Ok(param(self.shared, name, self.tensor_name)?.as_f64())
+    }
+
+    /// The contract and parameters, as [`MergeArgs::check`] checks them (the shapes are the
+    /// engine's, one for every input).
+    pub fn check(&self, info: &MethodInfo) -> Result<(), MethodError> {
+        check_params(
+            info,
+            self.tensor_name,
+            self.shared,
+            self.params.iter().copied().zip(self.labels.iter().copied()),
+            self.base,
+            self.compat,
+        )
     }
 }
 
@@ -234,6 +321,26 @@ pub trait MergeMethod: Send + Sync {
 
     /// Merges one tensor.
     fn merge(&self, args: MergeArgs<'_>) -> Result<Tensor, MethodError>;
+
+    /// Whether [`MergeMethod::merge_streamed`] is implemented for these shared parameters and
+    /// `compat`. The engine then merges a tensor whose inputs would take too much memory whole
+    /// (`exec::STREAM_ITEM_BYTES`) in chunks, for the same bits. Default: no.
+    fn streams(&self, shared: &ParamValues, compat: Compat) -> bool {
+        let _ = (shared, compat);
+        false
+    }
+
+    /// Merges one tensor through [`ChunkIo`]: a whole-tensor method whose dependence on the
+    /// whole tensor is a few reductions computes them in passes over chunks (in exactly the
+    /// order [`MergeMethod::merge`] does), then writes the output chunk by chunk. Called only
+    /// when [`MergeMethod::streams`] is true; the default refuses.
+    fn merge_streamed(&self, args: StreamArgs<'_>) -> Result<(), MethodError> {
+        Err(MethodError::Other(format!(
+            "{}: merge_method {} cannot merge in chunks",
+            args.tensor_name,
+            self.info().name
+        )))
+    }
 
     /// Whether [`MergeMethod::merge_f64`] is implemented for `compat` and a tensor of `inputs`
     /// inputs (the base included). The planner refuses a float64 working dtype where it is not

@@ -6,8 +6,8 @@ use super::blocks::part;
 use crate::numerics::round_slice;
 use crate::reduce::{norm2_fast, sum_split_blocks};
 use crate::{
-    BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
-    ParamKind, ParamScope, ParamSpec, Tensor,
+    BaseRule, Compat, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
+    ParamKind, ParamScope, ParamSpec, ParamValues, StreamArgs, Tensor,
 };
 
 /// mergekit 0.1.5 bounds its f32 scratch by working on 1,048,576-element chunks; the norms and
@@ -108,42 +108,71 @@ pub(crate) fn slerp_015_with(
     sin: impl Fn(f32) -> f32,
 ) -> Vec<f32> {
     let n = a.len().min(b.len());
-    let tt = t as f32;
-    let one_minus_t = 1.0 - tt;
     if n == 0 {
         return Vec::new();
     }
-    let chunks: Vec<(usize, usize)> = (0..n)
+    let chunks = chunks(n);
+    let parts: Vec<(f32, f32)> = chunks
+        .iter()
+        .map(|&c| chunk_norms(at(a, c), at(b, c)))
+        .collect();
+    let (na, nb) = norms(&parts);
+    let dots: Vec<f32> = chunks
+        .iter()
+        .map(|&c| chunk_dot(at(a, c), at(b, c), na, nb))
+        .collect();
+    let (ca, cb) = coefficients(t, &dots, acos, sin);
+    combine(&a[..n], &b[..n], ca, cb, dtype)
+}
+
+/// Chunk `(start, end)` of a flat tensor.
+fn at(x: &[f32], (s, e): (usize, usize)) -> &[f32] {
+    part(x, s, e - s)
+}
+
+/// mergekit's chunks of a tensor of `n` elements: `(start, end)` of each.
+fn chunks(n: usize) -> Vec<(usize, usize)> {
+    (0..n)
         .step_by(CHUNK)
         .map(|s| (s, (s + CHUNK).min(n)))
-        .collect();
-    let na_parts: Vec<f32> = chunks
-        .iter()
-        .map(|&(s, e)| row_norm(part(a, s, e - s)))
-        .collect();
-    let nb_parts: Vec<f32> = chunks
-        .iter()
-        .map(|&(s, e)| row_norm(part(b, s, e - s)))
-        .collect();
-    let mut na = norm_of_parts(&na_parts);
-    let mut nb = norm_of_parts(&nb_parts);
-    if na.is_nan() || na <= EPS {
-        // torch.where(norm > eps, norm, 1): NaN compares false and becomes 1 too.
-        na = 1.0;
-    }
-    if nb.is_nan() || nb <= EPS {
-        nb = 1.0;
-    }
-    let dot_parts = chunks.iter().map(|&(s, e)| {
-        sum_split_blocks(e - s, DType::F32, DType::F32, 1, |k, buf| {
-            let len = buf.len();
-            let (pa, pb) = (part(a, s + k, len), part(b, s + k, len));
-            for ((o, &x), &y) in buf.iter_mut().zip(pa).zip(pb) {
-                *o = (x / na) * (y / nb);
-            }
-        })
-    });
-    let dot_sum = dot_parts.fold(0f32, |acc, p| acc + p);
+        .collect()
+}
+
+/// The norms of one chunk of each input.
+fn chunk_norms(a: &[f32], b: &[f32]) -> (f32, f32) {
+    (row_norm(a), row_norm(b))
+}
+
+/// The two norms from the chunks' norms; one at or below [`EPS`] (or NaN:
+/// `torch.where(norm > eps, norm, 1)` compares false) becomes 1.
+fn norms(parts: &[(f32, f32)]) -> (f32, f32) {
+    let guard = |v: f32| if v.is_nan() || v <= EPS { 1.0 } else { v };
+    let na: Vec<f32> = parts.iter().map(|p| p.0).collect();
+    let nb: Vec<f32> = parts.iter().map(|p| p.1).collect();
+    (guard(norm_of_parts(&na)), guard(norm_of_parts(&nb)))
+}
+
+/// One chunk's share of the dot product of the normalised inputs.
+fn chunk_dot(a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
+    sum_split_blocks(a.len(), DType::F32, DType::F32, 1, |k, buf| {
+        let len = buf.len();
+        for ((o, &x), &y) in buf.iter_mut().zip(part(a, k, len)).zip(part(b, k, len)) {
+            *o = (x / na) * (y / nb);
+        }
+    })
+}
+
+/// The interpolation coefficients of the two inputs, from the chunks' dot products (summed in
+/// chunk order, clamped to [-1, 1]; linear when nearly colinear).
+fn coefficients(
+    t: f64,
+    dots: &[f32],
+    acos: impl Fn(f32) -> f32,
+    sin: impl Fn(f32) -> f32,
+) -> (f32, f32) {
+    let tt = t as f32;
+    let one_minus_t = 1.0 - tt;
+    let dot_sum = dots.iter().fold(0f32, |acc, &p| acc + p);
     let dot = if dot_sum.is_nan() {
         dot_sum
     } else {
@@ -152,20 +181,19 @@ pub(crate) fn slerp_015_with(
     let linear = dot.abs() > DOT_THRESHOLD;
     let theta = acos(if linear { 0.0 } else { dot });
     let sin_theta = sin(theta);
-    let (ca, cb) = if linear {
+    if linear {
         (one_minus_t, tt)
     } else {
         (
             sin(one_minus_t * theta) / sin_theta,
             sin(tt * theta) / sin_theta,
         )
-    };
-    let mut out: Vec<f32> = a
-        .iter()
-        .zip(b)
-        .take(n)
-        .map(|(&x, &y)| ca * x + cb * y)
-        .collect();
+    }
+}
+
+/// `ca * a + cb * b`, rounded once to `dtype`.
+fn combine(a: &[f32], b: &[f32], ca: f32, cb: f32, dtype: DType) -> Vec<f32> {
+    let mut out: Vec<f32> = a.iter().zip(b).map(|(&x, &y)| ca * x + cb * y).collect();
     round_slice(dtype, &mut out);
     out
 }
@@ -182,6 +210,42 @@ impl MergeMethod for Slerp {
         let dtype = b.dtype;
         let out = slerp_015(t, &b.data, &x.data, dtype);
         Ok(Tensor::new(dtype, b.shape.clone(), out))
+    }
+
+    fn streams(&self, _shared: &ParamValues, _compat: Compat) -> bool {
+        true
+    }
+
+    /// Three passes over mergekit's own chunks, each chunk's two inputs read afresh: the chunk
+    /// norms, then the chunk dots (which need both norms), then the output; every chunk of a
+    /// pass is independent, so chunks run in parallel and the results are combined in chunk
+    /// order, as [`slerp_015`] does over whole tensors.
+    fn merge_streamed(&self, args: StreamArgs<'_>) -> Result<(), MethodError> {
+        use rayon::prelude::*;
+        args.check(&self.info)?;
+        let t = args.shared_f64("t")?;
+        let (bi, xi) = match args.base {
+            Some(0) => (0, 1),
+            _ => (1, 0),
+        };
+        let chunks = chunks(args.numel());
+        let read = |(s, e): (usize, usize)| -> Result<(Vec<f32>, Vec<f32>), MethodError> {
+            Ok((args.io.read(bi, s..e)?, args.io.read(xi, s..e)?))
+        };
+        let parts: Vec<(f32, f32)> = chunks
+            .par_iter()
+            .map(|&c| read(c).map(|(b, x)| chunk_norms(&b, &x)))
+            .collect::<Result<_, _>>()?;
+        let (nb, nx) = norms(&parts);
+        let dots: Vec<f32> = chunks
+            .par_iter()
+            .map(|&c| read(c).map(|(b, x)| chunk_dot(&b, &x, nb, nx)))
+            .collect::<Result<_, _>>()?;
+        let (cb, cx) = coefficients(t, &dots, f32::acos, f32::sin);
+        chunks.par_iter().try_for_each(|&(s, e)| {
+            let (b, x) = read((s, e))?;
+            args.io.write(s..e, &combine(&b, &x, cb, cx, args.dtype))
+        })
     }
 }
 
