@@ -186,7 +186,7 @@ struct MergeArgs {
     moe_layout: amalgam_engine::MoeLayout,
     /// Merge a tensor in chunks, reading its inputs once per pass, when its inputs would take
     /// more than MIB mebibytes as f32 and its method can (slerp): memory then stays at a few
-    /// chunks per thread, whatever the tensor's size. The same bytes either way. Default 256.
+    /// chunks per thread, whatever the tensor's size. The same bytes either way. Default 64.
     #[arg(long, value_name = "MIB")]
     stream_above_mib: Option<usize>,
     /// Write safetensors (the default; the only format amalgam writes).
