@@ -6,7 +6,7 @@
 # Usage: bench/methods.sh [work-dir] [mergekit-venv]
 #   work-dir       default /tmp/amalgam-bench (models are generated once and reused)
 #   mergekit-venv  e.g. ~/mk (a venv with `pip install mergekit==0.1.5`); omitted: no mergekit run
-# Env: LAYERS (3; 12 gives ~400 MB models), HIDDEN (1024), INTER (2816), VOCAB (8192),
+# Env: LAYERS (3; 16 gives ~400 MB models), HIDDEN (1024), INTER (2816), VOCAB (8192),
 #      RUNS (3: best of RUNS for the floor and amalgam, interleaved), MK_RUNS (1),
 #      METHODS (space-separated subset, default all), JOBS (amalgam -j, default all cores),
 #      AMALGAM (the binary to time, default the release build)
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 cargo build --release -q -p amalgam-cli --bin amalgam --example make_bench_models
 BIN=${AMALGAM:-$PWD/target/release/amalgam}
 GEN=$PWD/target/release/examples/make_bench_models
-M="$WORK/dense-4-$LAYERS-$HIDDEN"
+M="$WORK/dense-4-$LAYERS-$HIDDEN-$INTER-$VOCAB"
 [ -d "$M" ] || "$GEN" dense "$M" 4 "$HIDDEN" "$INTER" "$LAYERS" "$VOCAB" float16
 JFLAG=(); [ -n "${JOBS:-}" ] && JFLAG=(-j "$JOBS")
 
