@@ -328,6 +328,10 @@ struct VerifyArgs {
     config: PathBuf,
     /// The model folder to check.
     model_path: PathBuf,
+    /// The model was made with mergekit's `--lora-merge-dtype DTYPE` (the dtype `model+adapter`
+    /// models were loaded in for the LoRA merge).
+    #[arg(long, value_name = "DTYPE")]
+    lora_merge_dtype: Option<String>,
     /// The model was made with mergekit's --allow-crimes (models of different architectures).
     #[arg(long)]
     allow_crimes: bool,
@@ -488,12 +492,7 @@ fn merge_one(
             .with_context(|| format!("merging {}", a.config.display()))?;
         }
     }
-    let lora_merge_dtype = match &a.mergekit_only.lora_merge_dtype {
-        Some(d) => Some(amalgam_io::DType::from_mergekit(d).ok_or_else(|| {
-            anyhow!("--lora-merge-dtype {d}: not a dtype (float32, bfloat16 or float16)")
-        })?),
-        None => None,
-    };
+    let lora_merge_dtype = parse_lora_merge_dtype(a.mergekit_only.lora_merge_dtype.as_deref())?;
     let opts = MergeOptions {
         plan: PlanOptions {
             compat: a.common.mergekit_version,
@@ -930,6 +929,16 @@ fn run_unmix(a: UnmixArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--lora-merge-dtype` of merge and verify.
+fn parse_lora_merge_dtype(d: Option<&str>) -> Result<Option<amalgam_io::DType>> {
+    d.map(|d| {
+        amalgam_io::DType::from_mergekit(d).ok_or_else(|| {
+            anyhow!("--lora-merge-dtype {d}: not a dtype (float32, bfloat16 or float16)")
+        })
+    })
+    .transpose()
+}
+
 fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
     setup_threads(a.num_threads)?;
     let progress = progress::Progress::new(!a.json);
@@ -947,7 +956,7 @@ fn run_verify(a: VerifyArgs, registry: &Registry) -> Result<bool> {
         allow_crimes: a.allow_crimes,
         unsafe_truncate_embeddings: false,
         hub_fetched: false,
-        lora_merge_dtype: None,
+        lora_merge_dtype: parse_lora_merge_dtype(a.lora_merge_dtype.as_deref())?,
     };
     // The plan verify will make, made here too (headers only) to tell the tensors the config
     // produces from those only the model has, and to size the work for the user.

@@ -225,6 +225,33 @@ fn lora_merge_dtype_is_applied() {
     assert!(!dir().join("unused").exists());
 }
 
+/// `verify` recomputes a LoRA merge as it was made: mergekit's outputs with and without
+/// `--lora-merge-dtype float32` each verify only with the flag they were made with.
+#[test]
+fn verify_takes_the_lora_merge_dtype() {
+    let verify = |expected: &str, extra: &[&str]| -> bool {
+        let model = dir().join("expected").join(expected);
+        let mut args = vec![
+            "verify",
+            "configs/linear-bf16-base.yml",
+            model.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(
+            o.status.code() == Some(0) || o.status.code() == Some(1),
+            "verify {expected} {extra:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.status.success()
+    };
+    let f32_flag = ["--lora-merge-dtype", "float32"];
+    assert!(verify("linear-bf16-base", &[]));
+    assert!(!verify("linear-bf16-base", &f32_flag));
+    assert!(verify("linear-bf16-base-mergef32", &f32_flag));
+    assert!(!verify("linear-bf16-base-mergef32", &[]));
+}
+
 /// A copy of adapter `name` in a temporary folder, its config edited by `edit`.
 fn edited_adapter(
     name: &str,
