@@ -5,22 +5,18 @@
 //! (`out_dtype: float32`) float32, gives mergekit's bytes; methods without f64 arithmetic are
 //! refused by name, by `validate` and `merge` alike.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use amalgam_methods::{Compat, Registry};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden-f64")
+    common::fixture("golden-f64")
 }
 
 fn run(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_amalgam"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    common::amalgam(args, cwd)
 }
 
 fn dtype_of(config: &Path) -> serde_json::Value {

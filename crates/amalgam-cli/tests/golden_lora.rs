@@ -9,8 +9,9 @@
 //! adapted tensor, so [`ADAPTED_ULPS`] is 0 and everything is compared bit for bit. A BLAS may
 //! order a long rank differently; docs/models.md ("LoRA adapters") states the deviation.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use amalgam_io::ModelFolder;
 
@@ -19,16 +20,11 @@ use amalgam_io::ModelFolder;
 const ADAPTED_ULPS: u32 = 0;
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden-lora")
+    common::fixture("golden-lora")
 }
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_amalgam"))
-        .args(args)
-        .current_dir(dir())
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    common::amalgam(args, &dir())
 }
 
 /// Ordered integer image of a float's bits, so ulp distances are differences.

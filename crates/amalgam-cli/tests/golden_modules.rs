@@ -7,23 +7,20 @@
 //! with `models:` and with `slices:`, match mergekit's output likewise (nested layer counts,
 //! processor files); a config leaving modules out, which mergekit writes incomplete, is refused.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use amalgam_io::ModelFolder;
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden-modules")
+    common::fixture("golden-modules")
 }
 
 fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_amalgam"))
-        .args(args)
-        .current_dir(dir())
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    common::amalgam(args, &dir())
 }
 
 /// README.md with the model bullets sorted: mergekit lists them in Python set order.

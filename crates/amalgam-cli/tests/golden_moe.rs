@@ -3,22 +3,16 @@
 //! and from the fused one give mergekit's bytes, file for file; `--moe-layout per-expert`
 //! writes the same values as transformers' `save_pretrained` of mergekit's output.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use amalgam_io::ModelFolder;
+use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden-moe")
+    common::fixture("golden-moe")
 }
 
 fn run(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_amalgam"))
-        .args(args)
-        .current_dir(cwd)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    common::amalgam(args, cwd)
 }
 
 /// Merges `config` (in `cwd`) into a fresh folder with `extra` flags and returns it.
@@ -38,19 +32,7 @@ fn merge(tmp: &Path, cwd: &Path, config: &Path, name: &str, extra: &[&str]) -> P
 }
 
 fn same_tensors(ours: &Path, theirs: &Path) {
-    let a = ModelFolder::open(ours).unwrap();
-    let b = ModelFolder::open(theirs).unwrap();
-    let mut names: Vec<&str> = a.names();
-    names.sort();
-    let mut want: Vec<&str> = b.names();
-    want.sort();
-    assert_eq!(names, want, "{}", ours.display());
-    for n in names {
-        let (x, y) = (a.get(n).unwrap(), b.get(n).unwrap());
-        assert_eq!(x.info.dtype, y.info.dtype, "{n}");
-        assert_eq!(x.info.shape, y.info.shape, "{n}");
-        assert!(x.data == y.data, "{n} differs from the reference");
-    }
+    common::same_tensors(ours, theirs, "the reference");
 }
 
 /// The config with the per-expert inputs replaced by their fused copies.

@@ -3,38 +3,20 @@
 //! (`tests/golden-multi/expected`, made by `make_golden.sh`), and `--lazy` (the default) reuses a
 //! finished intermediate.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use amalgam_io::ModelFolder;
+use std::path::{Path, PathBuf};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/golden-multi")
+    common::fixture("golden-multi")
 }
 
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_amalgam"))
-        .args(args)
-        .current_dir(dir())
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap()
+    common::amalgam(args, &dir())
 }
 
 fn same_tensors(ours: &Path, theirs: &Path) {
-    let a = ModelFolder::open(ours).unwrap();
-    let b = ModelFolder::open(theirs).unwrap();
-    let mut names: Vec<&str> = a.names();
-    names.sort();
-    let mut want: Vec<&str> = b.names();
-    want.sort();
-    assert_eq!(names, want, "{}", ours.display());
-    for n in names {
-        let (x, y) = (a.get(n).unwrap(), b.get(n).unwrap());
-        assert_eq!(x.info.dtype, y.info.dtype, "{n}");
-        assert_eq!(x.info.shape, y.info.shape, "{n}");
-        assert!(x.data == y.data, "{n} differs from mergekit-multi's");
-    }
+    common::same_tensors(ours, theirs, "mergekit-multi's");
 }
 
 #[test]
