@@ -16,7 +16,7 @@ use amalgam_io::DType;
 use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::full_sum_with;
 use crate::rng::Mt19937;
-use crate::stdsort::{select_keys, std_sort_asc, topk_largest, Keyed};
+use crate::stdsort::{select_keys, std_sort_asc_fast, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
 
 /// Whether a sparsifier rescales the kept values back to the delta's L1 norm (mergekit's
@@ -246,8 +246,8 @@ pub fn della_magprune(
             delta.shape, n
         )));
     }
-    let mut probs = vec![0f32; n];
-    if cols > 0 && inner > 0 {
+    let mut masked = vec![0f32; n];
+    if n > 0 {
         index_u32(cols)?;
         // `(d − ε) + t`: PyTorch's add kernel casts a Python float to the tensor dtype first
         // (bf16 here), unlike mul, which applies it as f32. Checked against torch 2.15.
@@ -267,46 +267,95 @@ pub fn della_magprune(
                 round(work, base + round(work, round(work, rn * 2.0) * eps))
             })
             .collect();
-        // Rows are ranked independently and draw no random numbers: in parallel. The draws
-        // come after, in row-major order.
-        use rayon::prelude::*;
-        probs
-            .par_chunks_mut(cols * inner)
-            .enumerate()
-            .for_each_init(
-                || Vec::with_capacity(cols),
-                |keyed, (r, row_probs)| {
-                    for q in 0..inner {
-                        let at = |j: usize| (r * cols + j) * inner + q;
-                        keyed.clear();
-                        for j in 0..cols {
-                            let key = delta.data.get(at(j)).copied().unwrap_or(0.0).abs();
-                            keyed.push(Keyed {
-                                key,
-                                index: j as u32,
-                            });
-                        }
-                        std_sort_asc(keyed);
-                        for (k, &p) in keyed.iter().zip(&by_pos) {
-                            if let Some(slot) = row_probs.get_mut(k.index as usize * inner + q) {
-                                *slot = p;
-                            }
-                        }
-                    }
-                },
-            );
+        // PyTorch checks every probability before drawing any; every row holds every position.
+        if by_pos.iter().any(|p| !(0.0..=1.0).contains(p)) {
+            return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
+        }
+        let shape = RowShape { cols, inner };
+        if cols <= 1 << 16 {
+            keep_by_rank::<u16>(&delta.data, shape, &by_pos, rng, &mut masked);
+        } else {
+            keep_by_rank::<u32>(&delta.data, shape, &by_pos, rng, &mut masked);
+        }
     }
-    // PyTorch checks every probability before drawing any.
-    if probs.iter().any(|p| !(0.0..=1.0).contains(p)) {
-        return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
-    }
-    // The probabilities become `x·mask` in place, one word per element in row-major order.
-    for (m, &a) in probs.iter_mut().zip(&delta.data) {
-        *m = a * if rng.bernoulli(*m) { 1.0 } else { 0.0 };
-    }
-    let mut out = rescale_masked(&delta.data, probs, work, rescale);
+    let mut out = rescale_masked(&delta.data, masked, work, rescale);
     round_slice(delta.dtype, &mut out);
     Ok(with_data(delta, out))
+}
+
+/// The ranked axis of [`della_magprune`]'s `(rows, cols, inner)` view.
+#[derive(Clone, Copy)]
+struct RowShape {
+    cols: usize,
+    inner: usize,
+}
+
+/// Elements per parallel block of della's final mask.
+const BLOCK: usize = 4096;
+
+/// `x·bernoulli(p)` into `masked`, where each element's `p` is `by_pos` at its rank (ascending
+/// `|x|`, libstdc++'s sort replayed per row) and the draws are one MT19937 word per element in
+/// row-major order.
+///
+/// Why this order of work: the words an element is compared with depend only on its position,
+/// not on any probability, so the sequential stream (into `masked`, as uniforms) is drawn on one
+/// thread while the rows are ranked in parallel on the others (each rank stored as an `R`, which
+/// holds any position below `cols`); the comparison follows, in parallel blocks. The same words
+/// meet the same probabilities as drawing row by row after ranking.
+fn keep_by_rank<R>(
+    x: &[f32],
+    shape: RowShape,
+    by_pos: &[f32],
+    rng: &mut Mt19937,
+    masked: &mut [f32],
+) where
+    R: Copy + Default + Send + Sync + TryFrom<usize> + Into<u32>,
+{
+    use rayon::prelude::*;
+    let RowShape { cols, inner } = shape;
+    let mut ranks: Vec<R> = vec![R::default(); x.len()];
+    rayon::join(
+        || {
+            for u in masked.iter_mut() {
+                *u = rng.next_f32_unit();
+            }
+        },
+        || {
+            ranks
+                .par_chunks_mut(cols * inner)
+                .zip(x.par_chunks(cols * inner))
+                .for_each_init(
+                    || Vec::with_capacity(cols),
+                    |keyed, (row_ranks, row)| {
+                        for q in 0..inner {
+                            keyed.clear();
+                            keyed.extend(row.iter().skip(q).step_by(inner).enumerate().map(
+                                |(j, v)| Keyed {
+                                    key: v.abs(),
+                                    index: j as u32,
+                                },
+                            ));
+                            std_sort_asc_fast(keyed);
+                            for (pos, k) in keyed.iter().enumerate() {
+                                if let Some(slot) = row_ranks.get_mut(k.index as usize * inner + q)
+                                {
+                                    *slot = R::try_from(pos).unwrap_or_default();
+                                }
+                            }
+                        }
+                    },
+                );
+        },
+    );
+    masked
+        .par_chunks_mut(BLOCK)
+        .zip(ranks.par_chunks(BLOCK).zip(x.par_chunks(BLOCK)))
+        .for_each(|(us, (rs, xs))| {
+            for ((u, &r), &a) in us.iter_mut().zip(rs).zip(xs) {
+                let p = by_pos.get(r.into() as usize).copied().unwrap_or(0.0);
+                *u = a * if *u < p { 1.0 } else { 0.0 };
+            }
+        });
 }
 
 /// `x·mask` for the mask that keeps the elements of `kept` (positions into `x`): multiplying by

@@ -138,6 +138,119 @@ pub fn std_sort_asc(v: &mut [Keyed]) {
     }
 }
 
+/// [`std_sort_asc`] with a faster partition that makes the very same swaps
+/// ([`block_partition`]): the same permutation, for the hot per-row sorts (della).
+pub fn std_sort_asc_fast(v: &mut [Keyed]) {
+    if has_nan(v) {
+        std_sort_blocked(v, less_asc);
+    } else {
+        std_sort_blocked(v, lt_plain);
+    }
+}
+
+/// [`std_sort`] with [`block_partition`] in place of the branchy Hoare loop.
+fn std_sort_blocked<F: Fn(f32, f32) -> bool + Copy>(v: &mut [Keyed], comp: F) {
+    let n = v.len();
+    if n < 2 {
+        return;
+    }
+    let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
+    introsort_loop_blocked(v, depth, comp);
+    final_insertion_sort(v, comp);
+}
+
+/// [`introsort_loop`] with [`block_partition`].
+fn introsort_loop_blocked<F: Fn(f32, f32) -> bool + Copy>(
+    v: &mut [Keyed],
+    mut depth: usize,
+    comp: F,
+) {
+    let mut len = v.len();
+    while len > THRESHOLD {
+        let part = &mut v[..len];
+        if depth == 0 {
+            heap_sort(part, comp);
+            return;
+        }
+        depth -= 1;
+        let n = part.len();
+        move_median_to_first(part, 0, 1, n / 2, n - 1, comp);
+        let cut = block_partition(part, comp);
+        introsort_loop_blocked(&mut part[cut..], depth, comp);
+        len = cut;
+    }
+}
+
+/// Positions scanned at once by [`block_partition`] (a power of two).
+const SCAN: usize = 64;
+
+/// `unguarded_partition(v, 1, n, 0)` (pivot at 0), making the same swaps in the same order but
+/// finding them without a data-dependent branch per element.
+///
+/// Why this is the same: Hoare's loop swaps the k-th element from the left that is not below
+/// the pivot ("left stopper") with the k-th from the right that is not above it ("right
+/// stopper"), until they cross. The k-th scan from the left reads only positions that no swap
+/// has touched, up to the previous right swap position, whose (swapped-in) value stops it; so
+/// it stops at `min(next original left stopper, previous right position)`, and symmetrically
+/// the scan from the right stops at `max(next original right stopper, previous left position)`
+/// (position 0, the pivot, stops the first one). Stoppers are therefore collected from the
+/// original values a block of [`SCAN`] positions at a time, with branch-free appends; a stopper
+/// collected beyond the other side's current swap position is never used before the bound
+/// takes over.
+fn block_partition<F: Fn(f32, f32) -> bool>(v: &mut [Keyed], comp: F) -> usize {
+    let n = v.len();
+    let p = v[0].key;
+    let (mut lbuf, mut rbuf) = ([0u32; SCAN], [0u32; SCAN]);
+    let (mut lhead, mut lcount, mut rhead, mut rcount) = (0usize, 0usize, 0usize, 0usize);
+    // Next unscanned position from the left; one past the next unscanned from the right.
+    let (mut lscan, mut rscan) = (1usize, n);
+    // Positions of the previous swap (the pivot at 0 and the end before the first one).
+    let (mut prev_l, mut prev_r) = (0usize, n);
+    loop {
+        // The left scan's stop.
+        while lhead == lcount && lscan < prev_r {
+            let end = prev_r.min(lscan + SCAN);
+            lhead = 0;
+            lcount = 0;
+            // `lcount` stays below the block length, so the mask only drops a bounds check.
+            for (i, k) in v[lscan..end].iter().enumerate() {
+                lbuf[lcount & (SCAN - 1)] = (lscan + i) as u32;
+                lcount += usize::from(!comp(k.key, p));
+            }
+            lscan = end;
+        }
+        let first = if lhead < lcount {
+            (lbuf[lhead] as usize).min(prev_r)
+        } else {
+            prev_r
+        };
+        // The right scan's stop.
+        while rhead == rcount && rscan > prev_l + 1 {
+            let end = (prev_l + 1).max(rscan.saturating_sub(SCAN));
+            rhead = 0;
+            rcount = 0;
+            for (j, k) in v[end..rscan].iter().enumerate().rev() {
+                rbuf[rcount & (SCAN - 1)] = (end + j) as u32;
+                rcount += usize::from(!comp(p, k.key));
+            }
+            rscan = end;
+        }
+        let last = if rhead < rcount {
+            (rbuf[rhead] as usize).max(prev_l)
+        } else {
+            prev_l
+        };
+        if first >= last {
+            return first;
+        }
+        v.swap(first, last);
+        lhead += 1;
+        rhead += 1;
+        prev_l = first;
+        prev_r = last;
+    }
+}
+
 fn straddles(start: usize, end: usize, bounds: &[usize]) -> bool {
     bounds.iter().any(|&b| start < b && b < end)
 }
@@ -213,6 +326,25 @@ pub fn topk_largest_set(keys: Vec<f32>, k: usize) -> Vec<u32> {
     }
     v.truncate(k);
     v.into_iter().map(|x| x.index).collect()
+}
+
+/// [`topk_largest_set`] on `(key, index)` pairs the caller built (e.g. straight from a blocked
+/// computation of the keys, without a separate key buffer): selects in place and returns the
+/// first `min(k, len)` pairs, the kept set in unspecified order.
+pub fn topk_largest_select(v: &mut [Keyed], k: usize) -> &[Keyed] {
+    let n = v.len();
+    let k = k.min(n);
+    if k == 0 {
+        return &[];
+    }
+    let nan = has_nan(v);
+    match (k.saturating_mul(64) <= n, nan) {
+        (true, true) => heap_select(v, k, less_desc),
+        (true, false) => heap_select(v, k, gt_plain),
+        (false, true) => nth_element(v, k - 1, less_desc),
+        (false, false) => nth_element(v, k - 1, gt_plain),
+    }
+    &v[..k]
 }
 
 /// libstdc++ `std::nth_element` (introselect).
@@ -527,6 +659,59 @@ mod tests {
                 a.sort_unstable();
                 b.sort_unstable();
                 assert_eq!(a, b, "n {n} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn topk_select_is_the_set_of_topk() {
+        for (n, distinct) in [(10usize, 3u64), (1000, 7), (70_000, 3)] {
+            let keys = tie_keys(n, distinct, n as u64 + 1);
+            for k in [0, 1, n / 64, n / 63, n / 2, n, n + 5] {
+                let mut a = topk_largest(&keys, k);
+                let mut v = keyed(keys.iter().copied());
+                let mut b: Vec<u32> = topk_largest_select(&mut v, k)
+                    .iter()
+                    .map(|x| x.index)
+                    .collect();
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b, "n {n} k {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_sort_is_the_same_permutation() {
+        for (n, distinct) in [
+            (0usize, 1u64),
+            (1, 1),
+            (2, 2),
+            (17, 3),
+            (40, 2),
+            (100, 5),
+            (257, 1000),
+            (1024, 3),
+            (1024, 40),
+            (1024, 1 << 20),
+            (3000, 1),
+            (5000, 2),
+            (70_000, 300),
+        ] {
+            for seed in 0..4 {
+                let mut keys = tie_keys(n, distinct, seed * 7 + n as u64);
+                if seed == 3 {
+                    // Without NaN: the plain comparator.
+                    keys.retain(|k| !k.is_nan());
+                }
+                let mut a = keyed(keys.iter().copied());
+                let mut b = a.clone();
+                std_sort_asc(&mut a);
+                std_sort_asc_fast(&mut b);
+                assert!(
+                    a.iter().zip(&b).all(|(x, y)| x.index == y.index),
+                    "n {n} distinct {distinct} seed {seed}"
+                );
             }
         }
     }

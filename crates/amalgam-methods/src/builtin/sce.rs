@@ -5,10 +5,11 @@ use amalgam_io::DType;
 
 use rayon::prelude::*;
 
+use super::blocks::{part, task_block, BLOCK};
 use super::common::{check_same_shape, require_base};
 use crate::numerics::{round, round_slice, scalar};
-use crate::reduce::{full_mean_sum_with, threads_for, torch_float_lanes, torch_sum, Dim0Sum};
-use crate::stdsort::topk_largest_set;
+use crate::reduce::{sum_split_blocks, threads_for, torch_float_lanes, torch_sum, Dim0Sum};
+use crate::stdsort::{topk_largest_select, Keyed};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -85,25 +86,36 @@ impl MergeMethod for Sce {
         let dt = b.dtype;
         let n = b.data.len();
         let nm = xs.len();
-        // Task vectors built in parallel (one per model, each rounded in bulk: the same bits as
-        // element by element).
-        let mut tv: Vec<Vec<f32>> = xs
-            .par_iter()
-            .map(|x| {
-                let mut t: Vec<f32> = x.data.iter().zip(&b.data).map(|(&v, &w)| v - w).collect();
-                round_slice(dt, &mut t);
-                t
-            })
-            .collect();
-        if topk < 1.0 {
+        // The task vectors τᵢ = round(xᵢ − b) are never stored: every pass recomputes its block
+        // of them from the inputs (cheaper than a tensor-sized buffer per model, and the same
+        // bits), masked by `keep` once the top-k set is known.
+        let xd: Vec<&[f32]> = xs.iter().map(|x| x.data.as_slice()).collect();
+        let keep = if topk < 1.0 {
             let mut keep = vec![false; n];
             if topk > 0.0 {
-                // `|var|` over models per element, in parallel blocks (each element on its own).
-                let mut keys = vec![0f32; n];
-                keys.par_chunks_mut(BLOCK)
-                    .enumerate()
-                    .for_each(|(blk, ks)| variance_block(&tv, blk * BLOCK, ks, dt));
-                let nonzero = keys.iter().filter(|&&v| v != 0.0).count();
+                if u32::try_from(n).is_err() {
+                    return Err(MethodError::Other(
+                        "sce: tensor too large to select from (> 2^32 elements)".into(),
+                    ));
+                }
+                // `|var|` over models per element, in parallel blocks (each element on its own),
+                // written straight into the `(key, index)` pairs the selection works on.
+                let mut keyed = vec![Keyed { key: 0.0, index: 0 }; n];
+                keyed.par_chunks_mut(BLOCK).enumerate().for_each_init(
+                    || Scratch::new(nm),
+                    |sc, (blk, ks)| {
+                        let at = blk * BLOCK;
+                        let var = &mut sc.sum[..ks.len()];
+                        variance_block(&xd, &b.data, at, &mut sc.tv, var, dt);
+                        for (j, (k, &v)) in ks.iter_mut().zip(var.iter()).enumerate() {
+                            *k = Keyed {
+                                key: v,
+                                index: (at + j) as u32,
+                            };
+                        }
+                    },
+                );
+                let nonzero = keyed.iter().filter(|k| k.key != 0.0).count();
                 // `int(count_nonzero(var) * select_topk)`: an int64 0-d tensor times a Python
                 // float is promoted to a float32 tensor, so the product is rounded in f32 before
                 // truncation (e.g. 90 × 0.7 gives 63 here, 62 in f64).
@@ -112,31 +124,36 @@ impl MergeMethod for Sce {
                 // algorithm (libstdc++ nth_element/partial_sort), so it is replayed, not
                 // approximated by a stable order; only the kept set matters here, so the sort of
                 // the selected part that follows the selection is skipped.
-                for i in topk_largest_set(keys, k) {
-                    if let Some(kp) = keep.get_mut(i as usize) {
+                for kd in topk_largest_select(&mut keyed, k) {
+                    if let Some(kp) = keep.get_mut(kd.index as usize) {
                         *kp = true;
                     }
                 }
             }
-            tv.par_iter_mut().for_each(|t| {
-                for (v, &kp) in t.iter_mut().zip(&keep) {
-                    *v *= if kp { 1.0 } else { 0.0 };
-                }
-            });
-        }
+            Some(keep)
+        } else {
+            None
+        };
+        let keep = keep.as_deref();
         // Model weights: mean(τ²) per model, normalised by their (Python float) sum.
-        let energy: Vec<f32> = tv
+        let energy: Vec<f32> = xd
             .par_iter()
-            .map(|t| {
+            .map(|x| {
                 // `.mean(dim=1)`: on the CPU PyTorch casts bf16/f16 to f32 before reducing, so
                 // the squares (rounded to `dt`) are summed with f32 loads; one model is a
                 // reduction to one value, which splits per thread.
-                let mut sq: Vec<f32> = t.iter().map(|&v| v * v).collect();
-                round_slice(dt, &mut sq);
-                let s = full_mean_sum_with(
-                    |i| sq.get(i).copied().unwrap_or(0.0),
-                    sq.len(),
+                let s = sum_split_blocks(
+                    n,
+                    DType::F32,
+                    DType::F32,
                     threads_for(nm, args.torch_threads),
+                    |at, sq| {
+                        masked_task(dt, x, &b.data, keep, at, sq);
+                        for v in sq.iter_mut() {
+                            *v *= *v;
+                        }
+                        round_slice(dt, sq);
+                    },
                 );
                 round(dt, s / n.max(1) as f32)
             })
@@ -163,7 +180,10 @@ impl MergeMethod for Sce {
             |sc, (blk, out)| {
                 let at = blk * BLOCK;
                 let len = out.len();
-                let cols: Vec<&[f32]> = tv.iter().map(|t| &t[at..at + len]).collect();
+                for (t, x) in sc.tv.iter_mut().zip(&xd) {
+                    masked_task(dt, x, &b.data, keep, at, &mut t[..len]);
+                }
+                let cols: Vec<&[f32]> = sc.tv.iter().map(|t| &t[..len]).collect();
                 // Sign consensus (TIES "sum"): majority = sign of the model-axis sum, ties
                 // positive.
                 let sum = &mut sc.sum[..len];
@@ -209,9 +229,6 @@ impl MergeMethod for Sce {
     }
 }
 
-/// Elements per parallel block: every model's block of scratch stays in the CPU cache.
-const BLOCK: usize = 4096;
-
 /// Most models whose model-axis sum adds in plain sequence (PyTorch's four accumulators).
 const SEQ_MAX: usize = 4;
 
@@ -231,24 +248,52 @@ fn col_sum(out: &mut [f32], cols: &[&[f32]], at: usize, plan: &Dim0Sum, seq: boo
     }
 }
 
+/// `out = τ` of the elements at `at..at + out.len()` for one model `x`: `round(x − b)`, times the
+/// top-k mask when there is one (by 1 or 0, as PyTorch multiplies, keeping signed zeros and NaN).
+fn masked_task(dt: DType, x: &[f32], b: &[f32], keep: Option<&[bool]>, at: usize, out: &mut [f32]) {
+    let len = out.len();
+    task_block(dt, part(x, at, len), Some(part(b, at, len)), out);
+    if let Some(keep) = keep {
+        for (v, &kp) in out.iter_mut().zip(part_bool(keep, at, len)) {
+            *v *= if kp { 1.0 } else { 0.0 };
+        }
+    }
+}
+
+/// The block `at..at + len` of a mask, empty past its end.
+fn part_bool(xs: &[bool], at: usize, len: usize) -> &[bool] {
+    xs.get(at..at + len).unwrap_or(&[])
+}
+
 /// `|var|` over models of the elements at `at..at + out.len()`: the population variance by
 /// Welford in f64 over f32 values, as PyTorch's CPU `var` does (16-bit inputs are upcast to f32),
 /// rounded f64 → f32 → dtype. In bulk, models in the outer loop: the same operations per element.
-fn variance_block(tv: &[Vec<f32>], at: usize, out: &mut [f32], dt: DType) {
+/// `tv` is scratch for each model's task-vector block.
+fn variance_block(
+    xs: &[&[f32]],
+    b: &[f32],
+    at: usize,
+    tv: &mut [Vec<f32>],
+    out: &mut [f32],
+    dt: DType,
+) {
     let len = out.len();
-    let mut mean = vec![0f64; len];
-    let mut m2 = vec![0f64; len];
-    for (m, t) in tv.iter().enumerate() {
+    let mut mean = [0f64; BLOCK];
+    let mut m2 = [0f64; BLOCK];
+    let (mean, m2) = (&mut mean[..len], &mut m2[..len]);
+    for (m, (x, t)) in xs.iter().zip(tv.iter_mut()).enumerate() {
+        let t = &mut t[..len];
+        masked_task(dt, x, b, None, at, t);
         let cnt = (m + 1) as f64;
-        for ((mu, s), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(&t[at..at + len]) {
+        for ((mu, s), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(t.iter()) {
             let x = x as f64;
             let d = x - *mu;
             *mu += d / cnt;
             *s += d * (x - *mu);
         }
     }
-    let nm = tv.len() as f64;
-    for (o, &s) in out.iter_mut().zip(&m2) {
+    let nm = xs.len() as f64;
+    for (o, &s) in out.iter_mut().zip(m2.iter()) {
         *o = if nm > 0.0 { (s / nm) as f32 } else { f32::NAN };
     }
     round_slice(dt, out);
@@ -259,6 +304,7 @@ fn variance_block(tv: &[Vec<f32>], at: usize, out: &mut [f32], dt: DType) {
 
 /// Per-thread buffers of one block.
 struct Scratch {
+    tv: Vec<Vec<f32>>,
     sum: Vec<f32>,
     den: Vec<f32>,
     ew: Vec<Vec<f32>>,
@@ -268,6 +314,7 @@ struct Scratch {
 impl Scratch {
     fn new(models: usize) -> Self {
         Scratch {
+            tv: vec![vec![0.0; BLOCK]; models],
             sum: vec![0.0; BLOCK],
             den: vec![0.0; BLOCK],
             ew: vec![vec![0.0; BLOCK]; models],
