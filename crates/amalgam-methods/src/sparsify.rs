@@ -226,12 +226,42 @@ impl Sparse {
 
 /// `v[k] *= mask[start + k]` (1.0 or 0.0) for the bit mask `bits`.
 fn apply_bits(bits: &[u64], start: usize, v: &mut [f32]) {
-    for (k, x) in v.iter_mut().enumerate() {
-        let i = start + k;
-        let on = bits.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 != 0);
-        *x *= if on { 1.0 } else { 0.0 };
+    if start % 64 != 0 {
+        for (k, x) in v.iter_mut().enumerate() {
+            let i = start + k;
+            let on = bits.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 != 0);
+            *x *= if on { 1.0 } else { 0.0 };
+        }
+        return;
+    }
+    // A byte of the mask at a time, through a table of its eight factors: no branch, and the
+    // multiplies vectorise.
+    for (c, chunk) in v.chunks_mut(8).enumerate() {
+        let i = start / 8 + c;
+        let byte = bits.get(i / 8).map_or(0, |w| (w >> (8 * (i % 8))) as u8);
+        let f = &BYTE_FACTORS[byte as usize];
+        for (x, &m) in chunk.iter_mut().zip(f) {
+            *x *= m;
+        }
     }
 }
+
+/// `BYTE_FACTORS[b][j]`: 1.0 where bit `j` of `b` is set, else 0.0.
+static BYTE_FACTORS: [[f32; 8]; 256] = {
+    let mut t = [[0f32; 8]; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if (b >> j) & 1 != 0 {
+                t[b][j] = 1.0;
+            }
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// `‖f‖₁` rounded to `dtype`, as `tensor.abs().sum()` with `threads` PyTorch threads, of the `n`
 /// values `fill(start, block)` produces block by block.
@@ -578,6 +608,32 @@ fn with_data(t: &Tensor, data: Vec<f32>) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bit_masks_multiply_each_element() {
+        let bits: Vec<u64> = vec![0x8000_0000_0000_0001, 0xF0F0_0000_FFFF_1234, 0x5];
+        let n = 150;
+        let want = |i: usize| {
+            if (bits[i / 64] >> (i % 64)) & 1 != 0 {
+                1.0
+            } else {
+                0.0
+            }
+        };
+        for start in [0usize, 64, 3, 65] {
+            let len = n - start;
+            let src: Vec<f32> = (0..len).map(|k| -(k as f32) - 0.5).collect();
+            let mut v = src.clone();
+            apply_bits(&bits, start, &mut v);
+            for (k, (&a, &b)) in v.iter().zip(&src).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    (b * want(start + k)).to_bits(),
+                    "start {start} k {k}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn python_slices() {

@@ -455,7 +455,9 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             Ok((sparse, weight))
         };
         use rayon::prelude::*;
-        let done: Vec<(Sparse, f64)> = if self.info.random || self.sparsifier.is_none() {
+        let n = base.numel();
+        let par = n >= PAR_MIN || (self.info.random && n >= PAR_MIN_RANDOM);
+        let done: Vec<(Sparse, f64)> = if self.info.random || self.sparsifier.is_none() || !par {
             // One random stream, consumed model after model (or nothing to sparsify).
             let mut rng = args.rng;
             kept.iter()
@@ -480,7 +482,6 @@ impl MergeMethod for GeneralizedTaskArithmetic {
 
         // `torch.tensor(weights, dtype=deltas.dtype)`, then `deltas.mul_(weights)`.
         let w: Vec<f32> = weights.iter().map(|&v| as_dtype(dtype, v)).collect();
-        let n = base.numel();
         let m = sparse.len();
         let lanes = torch_float_lanes();
         let plan = Dim0Sum::new(n, dtype, lanes);
@@ -603,7 +604,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         };
         let mut out = vec![0f32; n];
         let init = || Scratch::new(m);
-        if n >= PAR_MIN {
+        if par {
             out.par_chunks_mut(BLOCK)
                 .zip(base.data.par_chunks(BLOCK))
                 .enumerate()
@@ -644,8 +645,15 @@ impl Scratch {
     }
 }
 
-/// Elements from which the combine's blocks run in parallel.
-const PAR_MIN: usize = 1 << 16;
+/// Elements from which a tensor's models and combine blocks run in parallel. The engine runs the
+/// largest tensors alone (`exec::BIG_ITEM_BYTES`: 64 MiB of f32 inputs, 4 Mi elements of four
+/// inputs) and smaller ones side by side, one per thread; a parallel split inside those would
+/// only let a thread that waits for its other half start yet another tensor (rayon's work
+/// stealing), whose inputs and selection buffers then add to the peak memory.
+const PAR_MIN: usize = 1 << 22;
+/// The same for a random method, whose tensors the engine runs one after another: every tensor
+/// but the smallest (and an elementwise merge's chunks) is worth splitting.
+const PAR_MIN_RANDOM: usize = 1 << 16;
 /// Most models whose model-axis sum adds in plain sequence (PyTorch's four accumulators).
 const SEQ_MAX: usize = 4;
 /// Elements per block of the bulk path: every model's block stays in the CPU cache.
