@@ -226,7 +226,7 @@ impl Sparse {
 
 /// `v[k] *= mask[start + k]` (1.0 or 0.0) for the bit mask `bits`.
 fn apply_bits(bits: &[u64], start: usize, v: &mut [f32]) {
-    if start % 64 != 0 {
+    if !start.is_multiple_of(64) {
         for (k, x) in v.iter_mut().enumerate() {
             let i = start + k;
             let on = bits.get(i / 64).is_some_and(|w| (w >> (i % 64)) & 1 != 0);
