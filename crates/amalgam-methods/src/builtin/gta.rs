@@ -13,7 +13,7 @@ use amalgam_io::DType;
 use super::common::{check_well_formed, shape_str};
 use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::{torch_float_lanes, Dim0Sum};
-use crate::sparsify;
+use crate::sparsify::{self, Sparse, TaskVector};
 use crate::{
     BaseRule, Compat, Contract, Legacy, MergeArgs, MergeArgs64, MergeInput, MergeMethod, MethodError,
     MethodInfo, ParamKind, ParamScope, ParamSpec, ParamValues, Tensor, Value,
@@ -402,7 +402,8 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         let lambda = args.shared_f64("lambda")?;
 
         // Task vectors in input order: the inputs aligned first, in order (0.0.4.2 warns about
-        // skipped ones), then each sparsified.
+        // skipped ones), then each sparsified. A task vector is never stored: the sparsifiers
+        // and the combine below recompute it block by block from the input and the base.
         let mut kept = Vec::new();
         for (i, input) in args.inputs.iter().enumerate() {
             if Some(i) == args.base {
@@ -412,82 +413,76 @@ impl MergeMethod for GeneralizedTaskArithmetic {
                 kept.push((input, x));
             }
         }
-        use rayon::prelude::*;
-        // The raw task vectors draw no random numbers: built in parallel, rounded in bulk.
-        let raws: Vec<Vec<f32>> = kept
-            .par_iter()
-            .map(|(_, x)| {
-                let mut raw: Vec<f32> = x.iter().zip(&base.data).map(|(&a, &b)| a - b).collect();
-                round_slice(dtype, &mut raw);
-                raw
-            })
+        let tvs: Vec<TaskVector<'_>> = kept
+            .iter()
+            .map(|(_, x)| TaskVector::new(x, &base.data, dtype))
             .collect();
         let task = |input: &MergeInput<'_>,
-                    raw: Vec<f32>,
+                    tv: &TaskVector<'_>,
                     rng: Option<&mut crate::rng::Mt19937>|
-         -> Result<(Vec<f32>, f64), MethodError> {
+         -> Result<(Sparse, f64), MethodError> {
             let weight = input.f64("weight")?;
             let density = input.f64("density")?;
-            let delta = Tensor::new(dtype, base.shape.clone(), raw);
-            let delta = match self.sparsifier {
-                None => delta,
+            let shape = &base.shape;
+            let sparse = match self.sparsifier {
+                None => Sparse::Dense,
                 Some(Sparsifier::Magnitude) => match args.compat {
-                    Compat::V0_1_5 => sparsify::magnitude(&delta, density, rescale)?,
-                    Compat::V0_0_4_2 => sparsify::magnitude_0_0_4_2(&delta, density, rescale)?,
+                    Compat::V0_1_5 => sparsify::magnitude(tv, density, rescale)?,
+                    Compat::V0_0_4_2 => Sparse::Values(
+                        sparsify::magnitude_0_0_4_2(&tv.to_tensor(shape), density, rescale)?.data,
+                    ),
                 },
                 Some(Sparsifier::MagnitudeOutliers) => {
                     let gamma = input.f64("gamma")?;
-                    sparsify::magnitude_outliers(&delta, density, gamma, rescale)?
+                    sparsify::magnitude_outliers(tv, density, gamma, rescale)?
                 }
                 Some(Sparsifier::Random) => {
                     let rng = rng.ok_or_else(|| self.no_rng())?;
                     match args.compat {
-                        Compat::V0_1_5 => sparsify::bernoulli(&delta, density, rescale, rng)?,
-                        Compat::V0_0_4_2 => bernoulli_0_0_4_2(&delta, density, rescale_on, rng)?,
+                        Compat::V0_1_5 => sparsify::bernoulli(tv, density, rescale, rng)?,
+                        Compat::V0_0_4_2 => bernoulli_0_0_4_2(tv, density, rescale_on, rng)?,
                     }
                 }
                 Some(Sparsifier::DellaMagprune) => {
                     let epsilon = input.f64("epsilon")?;
                     let rng = rng.ok_or_else(|| self.no_rng())?;
-                    sparsify::della_magprune(&delta, density, epsilon, rescale, rng)?
+                    let delta = tv.to_tensor(shape);
+                    Sparse::Values(
+                        sparsify::della_magprune(&delta, density, epsilon, rescale, rng)?.data,
+                    )
                 }
             };
-            Ok((delta.data, weight))
+            Ok((sparse, weight))
         };
-        let done: Vec<(Vec<f32>, f64)> = if self.info.random {
-            // One random stream, consumed model after model.
+        use rayon::prelude::*;
+        let n = base.numel();
+        let par = n >= PAR_MIN || (self.info.random && n >= PAR_MIN_RANDOM);
+        let done: Vec<(Sparse, f64)> = if self.info.random || self.sparsifier.is_none() || !par {
+            // One random stream, consumed model after model (or nothing to sparsify).
             let mut rng = args.rng;
             kept.iter()
-                .zip(raws)
-                .map(|((input, _), raw)| task(input, raw, rng.as_deref_mut()))
+                .zip(&tvs)
+                .map(|((input, _), tv)| task(input, tv, rng.as_deref_mut()))
                 .collect::<Result<_, _>>()?
         } else {
-            // Independent per model (each a whole-tensor sort for ties and breadcrumbs): both
-            // cores work inside one large tensor; the results come back in input order.
+            // Independent per model (each a whole-tensor selection for ties and breadcrumbs):
+            // both cores work inside one large tensor; the results come back in input order.
             let each: Vec<_> = kept
                 .par_iter()
-                .zip(raws)
-                .map(|((input, _), raw)| task(input, raw, None))
+                .zip(&tvs)
+                .map(|((input, _), tv)| task(input, tv, None))
                 .collect();
             // The first error in input order, as the sequential loop would report it.
             each.into_iter().collect::<Result<_, _>>()?
         };
-        let (mut deltas, weights): (Vec<Vec<f32>>, Vec<f64>) = done.into_iter().unzip();
-        if deltas.is_empty() {
+        let (sparse, weights): (Vec<Sparse>, Vec<f64>) = done.into_iter().unzip();
+        if sparse.is_empty() {
             return Ok(base.clone());
         }
 
         // `torch.tensor(weights, dtype=deltas.dtype)`, then `deltas.mul_(weights)`.
         let w: Vec<f32> = weights.iter().map(|&v| as_dtype(dtype, v)).collect();
-        deltas.par_iter_mut().zip(&w).for_each(|(d, &wi)| {
-            for v in d.iter_mut() {
-                *v *= wi;
-            }
-            round_slice(dtype, d);
-        });
-
-        let n = base.numel();
-        let m = deltas.len();
+        let m = sparse.len();
         let lanes = torch_float_lanes();
         let plan = Dim0Sum::new(n, dtype, lanes);
         // Without consensus the divisor is `weights.sum(dim=0)`: one column of m entries.
@@ -503,119 +498,162 @@ impl MergeMethod for GeneralizedTaskArithmetic {
         };
         let apply_lambda = lambda != 1.0 && args.compat == Compat::V0_1_5;
         let lam = scalar(lambda);
-        if m <= SEQ_MAX && n > 1 && deltas.iter().all(|d| d.len() == n) {
-            // Up to four models every column's sum over the model axis adds in plain sequence
-            // from zero (see `Dim0Sum::sum_with`), so the whole tensor is computed block by
-            // block with bulk roundings: the same operations in the same order as below.
-            let mut out = vec![0f32; n];
-            let steps = Steps {
-                dtype,
-                normalize,
-                lam: apply_lambda.then_some(lam),
-            };
-            // Every block depends only on its own columns: blocks in parallel.
+        let steps = Steps {
+            dtype,
+            normalize,
+            lam: apply_lambda.then_some(lam),
+        };
+        // Up to four models every column's sum over the model axis adds in plain sequence from
+        // zero (see `Dim0Sum::sum_with`), so the block is computed with bulk roundings; from
+        // five on the order depends on the column, element by element. Either way every block
+        // depends only on its own columns.
+        let bulk = m <= SEQ_MAX && n > 1;
+        let merge_block = |scr: &mut Scratch, blk: usize, o: &mut [f32], b: &[f32]| {
+            let at = blk * BLOCK;
+            let len = o.len();
+            let Scratch {
+                d,
+                s,
+                wd,
+                vals,
+                masked,
+                wmask,
+            } = scr;
+            // The weighted sparsified deltas of this block.
+            for ((dj, (sp, tv)), &wi) in d.chunks_mut(BLOCK).zip(sparse.iter().zip(&tvs)).zip(&w)
+            {
+                let dj = &mut dj[..len];
+                sp.fill(tv, at, dj);
+                for v in dj.iter_mut() {
+                    *v *= wi;
+                }
+                round_slice(dtype, dj);
+            }
+            let cols = || d.chunks(BLOCK).map(|c| &c[..len]);
+            if bulk && self.consensus {
+                let (s, wd) = (&mut s[..len], &mut wd[..len]);
+                s.fill(0.0);
+                for c in cols() {
+                    for (a, &v) in s.iter_mut().zip(c) {
+                        *a += v;
+                    }
+                }
+                round_slice(dtype, s);
+                // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative; multiplying by the 0/1
+                // mask (not selecting) keeps PyTorch's signed zeros.
+                o.fill(0.0);
+                wd.fill(0.0);
+                for (c, &wi) in cols().zip(&w) {
+                    for ((a, wa), (&v, &sv)) in o.iter_mut().zip(wd.iter_mut()).zip(c.iter().zip(s.iter())) {
+                        let keep = if agrees(v, sv >= 0.0) { 1.0 } else { 0.0 };
+                        *a += v * keep;
+                        *wa += wi * keep;
+                    }
+                }
+                round_slice(dtype, o);
+                round_slice(dtype, wd);
+                for d in wd.iter_mut() {
+                    if *d == 0.0 {
+                        *d = 1.0;
+                    }
+                }
+                steps.finish(o, b, |k| wd.get(k).copied().unwrap_or(1.0));
+            } else if bulk {
+                o.fill(0.0);
+                for c in cols() {
+                    for (a, &v) in o.iter_mut().zip(c) {
+                        *a += v;
+                    }
+                }
+                round_slice(dtype, o);
+                steps.finish(o, b, |_| global_div);
+            } else {
+                for (k, (slot, &bv)) in o.iter_mut().zip(b).enumerate() {
+                    let e = at + k;
+                    for (v, c) in vals.iter_mut().zip(cols()) {
+                        *v = c[k];
+                    }
+                    let (mut mixed, div) = if self.consensus {
+                        let s = round(dtype, plan.sum(e, vals));
+                        // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative.
+                        let positive = s >= 0.0;
+                        for ((mv, wv), (&v, &wi)) in
+                            masked.iter_mut().zip(wmask.iter_mut()).zip(vals.iter().zip(&w))
+                        {
+                            // Multiplying by the 0/1 mask (not selecting) keeps PyTorch's
+                            // signed zeros.
+                            let keep = if agrees(v, positive) { 1.0 } else { 0.0 };
+                            *mv = v * keep;
+                            *wv = wi * keep;
+                        }
+                        let mixed = round(dtype, plan.sum(e, masked));
+                        let div = round(dtype, plan.sum(e, wmask));
+                        (mixed, if div == 0.0 { 1.0 } else { div })
+                    } else {
+                        (round(dtype, plan.sum(e, vals)), global_div)
+                    };
+                    if normalize {
+                        mixed = round(dtype, mixed / div);
+                    }
+                    if apply_lambda {
+                        mixed = round(dtype, mixed * lam);
+                    }
+                    *slot = round(dtype, bv + mixed);
+                }
+            }
+        };
+        let mut out = vec![0f32; n];
+        let init = || Scratch::new(m);
+        if par {
             out.par_chunks_mut(BLOCK)
                 .zip(base.data.par_chunks(BLOCK))
                 .enumerate()
-                .for_each_init(
-                    || ([0f32; BLOCK], [0f32; BLOCK]),
-                    |(s, wd), (blk, (o, b))| {
-                        let at = blk * BLOCK;
-                        let len = o.len();
-                        let cols: Vec<&[f32]> = deltas.iter().map(|d| &d[at..at + len]).collect();
-                        if self.consensus {
-                            let (s, wd) = (&mut s[..len], &mut wd[..len]);
-                            s.fill(0.0);
-                            for c in &cols {
-                                for (a, &v) in s.iter_mut().zip(c.iter()) {
-                                    *a += v;
-                                }
-                            }
-                            round_slice(dtype, s);
-                            // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative; multiplying
-                            // by the 0/1 mask (not selecting) keeps PyTorch's signed zeros.
-                            o.fill(0.0);
-                            wd.fill(0.0);
-                            for (c, &wi) in cols.iter().zip(&w) {
-                                for ((a, wa), (&v, &sv)) in
-                                    o.iter_mut().zip(wd.iter_mut()).zip(c.iter().zip(s.iter()))
-                                {
-                                    let keep = if agrees(v, sv >= 0.0) { 1.0 } else { 0.0 };
-                                    *a += v * keep;
-                                    *wa += wi * keep;
-                                }
-                            }
-                            round_slice(dtype, o);
-                            round_slice(dtype, wd);
-                            for d in wd.iter_mut() {
-                                if *d == 0.0 {
-                                    *d = 1.0;
-                                }
-                            }
-                            steps.finish(o, b, |k| wd.get(k).copied().unwrap_or(1.0));
-                        } else {
-                            o.fill(0.0);
-                            for c in &cols {
-                                for (a, &v) in o.iter_mut().zip(c.iter()) {
-                                    *a += v;
-                                }
-                            }
-                            round_slice(dtype, o);
-                            steps.finish(o, b, |_| global_div);
-                        }
-                    },
-                );
-            return Ok(Tensor::new(dtype, base.shape.clone(), out));
+                .for_each_init(init, |scr, (blk, (o, b))| merge_block(scr, blk, o, b));
+        } else {
+            // A chunk of an elementwise tensor (or a small tensor): not worth a parallel split.
+            let mut scr = init();
+            for (blk, (o, b)) in out.chunks_mut(BLOCK).zip(base.data.chunks(BLOCK)).enumerate() {
+                merge_block(&mut scr, blk, o, b);
+            }
         }
-        // Five or more models: the model-axis sum's order depends on the column, element by
-        // element; still every element on its own, so blocks run in parallel.
-        let mut out = vec![0f32; n];
-        out.par_chunks_mut(BLOCK)
-            .zip(base.data.par_chunks(BLOCK))
-            .enumerate()
-            .for_each_init(
-                || (vec![0f32; m], vec![0f32; m], vec![0f32; m]),
-                |(vals, masked, wmask), (blk, (o, bs))| {
-                    for (k, (slot, &b)) in o.iter_mut().zip(bs).enumerate() {
-                        let e = blk * BLOCK + k;
-                        for (v, d) in vals.iter_mut().zip(&deltas) {
-                            *v = d.get(e).copied().unwrap_or(0.0);
-                        }
-                        let (mut mixed, div) = if self.consensus {
-                            let s = round(dtype, plan.sum(e, vals));
-                            // `(S >= 0) * 2 - 1`: zero goes positive, NaN negative.
-                            let positive = s >= 0.0;
-                            for ((mv, wv), (&v, &wi)) in masked
-                                .iter_mut()
-                                .zip(wmask.iter_mut())
-                                .zip(vals.iter().zip(&w))
-                            {
-                                // Multiplying by the 0/1 mask (not selecting) keeps PyTorch's
-                                // signed zeros.
-                                let keep = if agrees(v, positive) { 1.0 } else { 0.0 };
-                                *mv = v * keep;
-                                *wv = wi * keep;
-                            }
-                            let mixed = round(dtype, plan.sum(e, masked));
-                            let div = round(dtype, plan.sum(e, wmask));
-                            (mixed, if div == 0.0 { 1.0 } else { div })
-                        } else {
-                            (round(dtype, plan.sum(e, vals)), global_div)
-                        };
-                        if normalize {
-                            mixed = round(dtype, mixed / div);
-                        }
-                        if apply_lambda {
-                            mixed = round(dtype, mixed * lam);
-                        }
-                        *slot = round(dtype, b + mixed);
-                    }
-                },
-            );
         Ok(Tensor::new(dtype, base.shape.clone(), out))
     }
 }
 
+/// Per-thread buffers of the combine: `d` holds each model's weighted block (`BLOCK` apart), `s`
+/// and `wd` the sign sums and elected weights of the bulk path, the rest one element's entries of
+/// the element-by-element path.
+struct Scratch {
+    d: Vec<f32>,
+    s: Vec<f32>,
+    wd: Vec<f32>,
+    vals: Vec<f32>,
+    masked: Vec<f32>,
+    wmask: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(m: usize) -> Self {
+        Scratch {
+            d: vec![0f32; m * BLOCK],
+            s: vec![0f32; BLOCK],
+            wd: vec![0f32; BLOCK],
+            vals: vec![0f32; m],
+            masked: vec![0f32; m],
+            wmask: vec![0f32; m],
+        }
+    }
+}
+
+/// Elements from which a tensor's models and combine blocks run in parallel. The engine runs the
+/// largest tensors alone (`exec::BIG_ITEM_BYTES`: 64 MiB of f32 inputs, 4 Mi elements of four
+/// inputs) and smaller ones side by side, one per thread; a parallel split inside those would
+/// only let a thread that waits for its other half start yet another tensor (rayon's work
+/// stealing), whose inputs and selection buffers then add to the peak memory.
+const PAR_MIN: usize = 1 << 22;
+/// The same for a random method, whose tensors the engine runs one after another: every tensor
+/// but the smallest (and an elementwise merge's chunks) is worth splitting.
+const PAR_MIN_RANDOM: usize = 1 << 16;
 /// Most models whose model-axis sum adds in plain sequence (PyTorch's four accumulators).
 const SEQ_MAX: usize = 4;
 /// Elements per block of the bulk path: every model's block stays in the CPU cache.
@@ -722,30 +760,30 @@ fn aligned<'t>(
 /// mergekit 0.0.4.2's DARE sparsifier: Bernoulli keep as in 0.1.5, but `rescale` divides by the
 /// density (`res /= density`, the Python float applied as f32) instead of matching the L1 norm.
 fn bernoulli_0_0_4_2(
-    delta: &Tensor,
+    tv: &TaskVector<'_>,
     density: f64,
     rescale: bool,
     rng: &mut crate::rng::Mt19937,
-) -> Result<Tensor, MethodError> {
+) -> Result<Sparse, MethodError> {
     if density >= 1.0 {
-        return Ok(delta.clone());
+        return Ok(Sparse::Dense);
     }
     // Drawing with rescale off gives `x·mask` in the work dtype, already rounded back.
-    let masked = sparsify::bernoulli(delta, density, sparsify::Rescale::No, rng)?;
+    let masked = sparsify::bernoulli(tv, density, sparsify::Rescale::No, rng)?;
     if !rescale {
         return Ok(masked);
     }
     // The division happens in the work dtype (bf16, else f32) before the cast back.
-    let work = if delta.dtype == DType::BF16 {
+    let dtype = tv.dtype();
+    let work = if dtype == DType::BF16 {
         DType::BF16
     } else {
         DType::F32
     };
     let d = scalar(density);
-    let data = masked
-        .data
-        .iter()
-        .map(|&v| round(delta.dtype, round(work, v / d)))
-        .collect();
-    Ok(Tensor::new(delta.dtype, delta.shape.clone(), data))
+    let mut data = masked.to_vec(tv);
+    for v in data.iter_mut() {
+        *v = round(dtype, round(work, *v / d));
+    }
+    Ok(Sparse::Values(data))
 }
