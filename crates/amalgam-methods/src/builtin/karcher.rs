@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::blocks::{div_round, map2, map3, mul_round, part, with_rounder, BLOCK};
 use crate::numerics::{round, scalar};
-use crate::reduce::{norm2_fast, sum_split_blocks};
+use crate::reduce::{norm2_fast, sum_split_blocks_par};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -86,7 +86,7 @@ fn unit(r: impl Fn(f32) -> f32, v: f32, nrm: f32) -> f32 {
 /// `torch.dot(mean, u)` of f32 products (summed in PyTorch's `sum` order, see the deviations),
 /// rounded to `dt`, with `u = round(x / nrm)` computed block by block in the same pass.
 fn dot_unit(mean: &[f32], x: &[f32], nrm: f32, dt: DType) -> f32 {
-    let s = sum_split_blocks(mean.len(), DType::F32, DType::F32, 1, |s, b| {
+    let s = sum_split_blocks_par(mean.len(), DType::F32, DType::F32, 1, |s, b| {
         let len = b.len();
         with_rounder!(
             dt,
@@ -167,11 +167,10 @@ impl MergeMethod for Karcher {
                 }
             }
         } else {
-            div_round(dt, &mut mean, mn);
+            mean.par_chunks_mut(BLOCK).for_each(|m| div_round(dt, m, mn));
         }
         let mut tangent = vec![0f32; len];
         for _ in 0..max_iter.max(0) {
-            tangent.fill(0.0);
             // The dots only read the mean: computed first, in parallel over the inputs.
             let dots: Vec<f32> = valid
                 .par_iter()
@@ -200,16 +199,22 @@ impl MergeMethod for Karcher {
                 .enumerate()
                 .for_each(|(k, (t, m))| {
                     let s = k * BLOCK;
-                    for &(i, d, coef) in coefs.iter().flatten() {
-                        // t += coef · (u − d·mean), every step rounded, in one pass.
+                    for (j, &(i, d, coef)) in coefs.iter().flatten().enumerate() {
+                        // t += coef · (u − d·mean), every step rounded, in one pass; the first
+                        // term is added to zero (so the tangent needs no clearing).
                         let nrm = norm(i);
+                        let keep = j > 0;
                         with_rounder!(
                             dt,
                             r,
                             map3(t, part(data(i), s, t.len()), m, #[inline(always)] |tv, v, mv| {
+                                let tv = if keep { tv } else { 0.0 };
                                 r(tv + r(coef * r(unit(r, v, nrm) - r(d * mv))))
                             })
                         );
+                    }
+                    if coefs.iter().flatten().next().is_none() {
+                        t.fill(0.0);
                     }
                 });
             let tn = norm_f32(&tangent);

@@ -6,7 +6,7 @@ use rayon::prelude::*;
 use super::blocks::{add_round, map2, map3, part, task_block, with_rounder, BLOCK};
 use super::common::require_base;
 use crate::numerics::round;
-use crate::reduce::{norm2_blocks, outer_sum, sum_split_blocks, threads_for};
+use crate::reduce::{norm2_blocks, outer_sum, sum_split_blocks_par, threads_for};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -109,7 +109,7 @@ impl MergeMethod for ModelStock {
                         let np = if np < floor { floor } else { np };
                         let dot = round(
                             dt,
-                            sum_split_blocks(
+                            sum_split_blocks_par(
                                 row_len,
                                 dt,
                                 dt,

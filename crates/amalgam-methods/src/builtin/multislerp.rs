@@ -10,7 +10,7 @@ use super::blocks::{
 };
 use crate::numerics::{round, scalar};
 use crate::reduce::{
-    norm2_blocks, norm2_fast, sum_split_blocks, torch_float_lanes, torch_sum, Dim0Sum,
+    norm2_blocks, norm2_fast, sum_split_blocks_par, torch_float_lanes, torch_sum, Dim0Sum,
 };
 use amalgam_schema::{ContractViolation, Counted};
 
@@ -177,7 +177,7 @@ impl MergeMethod for MultiSlerp {
         let dots: Vec<f32> = (0..nm)
             .into_par_iter()
             .map(|m| {
-                let s = sum_split_blocks(d, dt, dt, 1, |s, b| {
+                let s = sum_split_blocks_par(d, dt, dt, 1, |s, b| {
                     unit_block(m, s, b);
                     let len = b.len();
                     with_rounder!(dt, r, map2(b, part(&mean, s, len), #[inline(always)] |u, q| r(u * q)));
