@@ -33,6 +33,8 @@
 
 use amalgam_io::DType;
 
+use rayon::prelude::*;
+
 use crate::numerics::round;
 
 /// f32 lanes of one vector in PyTorch's reduction kernels.
@@ -491,9 +493,15 @@ fn lane_squares(lanes: &mut [f32; LANES], xs: &[f32]) {
 /// row, without materialising it: what lets a method take the norm of a task vector or a unit
 /// direction straight from its inputs (`tests/reduce.rs` checks both against PyTorch).
 pub fn norm2_blocks(n: usize, dtype: DType, fill: impl FnMut(usize, &mut [f32])) -> f32 {
+    norm2_visit(n, dtype, |each| for_blocks(n, fill, each))
+}
+
+/// [`norm2`] of `n` values that `visit` hands, in order and in slices of any length whose
+/// starts it passes along, to the callback it is given.
+fn norm2_visit(n: usize, dtype: DType, visit: impl FnOnce(&mut dyn FnMut(usize, &[f32]))) -> f32 {
     let s = if dtype == DType::F16 {
         let mut acc = 0f32;
-        for_blocks(n, fill, |_, b| acc = fma_squares(acc, b));
+        visit(&mut |_, b| acc = fma_squares(acc, b));
         acc
     } else {
         // The vectorised kernel: every value below `full` goes to lane (index mod 8) in index
@@ -507,7 +515,7 @@ pub fn norm2_blocks(n: usize, dtype: DType, fill: impl FnMut(usize, &mut [f32]))
         let mut lanes = [0f32; LANES];
         let mut tail = [0f32; 2 * LANES];
         let mut nt = 0;
-        for_blocks(n, fill, |start, b| {
+        visit(&mut |start, b| {
             let k = full.saturating_sub(start).min(b.len());
             let (body, rest) = b.split_at(k);
             lane_squares(&mut lanes, body);
@@ -528,12 +536,13 @@ pub fn norm2_blocks(n: usize, dtype: DType, fill: impl FnMut(usize, &mut [f32]))
     round(dtype, s.sqrt())
 }
 
-/// [`norm2`] of a contiguous row, through [`norm2_blocks`] (the same bits; vectorised and with
-/// the FMA instruction, which [`norm2`]'s generic closure form does not get).
+/// [`norm2`] of a contiguous row, by the kernel of [`norm2_blocks`] (the same bits; vectorised
+/// and with the FMA instruction, which [`norm2`]'s generic closure form does not get), reading
+/// the row in place.
 pub fn norm2_fast(x: &[f32], dtype: DType) -> f32 {
-    norm2_blocks(x.len(), dtype, |s, b| {
-        if let Some(src) = x.get(s..s + b.len()) {
-            b.copy_from_slice(src);
+    norm2_visit(x.len(), dtype, |each| {
+        for (k, c) in x.chunks(BLOCK).enumerate() {
+            each(k * BLOCK, c);
         }
     })
 }
@@ -721,6 +730,37 @@ fn step_add_reduced(acc: &mut [[f32; LANES]; ILP], v: &[f32]) {
     }
 }
 
+/// Pushes elements `lo..hi` (of `n`) into `acc`, filling the [`BLOCK`]-aligned blocks that hold
+/// them with `fill` into `buf`.
+fn feed(
+    acc: &mut StreamSum,
+    n: usize,
+    (lo, hi): (usize, usize),
+    buf: &mut [f32; BLOCK],
+    fill: &mut impl FnMut(usize, &mut [f32]),
+) {
+    let mut b0 = lo - lo % BLOCK;
+    while b0 < hi {
+        let len = BLOCK.min(n - b0);
+        let b = &mut buf[..len];
+        fill(b0, b);
+        let from = lo.max(b0) - b0;
+        let to = hi.min(b0 + len) - b0;
+        acc.push(b.get(from..to).unwrap_or(&[]));
+        b0 += len;
+    }
+}
+
+/// The second pass of a thread-split reduction: the per-thread partials (each already rounded
+/// to `out_dtype`) summed by the same kernel.
+fn sum_slots(slots: &[f32], out_dtype: DType) -> f32 {
+    inner_sum::<LANES>(
+        |i| slots.get(i).copied().unwrap_or(0.0),
+        slots.len(),
+        is_reduced(out_dtype),
+    )
+}
+
 /// [`sum_split`] of `n` values that are produced block by block: `fill(start, buf)` writes
 /// elements `start..start + buf.len()`, for `start` a multiple of [`BLOCK`]. The same additions
 /// in the same order as [`sum_split`] over the materialised values (`tests/reduce.rs` checks
@@ -735,16 +775,7 @@ pub fn sum_split_blocks(
     let mut buf = [0f32; BLOCK];
     let mut chunk_sum = |start: usize, end: usize| -> f32 {
         let mut acc = StreamSum::new(end - start, in_dtype);
-        let mut b0 = start - start % BLOCK;
-        while b0 < end {
-            let len = BLOCK.min(n - b0);
-            let b = &mut buf[..len];
-            fill(b0, b);
-            let lo = start.max(b0) - b0;
-            let hi = end.min(b0 + len) - b0;
-            acc.push(b.get(lo..hi).unwrap_or(&[]));
-            b0 += len;
-        }
+        feed(&mut acc, n, (start, end), &mut buf, &mut fill);
         acc.finish()
     };
     let Some(chunk) = split_chunk(n, threads) else {
@@ -759,11 +790,79 @@ pub fn sum_split_blocks(
         let end = n.min(start + chunk);
         *slot = round(out_dtype, chunk_sum(start, end));
     }
-    inner_sum::<LANES>(
-        |i| slots.get(i).copied().unwrap_or(0.0),
-        threads,
-        is_reduced(out_dtype),
-    )
+    sum_slots(&slots, out_dtype)
+}
+
+/// [`sum_split_blocks`] (the same bits) with the work spread over rayon's threads: the thread
+/// split's chunks run in parallel, and so do the top-level pieces of each chunk's cascade.
+///
+/// Why this is exact: the cascade's last level only ever receives, in order, the sums of
+/// consecutive runs of `2^(3·level_power)` steps, each accumulated from zero by the lower
+/// levels. Those runs are independent; they are summed in parallel, added to the last level in
+/// their order, and the rest of the range continues the cascade from there.
+pub fn sum_split_blocks_par(
+    n: usize,
+    in_dtype: DType,
+    out_dtype: DType,
+    threads: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> f32 {
+    let range_sum = |start: usize, end: usize| -> f32 {
+        let len = end - start;
+        let proto = StreamSum::new(len, in_dtype);
+        let stepw = ILP * proto.vec_numel;
+        let run_steps = 1usize << (3 * proto.level_power);
+        let runs = proto.body_end / stepw / run_steps;
+        let run_len = run_steps * stepw;
+        let tops: Vec<[[f32; LANES]; ILP]> = (0..runs)
+            .into_par_iter()
+            .map(|c| {
+                let mut acc = StreamSum::new(len, in_dtype);
+                acc.pos = c * run_len;
+                acc.steps_done = c * run_steps;
+                let lo = start + c * run_len;
+                feed(
+                    &mut acc,
+                    n,
+                    (lo, lo + run_len),
+                    &mut [0f32; BLOCK],
+                    &mut |s, b| fill(s, b),
+                );
+                let [.., top] = acc.acc;
+                top
+            })
+            .collect();
+        let mut acc = proto;
+        if let Some(top) = acc.acc.last_mut() {
+            for t in &tops {
+                add_into(top, t);
+            }
+        }
+        acc.pos = runs * run_len;
+        acc.steps_done = runs * run_steps;
+        feed(
+            &mut acc,
+            n,
+            (start + runs * run_len, end),
+            &mut [0f32; BLOCK],
+            &mut |s, b| fill(s, b),
+        );
+        acc.finish()
+    };
+    let Some(chunk) = split_chunk(n, threads) else {
+        return range_sum(0, n);
+    };
+    let slots: Vec<f32> = (0..threads)
+        .into_par_iter()
+        .map(|k| {
+            let start = k.saturating_mul(chunk);
+            if start >= n {
+                return 0.0;
+            }
+            round(out_dtype, range_sum(start, n.min(start + chunk)))
+        })
+        .collect();
+    sum_slots(&slots, out_dtype)
 }
 
 impl Dim0Sum {

@@ -9,7 +9,8 @@ use std::path::Path;
 use amalgam_io::{convert, DType, SafetensorsFile};
 use amalgam_methods::numerics::round;
 use amalgam_methods::reduce::{
-    norm2, norm2_blocks, norm2_fast, sum_split_blocks, torch_float_lanes, torch_sum, Dim0Sum,
+    norm2, norm2_blocks, norm2_fast, sum_split_blocks, sum_split_blocks_par, torch_float_lanes,
+    torch_sum, Dim0Sum,
 };
 
 fn open() -> SafetensorsFile {
@@ -128,4 +129,36 @@ fn blocked_sums_match_torch() {
 fn blocked_vector_norms_match_torch() {
     check_scalar_cases("norm/", |dt, x| norm2_blocks(x.len(), dt, from(x)));
     check_scalar_cases("norm/", |dt, x| norm2_fast(x, dt));
+}
+
+/// The parallel blocked sum gives the sequential one's bits: lengths around multiples of the
+/// cascade's top-level run (2^12 steps: 131072 f32 values, 262144 16-bit ones), with and
+/// without PyTorch's thread split; values of widely spread magnitudes, so the order shows.
+#[test]
+fn parallel_blocked_sums_match_sequential() {
+    let mut state = 0x2545_f491_u32;
+    let x: Vec<f32> = (0..1_200_000)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let m = (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+            m * (2f32).powi((state % 24) as i32 - 12)
+        })
+        .collect();
+    let fill = |s: usize, b: &mut [f32]| b.copy_from_slice(&x[s..s + b.len()]);
+    for (dt, run) in [
+        (DType::F32, 131_072),
+        (DType::F16, 262_144),
+        (DType::BF16, 262_144),
+    ] {
+        for k in [1usize, 2, 3, 4] {
+            for n in [k * run - 33, k * run, k * run + 1, k * run + 4097] {
+                let n = n.min(x.len());
+                for threads in [1, 2, 3] {
+                    let a = sum_split_blocks(n, dt, dt, threads, fill);
+                    let b = sum_split_blocks_par(n, dt, dt, threads, fill);
+                    assert_eq!(a.to_bits(), b.to_bits(), "{dt:?} n {n} threads {threads}");
+                }
+            }
+        }
+    }
 }

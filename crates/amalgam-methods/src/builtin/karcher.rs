@@ -4,9 +4,9 @@
 use amalgam_io::DType;
 use rayon::prelude::*;
 
-use super::blocks::{add_round, div_round, mul_round, part, BLOCK};
-use crate::numerics::{round, round_slice, scalar};
-use crate::reduce::{norm2_fast, sum_split_blocks};
+use super::blocks::{div_round, map2, map3, mul_round, part, with_rounder, BLOCK};
+use crate::numerics::{round, scalar};
+use crate::reduce::{norm2_fast, sum_split_blocks_par};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -72,15 +72,27 @@ fn norm_f32(x: &[f32]) -> f32 {
     norm2_fast(x, DType::F32)
 }
 
+/// `u = round(x / nrm)`, the unit direction of an input (zero when its norm is zero), as the
+/// rounder `r` gives it: one element of the fused passes below.
+#[inline(always)]
+fn unit(r: impl Fn(f32) -> f32, v: f32, nrm: f32) -> f32 {
+    if nrm != 0.0 {
+        r(v / nrm)
+    } else {
+        0.0
+    }
+}
+
 /// `torch.dot(mean, u)` of f32 products (summed in PyTorch's `sum` order, see the deviations),
-/// rounded to `dt`; `unit(start, buf)` produces block `start` of `u`.
-fn dot_unit(mean: &[f32], mut unit: impl FnMut(usize, &mut [f32]), dt: DType) -> f32 {
-    let s = sum_split_blocks(mean.len(), DType::F32, DType::F32, 1, |s, b| {
-        unit(s, b);
+/// rounded to `dt`, with `u = round(x / nrm)` computed block by block in the same pass.
+fn dot_unit(mean: &[f32], x: &[f32], nrm: f32, dt: DType) -> f32 {
+    let s = sum_split_blocks_par(mean.len(), DType::F32, DType::F32, 1, |s, b| {
         let len = b.len();
-        for (v, &m) in b.iter_mut().zip(part(mean, s, len)) {
-            *v *= m;
-        }
+        with_rounder!(
+            dt,
+            r,
+            map3(b, part(x, s, len), part(mean, s, len), #[inline(always)] |_, v, m| unit(r, v, nrm) * m)
+        );
     });
     round(dt, s)
 }
@@ -115,6 +127,8 @@ impl MergeMethod for Karcher {
                 _ => out.fill(0.0),
             }
         };
+        let norm = |i: usize| norms.get(i).copied().unwrap_or(0.0);
+        let data = |i: usize| tensors.get(i).map_or(&[][..], |t| t.data.as_slice());
         let valid: Vec<usize> = (0..n_in)
             .filter(|&i| norms.get(i).is_some_and(|&v| v as f64 > tol))
             .collect();
@@ -133,15 +147,18 @@ impl MergeMethod for Karcher {
             .collect();
         let len = first.data.len();
         let mut mean = vec![0f32; len];
-        let mut tmp = [0f32; BLOCK];
-        for (k, m) in mean.chunks_mut(BLOCK).enumerate() {
-            let tmp = &mut tmp[..m.len()];
+        mean.par_chunks_mut(BLOCK).enumerate().for_each(|(k, m)| {
+            let s = k * BLOCK;
             for (&a, &i) in nalphas.iter().zip(&valid) {
-                unit_block(i, k * BLOCK, tmp);
-                mul_round(dt, tmp, scalar(a));
-                add_round(dt, m, tmp);
+                // m += round(u · a), every step rounded.
+                let (a, nrm) = (scalar(a), norm(i));
+                with_rounder!(
+                    dt,
+                    r,
+                    map2(m, part(data(i), s, m.len()), #[inline(always)] |mv, v| r(mv + r(unit(r, v, nrm) * a)))
+                );
             }
-        }
+        });
         let mn = norm_f32(&mean);
         if (mn as f64) < tol {
             if let Some(&i) = valid.first() {
@@ -150,15 +167,14 @@ impl MergeMethod for Karcher {
                 }
             }
         } else {
-            div_round(dt, &mut mean, mn);
+            mean.par_chunks_mut(BLOCK).for_each(|m| div_round(dt, m, mn));
         }
         let mut tangent = vec![0f32; len];
         for _ in 0..max_iter.max(0) {
-            tangent.fill(0.0);
             // The dots only read the mean: computed first, in parallel over the inputs.
             let dots: Vec<f32> = valid
                 .par_iter()
-                .map(|&i| dot_unit(&mean, |s, b| unit_block(i, s, b), dt))
+                .map(|&i| dot_unit(&mean, data(i), norm(i), dt))
                 .collect();
             // Each input's coefficient, or None where its angle is below tol.
             let coefs: Vec<Option<(usize, f32, f32)>> = nalphas
@@ -182,21 +198,23 @@ impl MergeMethod for Karcher {
                 .zip(mean.par_chunks(BLOCK))
                 .enumerate()
                 .for_each(|(k, (t, m))| {
-                    let mut u = [0f32; BLOCK];
-                    let mut tmp = [0f32; BLOCK];
-                    for &(i, d, coef) in coefs.iter().flatten() {
-                        // diff = u − d·mean; t += coef·diff, every step rounded.
-                        let u = &mut u[..t.len()];
-                        unit_block(i, k * BLOCK, u);
-                        let tmp = &mut tmp[..t.len()];
-                        tmp.copy_from_slice(m);
-                        mul_round(dt, tmp, d);
-                        for (x, &uv) in tmp.iter_mut().zip(u.iter()) {
-                            *x = uv - *x;
-                        }
-                        round_slice(dt, tmp);
-                        mul_round(dt, tmp, coef);
-                        add_round(dt, t, tmp);
+                    let s = k * BLOCK;
+                    for (j, &(i, d, coef)) in coefs.iter().flatten().enumerate() {
+                        // t += coef · (u − d·mean), every step rounded, in one pass; the first
+                        // term is added to zero (so the tangent needs no clearing).
+                        let nrm = norm(i);
+                        let keep = j > 0;
+                        with_rounder!(
+                            dt,
+                            r,
+                            map3(t, part(data(i), s, t.len()), m, #[inline(always)] |tv, v, mv| {
+                                let tv = if keep { tv } else { 0.0 };
+                                r(tv + r(coef * r(unit(r, v, nrm) - r(d * mv))))
+                            })
+                        );
+                    }
+                    if coefs.iter().flatten().next().is_none() {
+                        t.fill(0.0);
                     }
                 });
             let tn = norm_f32(&tangent);
@@ -210,14 +228,11 @@ impl MergeMethod for Karcher {
                 .zip(tangent.par_chunks_mut(BLOCK))
                 .for_each(|(m, t)| {
                     // mean = c·mean + s·(t / tn), every step rounded.
-                    mul_round(dt, m, c);
-                    div_round(dt, t, tn);
-                    mul_round(dt, t, s);
-                    add_round(dt, m, t);
+                    with_rounder!(dt, r, map2(m, t, #[inline(always)] |mv, tv| r(r(mv * c) + r(r(tv / tn) * s))));
                 });
             let un = norm_f32(&mean);
             if (un as f64) > tol {
-                div_round(dt, &mut mean, un);
+                mean.par_chunks_mut(BLOCK).for_each(|m| div_round(dt, m, un));
             }
         }
         // sum(alpha * norm): f32 products, Python sum from 0.

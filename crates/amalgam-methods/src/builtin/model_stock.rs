@@ -3,10 +3,10 @@
 
 use rayon::prelude::*;
 
-use super::blocks::{add_round, div_round, mul_round, part, task_block, BLOCK};
+use super::blocks::{add_round, map2, map3, part, task_block, with_rounder, BLOCK};
 use super::common::require_base;
-use crate::numerics::{round, round_slice};
-use crate::reduce::{norm2_blocks, outer_sum, sum_split_blocks, threads_for};
+use crate::numerics::round;
+use crate::reduce::{norm2_blocks, outer_sum, sum_split_blocks_par, threads_for};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -95,18 +95,21 @@ impl MergeMethod for ModelStock {
             })
             .collect();
         let norm = |i: usize, r: usize| norms.get(i).and_then(|v| v.get(r)).copied().unwrap_or(0.0);
-        // cos per pair and row: `torch.stack(cos_thetas)` is a (pairs, rows) tensor.
-        let mut cos: Vec<Vec<f32>> = Vec::new();
-        for i in 0..count {
-            for j in i + 1..count {
-                let row_cos = (0..rows)
+        // cos per pair and row: `torch.stack(cos_thetas)` is a (pairs, rows) tensor. The pairs
+        // are independent: they run in parallel.
+        let pair_ids: Vec<(usize, usize)> = (0..count)
+            .flat_map(|i| (i + 1..count).map(move |j| (i, j)))
+            .collect();
+        let cos: Vec<Vec<f32>> = pair_ids
+            .par_iter()
+            .map(|&(i, j)| {
+                (0..rows)
                     .map(|r| {
                         let np = round(dt, norm(i, r) * norm(j, r));
                         let np = if np < floor { floor } else { np };
-                        let mut ob = [0f32; BLOCK];
                         let dot = round(
                             dt,
-                            sum_split_blocks(
+                            sum_split_blocks_par(
                                 row_len,
                                 dt,
                                 dt,
@@ -114,13 +117,14 @@ impl MergeMethod for ModelStock {
                                 // filter-wise) is a reduction to one value, which splits.
                                 threads_for(rows, args.torch_threads),
                                 |s, b| {
-                                    let ob = &mut ob[..b.len()];
-                                    offset_block(i, r * row_len + s, b);
-                                    offset_block(j, r * row_len + s, ob);
-                                    for (x, &y) in b.iter_mut().zip(ob.iter()) {
-                                        *x *= y;
+                                    let s = r * row_len + s;
+                                    offset_block(i, s, b);
+                                    // b = round(oᵢ · oⱼ), oⱼ computed in the same pass.
+                                    if let Some(wj) = ws.get(j) {
+                                        let len = b.len();
+                                        let (x, y) = (part(&wj.data, s, len), part(&w0.data, s, len));
+                                        with_rounder!(dt, r, map3(b, x, y, #[inline(always)] |o, v, w| r(o * r(v - w))));
                                     }
-                                    round_slice(dt, b);
                                 },
                             ),
                         );
@@ -131,10 +135,9 @@ impl MergeMethod for ModelStock {
                             c.clamp(-1.0, 1.0)
                         }
                     })
-                    .collect();
-                cos.push(row_cos);
-            }
-        }
+                    .collect()
+            })
+            .collect();
         let pairs = cos.len();
         let cm1 = (count as f32) - 1.0;
         let t: Vec<f32> = (0..rows)
@@ -160,23 +163,28 @@ impl MergeMethod for ModelStock {
         // Per row and block: Python's sum() (0 + w₁, then + w₂ ..., each rounded), / count, then
         // t·a + (1 − t)·b, every step rounded (in bulk, the same bits).
         let mut avg = vec![0f32; n];
-        let mut q = [0f32; BLOCK];
-        for (r, (ar, br)) in avg.chunks_mut(row_len).zip(w0.data.chunks(row_len)).enumerate() {
-            let tk = t.get(r).copied().unwrap_or(0.0);
-            let one_minus = round(dt, 1.0 - tk);
-            for (k, (a, b)) in ar.chunks_mut(BLOCK).zip(br.chunks(BLOCK)).enumerate() {
-                let s = r * row_len + k * BLOCK;
-                for w in &ws {
-                    add_round(dt, a, part(&w.data, s, a.len()));
-                }
-                div_round(dt, a, count as f32);
-                mul_round(dt, a, tk);
-                let q = &mut q[..a.len()];
-                q.copy_from_slice(b);
-                mul_round(dt, q, one_minus);
-                add_round(dt, a, q);
-            }
-        }
+        let cnt = count as f32;
+        avg.par_chunks_mut(row_len)
+            .zip(w0.data.par_chunks(row_len))
+            .enumerate()
+            .for_each(|(r, (ar, br))| {
+                let tk = t.get(r).copied().unwrap_or(0.0);
+                let one_minus = round(dt, 1.0 - tk);
+                ar.par_chunks_mut(BLOCK)
+                    .zip(br.par_chunks(BLOCK))
+                    .enumerate()
+                    .for_each(|(k, (a, b))| {
+                        let s = r * row_len + k * BLOCK;
+                        for w in &ws {
+                            add_round(dt, a, part(&w.data, s, a.len()));
+                        }
+                        with_rounder!(
+                            dt,
+                            r,
+                            map2(a, b, #[inline(always)] |av, bv| r(r(r(av / cnt) * tk) + r(bv * one_minus)))
+                        );
+                    });
+            });
         let data = avg;
         Ok(Tensor::new(dt, w0.shape.clone(), data))
     }

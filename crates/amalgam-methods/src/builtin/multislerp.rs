@@ -4,10 +4,13 @@
 use amalgam_io::DType;
 use rayon::prelude::*;
 
-use super::blocks::{add_round, div_round, mul_round, part, part_mut, task_block, BLOCK};
-use crate::numerics::{round, round_slice, scalar};
+use super::blocks::{
+    add_round, div_round, map1, map2, map3, mul_round, part, part_mut, task_block, with_rounder,
+    BLOCK,
+};
+use crate::numerics::{round, scalar};
 use crate::reduce::{
-    norm2_blocks, norm2_fast, sum_split_blocks, torch_float_lanes, torch_sum, Dim0Sum,
+    norm2_blocks, norm2_fast, sum_split_blocks_par, torch_float_lanes, torch_sum, Dim0Sum,
 };
 use amalgam_schema::{ContractViolation, Counted};
 
@@ -131,14 +134,24 @@ impl MergeMethod for MultiSlerp {
             .map(|m| norm2_blocks(d, dt, |s, b| x_block(m, s, b)))
             .collect();
         let dens: Vec<f32> = norms.iter().map(|&nrm| round(dt, nrm + eps)).collect();
+        // Uᵢ = round(Xᵢ / (‖Xᵢ‖ + eps)), fused with the task vector's subtraction.
         let unit_block = |m: usize, s: usize, out: &mut [f32]| {
-            x_block(m, s, out);
-            div_round(dt, out, dens.get(m).copied().unwrap_or(1.0));
+            let (Some(t), Some(&den)) = (xs.get(m), dens.get(m)) else {
+                return;
+            };
+            let len = out.len();
+            let x = part(&t.data, s, len);
+            with_rounder!(dt, r, match bdata {
+                Some(b) => map3(out, x, part(b, s, len), #[inline(always)] |_, v, w| r(r(v - w) / den)),
+                None => map2(out, x, #[inline(always)] |_, v| r(v / den)),
+            });
         };
         let plan = Dim0Sum::new(d, dt, torch_float_lanes());
-        let mut bufs = vec![vec![0f32; BLOCK]; nm];
         let mut mean = vec![0f32; d];
-        weighted_sum(dt, &plan, &w, &mut bufs, &mut mean, &unit_block);
+        weighted_sum(dt, &plan, nm, &mut mean, &|m, s, b| {
+            unit_block(m, s, b);
+            mul_round(dt, b, w.get(m).copied().unwrap_or(0.0));
+        });
         let mean_norm = norm2_fast(&mean, dt);
         if mean_norm < round(dt, eps) {
             if let [w0, w1] = w.as_slice() {
@@ -160,35 +173,26 @@ impl MergeMethod for MultiSlerp {
             }
             return Err(MethodError::Other(ZERO_MEAN.into()));
         }
-        div_round(dt, &mut mean, mean_norm);
+        mean.par_chunks_mut(BLOCK).for_each(|m| div_round(dt, m, mean_norm));
         let dots: Vec<f32> = (0..nm)
             .into_par_iter()
             .map(|m| {
-                let s = sum_split_blocks(d, dt, dt, 1, |s, b| {
+                let s = sum_split_blocks_par(d, dt, dt, 1, |s, b| {
                     unit_block(m, s, b);
                     let len = b.len();
-                    for (v, &q) in b.iter_mut().zip(part(&mean, s, len)) {
-                        *v *= q;
-                    }
-                    round_slice(dt, b);
+                    with_rounder!(dt, r, map2(b, part(&mean, s, len), #[inline(always)] |u, q| r(u * q)));
                 });
                 round(dt, s)
             })
             .collect();
-        // Tangent i = Uᵢ − (Uᵢ·m)m, every step rounded.
-        let tangent_block = |m: usize, s: usize, out: &mut [f32]| {
-            let mut q = [0f32; BLOCK];
-            let q = &mut q[..out.len()];
-            q.copy_from_slice(part(&mean, s, out.len()));
-            mul_round(dt, q, dots.get(m).copied().unwrap_or(0.0));
-            unit_block(m, s, out);
-            for (v, &p) in out.iter_mut().zip(q.iter()) {
-                *v -= p;
-            }
-            round_slice(dt, out);
-        };
+        // Weighted tangent i = round(wᵢ · (Uᵢ − (Uᵢ·m)m)), every step rounded.
         let mut tr = vec![0f32; d];
-        weighted_sum(dt, &plan, &w, &mut bufs, &mut tr, &tangent_block);
+        weighted_sum(dt, &plan, nm, &mut tr, &|m, s, out| {
+            let (dot, wm) = (dots.get(m).copied().unwrap_or(0.0), w.get(m).copied().unwrap_or(0.0));
+            unit_block(m, s, out);
+            let len = out.len();
+            with_rounder!(dt, r, map2(out, part(&mean, s, len), #[inline(always)] |u, q| r(r(u - r(q * dot)) * wm)));
+        });
         let tn = round(dt, norm2_fast(&tr, dt) + eps);
         let c = round(dt, tn.cos());
         let s = round(dt, round(dt, tn.sin()) / tn);
@@ -199,40 +203,50 @@ impl MergeMethod for MultiSlerp {
             .collect();
         let avg_norm = round(dt, torch_sum(&nw, dt, torch_float_lanes()));
         // out = (m·c + t·s) · avg_norm (+ base), every step rounded; written over the mean.
-        for (k, (m, t)) in mean.chunks_mut(BLOCK).zip(tr.chunks_mut(BLOCK)).enumerate() {
-            mul_round(dt, m, c);
-            mul_round(dt, t, s);
-            add_round(dt, m, t);
-            mul_round(dt, m, avg_norm);
-            if let Some(b) = bdata {
-                add_round(dt, m, part(b, k * BLOCK, m.len()));
-            }
-        }
+        mean.par_chunks_mut(BLOCK)
+            .zip(tr.par_chunks(BLOCK))
+            .enumerate()
+            .for_each(|(k, (m, t))| {
+                let k3 = (c, s, avg_norm);
+                with_rounder!(dt, r, match bdata {
+                    Some(b) => map3(m, t, part(b, k * BLOCK, m.len()), #[inline(always)] |mv, tv, bv| {
+                        r(combine(r, k3, mv, tv) + bv)
+                    }),
+                    None => map2(m, t, #[inline(always)] |mv, tv| combine(r, k3, mv, tv)),
+                });
+            });
         Ok(Tensor::new(dt, first.shape.clone(), mean))
     }
 }
 
-/// `dest = round(Σₘ round(rowₘ · wₘ))` over the model axis (PyTorch's `sum(dim=0)` order), with
-/// `row(m, start, buf)` producing block `start` of model m's row; `bufs` holds one block per model.
+/// `round(round(round(m·c) + round(t·s)) · avg_norm)` with `(c, s, avg_norm)` = `k`: one output
+/// element before the base is added.
+#[inline(always)]
+fn combine(r: impl Fn(f32) -> f32, k: (f32, f32, f32), m: f32, t: f32) -> f32 {
+    let (c, s, avg_norm) = k;
+    r(r(r(m * c) + r(t * s)) * avg_norm)
+}
+
+/// `dest = round(Σₘ rowₘ)` over the model axis (PyTorch's `sum(dim=0)` order), with
+/// `row(m, start, buf)` producing block `start` of model m's (weighted, rounded) row. The blocks
+/// are independent (each column's sum only reads that column): they run in parallel.
 fn weighted_sum(
     dt: DType,
     plan: &Dim0Sum,
-    w: &[f32],
-    bufs: &mut [Vec<f32>],
+    nm: usize,
     dest: &mut [f32],
-    row: &dyn Fn(usize, usize, &mut [f32]),
+    row: &(dyn Fn(usize, usize, &mut [f32]) + Sync),
 ) {
-    let d = dest.len();
-    for s in (0..d).step_by(BLOCK) {
-        let len = BLOCK.min(d - s);
-        for (m, buf) in bufs.iter_mut().enumerate() {
-            let b = part_mut(buf, 0, len);
-            row(m, s, b);
-            mul_round(dt, b, w.get(m).copied().unwrap_or(0.0));
-        }
-        let rows: Vec<&[f32]> = bufs.iter().map(|b| part(b, 0, len)).collect();
-        let out = part_mut(dest, s, len);
-        plan.sum_rows(s, &rows, out);
-        round_slice(dt, out);
-    }
+    dest.par_chunks_mut(BLOCK).enumerate().for_each_init(
+        || vec![vec![0f32; BLOCK]; nm],
+        |bufs, (k, out)| {
+            let (s, len) = (k * BLOCK, out.len());
+            for (m, buf) in bufs.iter_mut().enumerate() {
+                row(m, s, part_mut(buf, 0, len));
+            }
+            let rows: Vec<&[f32]> = bufs.iter().map(|b| part(b, 0, len)).collect();
+            plan.sum_rows(s, &rows, out);
+            with_rounder!(dt, r, map1(out, r));
+        },
+    );
 }

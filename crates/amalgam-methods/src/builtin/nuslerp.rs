@@ -3,12 +3,12 @@
 
 use amalgam_io::DType;
 
-use super::blocks::{add_round, div_round, mul_round, part, task_block, BLOCK};
+use rayon::prelude::*;
+
+use super::blocks::{map2, map3, part, task_block, with_rounder, BLOCK};
 use super::common::task_vector;
-use crate::numerics::{round, round_slice, scalar};
-use crate::reduce::{
-    full_sum_with, norm2, norm2_blocks, norm2_strided, outer_sum, sum_split_blocks, threads_for,
-};
+use crate::numerics::{round, scalar};
+use crate::reduce::{norm2_blocks, norm2_strided, outer_sum, sum_split_blocks, threads_for};
 use amalgam_schema::{ContractViolation, Counted};
 
 use crate::{
@@ -85,45 +85,22 @@ struct Span {
     len: usize,
 }
 
-/// mergekit 0.1.5's `nuslerp(t, v0, v1)` over `spans`, in `dt`; `contiguous` tells which PyTorch
-/// reduction kernels apply (`cols` = number of vectors, for the strided sum order); `threads` is
-/// PyTorch's intra-op thread count, which matters when there is a single vector.
-fn nuslerp_spans(
-    t: f64,
-    v0: &[f32],
-    v1: &[f32],
-    dt: DType,
-    spans: &[Span],
-    contiguous: bool,
-    threads: usize,
-) -> Vec<f32> {
-    let n = v0.len().min(v1.len());
-    let mut out = vec![0f32; n];
-    let floor = round(dt, 1e-7);
-    let eps2 = round(dt, 1e-16);
-    let one_minus_t = scalar(1.0 - t);
-    let tt = scalar(t);
-    let cols = spans.len();
-    for (col, sp) in spans.iter().enumerate() {
-        let idx = |i: usize| sp.start + i * sp.stride;
-        let g0 = |i: usize| v0.get(idx(i)).copied().unwrap_or(0.0);
-        let g1 = |i: usize| v1.get(idx(i)).copied().unwrap_or(0.0);
-        let (n0, n1) = if contiguous {
-            let r0 = v0.get(sp.start..sp.start + sp.len).unwrap_or(&[]);
-            let r1 = v1.get(sp.start..sp.start + sp.len).unwrap_or(&[]);
-            (norm2(r0, dt), norm2(r1, dt))
-        } else {
-            (norm2_strided(g0, sp.len, dt), norm2_strided(g1, sp.len, dt))
-        };
-        let n0 = if n0 < floor { floor } else { n0 };
-        let n1 = if n1 < floor { floor } else { n1 };
-        let prod = |i: usize| round(dt, round(dt, g0(i) / n0) * round(dt, g1(i) / n1));
-        let s = if contiguous {
-            // One row (a 1-D tensor, or a flattened one) is a reduction to one value: it splits.
-            full_sum_with(prod, sp.len, dt, threads_for(cols, threads))
-        } else {
-            outer_sum(prod, sp.len, col, cols, dt)
-        };
+/// The interpolation coefficients of one vector pair, from their dot product `s` (f32, before
+/// rounding): `out = round(round(c0·a) + round(c1·b))`, then `/ sin θ` unless colinear.
+#[derive(Clone, Copy)]
+struct Coefs {
+    colinear: bool,
+    sin_theta: f32,
+    c0: f32,
+    c1: f32,
+}
+
+impl Coefs {
+    /// mergekit 0.1.5's angle steps in `dt`: cos clamped to [−1, 1], colinear when
+    /// 1 − cos² ≤ 1e-16 (then the weights are 1 − t and t), else sin((1−t)θ) and sin(tθ).
+    fn new(dt: DType, s: f32, t: f64) -> Self {
+        let eps2 = round(dt, 1e-16);
+        let (one_minus_t, tt) = (scalar(1.0 - t), scalar(t));
         let cos = round(dt, s);
         let cos = if cos.is_nan() {
             cos
@@ -133,27 +110,63 @@ fn nuslerp_spans(
         let colinear = round(dt, 1.0 - round(dt, cos * cos)) <= eps2;
         let theta = round(dt, (if colinear { 0.0 } else { cos }).acos());
         let sin_theta = round(dt, theta.sin());
-        let s0 = round(dt, round(dt, one_minus_t * theta).sin());
-        let s1 = round(dt, round(dt, tt * theta).sin());
+        let (c0, c1) = if colinear {
+            (one_minus_t, tt)
+        } else {
+            (
+                round(dt, round(dt, one_minus_t * theta).sin()),
+                round(dt, round(dt, tt * theta).sin()),
+            )
+        };
+        Coefs {
+            colinear,
+            sin_theta,
+            c0,
+            c1,
+        }
+    }
+
+    /// One output element from the elements `a`, `b` of the two vectors, rounded by `r`.
+    #[inline(always)]
+    fn apply(self, r: impl Fn(f32) -> f32, a: f32, b: f32) -> f32 {
+        let v = r(r(self.c0 * a) + r(self.c1 * b));
+        if self.colinear {
+            v
+        } else {
+            r(v / self.sin_theta)
+        }
+    }
+}
+
+/// mergekit 0.1.5's `nuslerp(t, v0, v1)` over the strided vectors `spans` (the columns of a
+/// row-wise merge), in `dt`: the norms take the generic (strided) reduction and the dots the
+/// outer-axis sum order of column `col` of `spans.len()`.
+fn nuslerp_columns(t: f64, v0: &[f32], v1: &[f32], dt: DType, spans: &[Span]) -> Vec<f32> {
+    let n = v0.len().min(v1.len());
+    let mut out = vec![0f32; n];
+    let floor = round(dt, 1e-7);
+    let cols = spans.len();
+    for (col, sp) in spans.iter().enumerate() {
+        let idx = |i: usize| sp.start + i * sp.stride;
+        let g0 = |i: usize| v0.get(idx(i)).copied().unwrap_or(0.0);
+        let g1 = |i: usize| v1.get(idx(i)).copied().unwrap_or(0.0);
+        let n0 = norm2_strided(g0, sp.len, dt);
+        let n1 = norm2_strided(g1, sp.len, dt);
+        let n0 = if n0 < floor { floor } else { n0 };
+        let n1 = if n1 < floor { floor } else { n1 };
+        let prod = |i: usize| round(dt, round(dt, g0(i) / n0) * round(dt, g1(i) / n1));
+        let s = outer_sum(prod, sp.len, col, cols, dt);
+        let k = Coefs::new(dt, s, t);
         for i in 0..sp.len {
-            let (a, b) = (g0(i), g1(i));
-            let r = if colinear {
-                round(dt, round(dt, one_minus_t * a) + round(dt, tt * b))
-            } else {
-                round(
-                    dt,
-                    round(dt, round(dt, s0 * a) + round(dt, s1 * b)) / sin_theta,
-                )
-            };
             if let Some(o) = out.get_mut(idx(i)) {
-                *o = r;
+                *o = k.apply(|x| round(dt, x), g0(i), g1(i));
             }
         }
     }
     out
 }
 
-/// [`nuslerp_spans`] for contiguous vectors (the flattened tensor, or its rows of `row_len`),
+/// nuslerp for contiguous vectors (the flattened tensor, or its rows of `row_len`),
 /// computed block by block from the inputs: the task vectors (`x − base`) and the normalised
 /// vectors are never stored, and the base is added as each output block is written.
 #[allow(clippy::too_many_arguments)]
@@ -169,62 +182,43 @@ fn nuslerp_rows(
     let n = x0.len().min(x1.len());
     let mut out = vec![0f32; n];
     let floor = round(dt, 1e-7);
-    let eps2 = round(dt, 1e-16);
-    let one_minus_t = scalar(1.0 - t);
-    let tt = scalar(t);
     let row_len = row_len.max(1);
     let rows = n / row_len;
     let v_block = |x: &[f32], s: usize, b: &mut [f32]| {
         let len = b.len();
         task_block(dt, part(x, s, len), base.map(|y| part(y, s, len)), b);
     };
-    let mut q = [0f32; BLOCK];
-    for (r, o) in out.chunks_mut(row_len).enumerate() {
+    // The rows are independent (each is its own reduction): they run in parallel, and the
+    // blocks of a single row's output too.
+    out.par_chunks_mut(row_len).enumerate().for_each(|(r, o)| {
         let r0 = r * row_len;
         let n0 = norm2_blocks(row_len, dt, |s, b| v_block(x0, r0 + s, b));
         let n1 = norm2_blocks(row_len, dt, |s, b| v_block(x1, r0 + s, b));
         let n0 = if n0 < floor { floor } else { n0 };
         let n1 = if n1 < floor { floor } else { n1 };
+        let mut q = [0f32; BLOCK];
         // One row (a 1-D tensor, or a flattened one) is a reduction to one value: it splits.
         let s = sum_split_blocks(row_len, dt, dt, threads_for(rows, threads), |s, b| {
             let q = &mut q[..b.len()];
             v_block(x0, r0 + s, b);
-            div_round(dt, b, n0);
             v_block(x1, r0 + s, q);
-            div_round(dt, q, n1);
-            for (a, &c) in b.iter_mut().zip(q.iter()) {
-                *a *= c;
-            }
-            round_slice(dt, b);
+            // b = round(round(b / n0) · round(q / n1)), in one pass.
+            with_rounder!(dt, r, map2(b, q, #[inline(always)] |u, v| r(r(u / n0) * r(v / n1))));
         });
-        let cos = round(dt, s);
-        let cos = if cos.is_nan() {
-            cos
-        } else {
-            cos.clamp(-1.0, 1.0)
-        };
-        let colinear = round(dt, 1.0 - round(dt, cos * cos)) <= eps2;
-        let theta = round(dt, (if colinear { 0.0 } else { cos }).acos());
-        let sin_theta = round(dt, theta.sin());
-        let s0 = round(dt, round(dt, one_minus_t * theta).sin());
-        let s1 = round(dt, round(dt, tt * theta).sin());
-        let (c0, c1) = if colinear { (one_minus_t, tt) } else { (s0, s1) };
-        for (k, ob) in o.chunks_mut(BLOCK).enumerate() {
-            let s = r0 + k * BLOCK;
-            let q = &mut q[..ob.len()];
+        let k = Coefs::new(dt, s, t);
+        o.par_chunks_mut(BLOCK).enumerate().for_each(|(j, ob)| {
+            let s = r0 + j * BLOCK;
+            let len = ob.len();
+            let mut q = [0f32; BLOCK];
+            let q = &mut q[..len];
             v_block(x0, s, ob);
-            mul_round(dt, ob, c0);
             v_block(x1, s, q);
-            mul_round(dt, q, c1);
-            add_round(dt, ob, q);
-            if !colinear {
-                div_round(dt, ob, sin_theta);
-            }
-            if let Some(y) = base {
-                add_round(dt, ob, part(y, s, ob.len()));
-            }
-        }
-    }
+            with_rounder!(dt, r, match base {
+                Some(y) => map3(ob, q, part(y, s, len), #[inline(always)] |d0, d1, w| r(k.apply(r, d0, d1) + w)),
+                None => map2(ob, q, #[inline(always)] |d0, d1| k.apply(r, d0, d1)),
+            });
+        });
+    });
     out
 }
 
@@ -280,61 +274,28 @@ impl MergeMethod for NuSlerp {
             );
             return Ok(Tensor::new(dt, shape, data));
         }
-        let (spans, contiguous): (Vec<Span>, bool) = if flatten || shape.len() <= 1 {
-            (
-                vec![Span {
-                    start: 0,
-                    stride: 1,
-                    len: n,
-                }],
-                true,
-            )
-        } else if row_wise {
-            let d0 = shape.first().copied().unwrap_or(1).max(1);
-            let rest = n / d0;
-            (
-                (0..rest)
-                    .map(|c| Span {
-                        start: c,
-                        stride: rest,
-                        len: d0,
-                    })
-                    .collect(),
-                false,
-            )
-        } else {
-            let l = shape.last().copied().unwrap_or(1).max(1);
-            (
-                (0..n / l)
-                    .map(|r| Span {
-                        start: r * l,
-                        stride: 1,
-                        len: l,
-                    })
-                    .collect(),
-                true,
-            )
-        };
+        // Row-wise: the vectors are the columns (strided over dim 0).
+        let d0 = shape.first().copied().unwrap_or(1).max(1);
+        let rest = n / d0;
+        let spans: Vec<Span> = (0..rest)
+            .map(|c| Span {
+                start: c,
+                stride: rest,
+                len: d0,
+            })
+            .collect();
         let data = match base {
             Some(b) => {
                 let d0 = task_vector(x0, b, dt);
                 let d1 = task_vector(x1, b, dt);
-                let r = nuslerp_spans(t, &d0, &d1, dt, &spans, contiguous, args.torch_threads);
+                let r = nuslerp_columns(t, &d0, &d1, dt, &spans);
                 b.data
                     .iter()
                     .zip(&r)
                     .map(|(&y, &v)| round(dt, y + v))
                     .collect()
             }
-            None => nuslerp_spans(
-                t,
-                &x0.data,
-                &x1.data,
-                dt,
-                &spans,
-                contiguous,
-                args.torch_threads,
-            ),
+            None => nuslerp_columns(t, &x0.data, &x1.data, dt, &spans),
         };
         Ok(Tensor::new(dt, shape, data))
     }
