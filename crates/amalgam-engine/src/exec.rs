@@ -85,18 +85,24 @@ type Pads = Vec<Option<Vec<Vec<f32>>>>;
 
 /// Loads input `j` of `op`, elements `range` of the tensor the method sees (the aligned one for
 /// a vocabulary-indexed op), converted to the working dtype.
+///
+/// The values go into `buf` (its allocation reused): see [`convert::decode_f32_into`] for why a
+/// caller decoding on other threads passes buffers it allocated itself.
 fn load(
     plan: &Plan,
     op: &Op,
     j: usize,
     range: std::ops::Range<usize>,
     pad: Option<&Vec<Vec<f32>>>,
+    buf: Vec<f32>,
 ) -> Result<Tensor> {
     let Some(a) = &op.align else {
-        return load_raw(plan, op, j, range);
+        return load_raw(plan, op, j, range, buf);
     };
     let h = a.row_len.max(1);
-    let mut data = Vec::with_capacity(range.len());
+    let mut data = buf;
+    data.clear();
+    data.reserve(range.len());
     let (r0, r1) = (range.start / h, range.end.div_ceil(h));
     for r in r0..r1 {
         let row = aligned_row(plan, op, a, j, r, pad)?;
@@ -156,7 +162,7 @@ fn aligned_row(
 
 /// Row `row` (of `h` elements) of input `j`'s own tensor, in the working dtype.
 fn input_row(plan: &Plan, op: &Op, j: usize, row: usize, h: usize) -> Result<Vec<f32>> {
-    Ok(load_raw(plan, op, j, row * h..(row + 1) * h)?.data)
+    Ok(load_raw(plan, op, j, row * h..(row + 1) * h, Vec::new())?.data)
 }
 
 /// The padding rows of an aligned op: per input, `torch.mean` over dim 0 of its aligned real
@@ -226,12 +232,18 @@ fn with_input_bytes<T>(
 }
 
 /// Loads elements `range` of input `j`'s own tensor, converted to the working dtype.
-fn load_raw(plan: &Plan, op: &Op, j: usize, range: std::ops::Range<usize>) -> Result<Tensor> {
+fn load_raw(
+    plan: &Plan,
+    op: &Op,
+    j: usize,
+    range: std::ops::Range<usize>,
+    out: Vec<f32>,
+) -> Result<Tensor> {
     let name = &op.inputs[j].name;
     with_input_bytes(plan, op, j, &range.clone(), |buf, raw, model| {
         match model.source.lora() {
-            Some(l) if raw.dtype.is_float() => decode_lora(op, buf, raw.dtype, range, l, name),
-            _ => decode(op, buf, raw.dtype, range.len()),
+            Some(l) if raw.dtype.is_float() => decode_lora(op, buf, raw.dtype, range, l, name, out),
+            _ => decode(op, buf, raw.dtype, range.len(), out),
         }
     })
 }
@@ -261,20 +273,20 @@ fn decode_lora(
     range: std::ops::Range<usize>,
     lora: &crate::source::LoraView,
     name: &str,
+    mut data: Vec<f32>,
 ) -> Result<Tensor> {
     let d = lora.dtype();
     let n = range.len();
-    let mut data = if raw_dtype == DType::F64 && d != DType::F64 {
+    if raw_dtype == DType::F64 && d != DType::F64 {
         let mut tmp = vec![0u8; n * d.size()];
         convert::convert_bytes(DType::F64, bytes, d, &mut tmp)?;
-        convert::decode_f32_vec(d, &tmp)?
+        convert::decode_f32_into(d, &tmp, &mut data)?;
     } else {
-        let mut v = convert::decode_f32_vec(raw_dtype, bytes)?;
+        convert::decode_f32_into(raw_dtype, bytes, &mut data)?;
         if raw_dtype != d {
-            amalgam_methods::numerics::round_slice(d, &mut v);
+            amalgam_methods::numerics::round_slice(d, &mut data);
         }
-        v
-    };
+    }
     if lora.adapter().module(name).is_some() {
         let key = lora as *const _ as usize;
         let cached = LORA_FACTORS.with(|c| {
@@ -312,20 +324,19 @@ fn decode_lora(
 }
 
 /// Converts `bytes` (`n` elements of `dtype`) to the op's working dtype.
-fn decode(op: &Op, bytes: &[u8], raw_dtype: DType, n: usize) -> Result<Tensor> {
+fn decode(op: &Op, bytes: &[u8], raw_dtype: DType, n: usize, mut data: Vec<f32>) -> Result<Tensor> {
     let work = op.work_dtype;
-    let data = if raw_dtype == DType::F64 && work != DType::F64 {
+    if raw_dtype == DType::F64 && work != DType::F64 {
         // The cast as PyTorch's `.to()` does it from f64 (see amalgam_io::convert).
         let mut tmp = vec![0u8; n * work.size()];
         convert::convert_bytes(DType::F64, bytes, work, &mut tmp)?;
-        convert::decode_f32_vec(work, &tmp)?
+        convert::decode_f32_into(work, &tmp, &mut data)?;
     } else {
-        let mut data = convert::decode_f32_vec(raw_dtype, bytes)?;
+        convert::decode_f32_into(raw_dtype, bytes, &mut data)?;
         if raw_dtype != work {
             amalgam_methods::numerics::round_slice(work, &mut data);
         }
-        data
-    };
+    }
     let shape = if n == op.shape.iter().product::<usize>() {
         op.shape.clone()
     } else {
@@ -445,14 +456,21 @@ fn merge_range(
     }
     // A whole large tensor's inputs are read and decoded in parallel (each thread its own read
     // buffer); a chunk's, one after another.
+    // The buffers are allocated here, on the thread that frees them after the merge (see
+    // `convert::decode_f32_into`): decoded on the pool's threads into their own allocations, a
+    // tensor's inputs stayed counted (about 130-160 MiB for ties' embedding) when the next large
+    // tensor's were allocated.
     let tensors: Vec<Tensor> = if range.len() > CHUNK_ELEMS {
-        (0..op.inputs.len())
-            .into_par_iter()
-            .map(|j| load(plan, op, j, range.clone(), pad))
+        let bufs: Vec<Vec<f32>> = (0..op.inputs.len())
+            .map(|_| Vec::with_capacity(range.len()))
+            .collect();
+        bufs.into_par_iter()
+            .enumerate()
+            .map(|(j, buf)| load(plan, op, j, range.clone(), pad, buf))
             .collect::<Result<_>>()?
     } else {
         (0..op.inputs.len())
-            .map(|j| load(plan, op, j, range.clone(), pad))
+            .map(|j| load(plan, op, j, range.clone(), pad, Vec::new()))
             .collect::<Result<_>>()?
     };
     let Some(method) = &plan.method else {
@@ -542,7 +560,7 @@ impl ChunkIo for OpIo<'_> {
         if input >= self.op.inputs.len() {
             return Err(self.keep(no_input(self.plan, self.op, &range)));
         }
-        load(self.plan, self.op, input, range, self.pad)
+        load(self.plan, self.op, input, range, self.pad, Vec::new())
             .map(|t| t.data)
             .map_err(|e| self.keep(e))
     }

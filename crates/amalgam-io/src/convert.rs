@@ -312,25 +312,35 @@ pub fn decode_f32(dtype: DType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 /// values as [`decode_f32`], built without first zero-filling the buffer (this is the hot path of
 /// every merge, and the fill alone cost a tenth of it).
 pub fn decode_f32_vec(dtype: DType, src: &[u8]) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    decode_f32_into(dtype, src, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_f32_vec`] into `out` (cleared first), reusing its allocation: a caller that frees
+/// the values on another thread than the one decoding them hands in a buffer it allocated
+/// itself, so that the allocator reuses the memory at once (mimalloc returns a block freed by
+/// another thread to its owner only later, which shows as peak memory).
+pub fn decode_f32_into(dtype: DType, src: &[u8], out: &mut Vec<f32>) -> Result<()> {
     let le = cfg!(target_endian = "little");
+    out.clear();
     match dtype {
         DType::F16 if le && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() => {
             let bits: &[u16] = bytemuck::cast_slice(src);
-            let mut out = Vec::with_capacity(bits.len());
-            extend_f16(&mut out, bits);
-            Ok(out)
+            out.reserve(bits.len());
+            extend_f16(out, bits);
+            Ok(())
         }
         DType::BF16 if le && bytemuck::try_cast_slice::<u8, u16>(src).is_ok() => {
             let bits: &[u16] = bytemuck::cast_slice(src);
-            let mut out = Vec::with_capacity(bits.len());
+            out.reserve(bits.len());
             out.extend(bits.iter().map(|&b| f32::from_bits((b as u32) << 16)));
-            Ok(out)
+            Ok(())
         }
         _ => {
             let n = src.len() / dtype.size().max(1);
-            let mut out = vec![0f32; n];
-            decode_f32(dtype, src, &mut out)?;
-            Ok(out)
+            out.resize(n, 0.0);
+            decode_f32(dtype, src, out)
         }
     }
 }
