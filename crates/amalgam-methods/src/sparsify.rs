@@ -16,7 +16,7 @@ use amalgam_io::DType;
 use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::{full_sum_with, sum_split_blocks, BLOCK};
 use crate::rng::Mt19937;
-use crate::stdsort::{select_keyed, std_sort_asc_fast, topk_largest, Keyed};
+use crate::stdsort::{select_keyed, std_sort_asc, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
 
 /// Whether a sparsifier rescales the kept values back to the delta's L1 norm (mergekit's
@@ -573,7 +573,7 @@ fn keep_by_rank<R>(
                                     index: j as u32,
                                 },
                             ));
-                            std_sort_asc_fast(keyed);
+                            std_sort_asc(keyed);
                             for (pos, k) in keyed.iter().enumerate() {
                                 if let Some(slot) = row_ranks.get_mut(k.index as usize * inner + q)
                                 {
