@@ -204,21 +204,11 @@ pub fn topk_largest(keys: &[f32], k: usize) -> Vec<u32> {
 /// only permute the first `k` entries among themselves, so the selection alone fixes the set.
 /// Takes the keys by value so that they are freed before the `(key, index)` pairs are built.
 pub fn topk_largest_set(keys: Vec<f32>, k: usize) -> Vec<u32> {
-    let n = keys.len();
-    let k = k.min(n);
-    if k == 0 {
-        return Vec::new();
-    }
     let mut v = keyed(keys);
-    let nan = has_nan(&v);
-    match (k.saturating_mul(64) <= n, nan) {
-        (true, true) => heap_select(&mut v, k, less_desc),
-        (true, false) => heap_select(&mut v, k, gt_plain),
-        (false, true) => nth_element(&mut v, k - 1, less_desc),
-        (false, false) => nth_element(&mut v, k - 1, gt_plain),
-    }
-    v.truncate(k);
-    v.into_iter().map(|x| x.index).collect()
+    topk_largest_select(&mut v, k)
+        .iter()
+        .map(|x| x.index)
+        .collect()
 }
 
 /// [`topk_largest_set`] on `(key, index)` pairs the caller built (e.g. straight from a blocked
