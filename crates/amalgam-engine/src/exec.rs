@@ -424,14 +424,7 @@ fn merge_range_f64(
             guarded(plan, op, || method.merge_f64(args))?
         }
     };
-    if out.len() != range.len() {
-        return Err(EngineError::MethodOutputSize {
-            tensor: op.out_name.clone(),
-            method: plan.method_name().to_string(),
-            got: out.len(),
-            want: range.len(),
-        });
-    }
+    output_size(plan, op, out.len(), range.len())?;
     let wide: Vec<u8> = out.iter().flat_map(|v| v.to_le_bytes()).collect();
     let start = (range.start * op.out_dtype.size()) as u64;
     if op.out_dtype == DType::F64 {
@@ -571,12 +564,8 @@ impl ChunkIo for OpIo<'_> {
         values: &[f32],
     ) -> std::result::Result<(), amalgam_methods::MethodError> {
         if range.end > self.op.numel() {
-            return Err(self.keep(EngineError::MethodOutputSize {
-                tensor: self.op.out_name.clone(),
-                method: self.plan.method_name().to_string(),
-                got: range.end,
-                want: self.op.numel(),
-            }));
+            let e = output_size(self.plan, self.op, range.end, self.op.numel());
+            return e.map_err(|e| self.keep(e));
         }
         put(self.op, values, range, self.plan, self.sink).map_err(|e| self.keep(e))
     }
@@ -621,6 +610,19 @@ fn merge_streamed(
     }
 }
 
+/// A method's output of `got` values where `want` are due: an error naming the method.
+fn output_size(plan: &Plan, op: &Op, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(EngineError::MethodOutputSize {
+        tensor: op.out_name.clone(),
+        method: plan.method_name().to_string(),
+        got,
+        want,
+    })
+}
+
 /// Encodes a merged tensor to the output dtype and hands it to the sink at its offset.
 fn put(
     op: &Op,
@@ -629,14 +631,7 @@ fn put(
     plan: &Plan,
     sink: &dyn Sink,
 ) -> Result<()> {
-    if out.len() != range.len() {
-        return Err(EngineError::MethodOutputSize {
-            tensor: op.out_name.clone(),
-            method: plan.method_name().to_string(),
-            got: out.len(),
-            want: range.len(),
-        });
-    }
+    output_size(plan, op, out.len(), range.len())?;
     let mut bytes = vec![0u8; out.len() * op.out_dtype.size()];
     convert::encode_f32(op.out_dtype, out, &mut bytes)?;
     sink.put(op, (range.start * op.out_dtype.size()) as u64, &bytes)
