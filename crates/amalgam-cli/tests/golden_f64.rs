@@ -46,16 +46,7 @@ fn float64_merges_match_mergekit() {
     for case in CASES {
         let out = tmp.path().join(case);
         let cfg = dir().join(format!("{case}.yml"));
-        let o = run(
-            &[
-                "merge",
-                cfg.to_str().unwrap(),
-                out.to_str().unwrap(),
-                "--no-copy-tokenizer",
-                "--no-write-model-card",
-            ],
-            &dir(),
-        );
+        let o = common::merge(&cfg, &out, &dir(), &[]);
         assert!(
             o.status.success(),
             "{case}: {}",
@@ -90,16 +81,7 @@ fn float64_differs_from_float32_arithmetic() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let o = run(
-        &[
-            "merge",
-            cfg.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--no-copy-tokenizer",
-            "--no-write-model-card",
-        ],
-        tmp.path(),
-    );
+    let o = common::merge(&cfg, &out, tmp.path(), &[]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want = dir().join("expected/linear-f32-dtype-f64/model.safetensors");
     assert!(std::fs::read(out.join("model.safetensors")).unwrap() != std::fs::read(want).unwrap());

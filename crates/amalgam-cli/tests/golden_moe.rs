@@ -18,15 +18,7 @@ fn run(args: &[&str], cwd: &Path) -> std::process::Output {
 /// Merges `config` (in `cwd`) into a fresh folder with `extra` flags and returns it.
 fn merge(tmp: &Path, cwd: &Path, config: &Path, name: &str, extra: &[&str]) -> PathBuf {
     let out = tmp.join(name);
-    let mut args = vec![
-        "merge",
-        config.to_str().unwrap(),
-        out.to_str().unwrap(),
-        "--no-copy-tokenizer",
-        "--no-write-model-card",
-    ];
-    args.extend_from_slice(extra);
-    let o = run(&args, cwd);
+    let o = common::merge(config, &out, cwd, extra);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }

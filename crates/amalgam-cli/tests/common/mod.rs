@@ -25,6 +25,21 @@ pub fn amalgam(args: &[&str], cwd: &Path) -> Output {
         .expect("the amalgam binary can be started")
 }
 
+/// Runs `amalgam merge CONFIG OUT` in `cwd` without the tokenizer and the model card (the
+/// golden outputs compare tensors and config.json only), plus `extra` flags.
+pub fn merge(config: &Path, out: &Path, cwd: &Path, extra: &[&str]) -> Output {
+    let (config, out) = (config.to_string_lossy(), out.to_string_lossy());
+    let mut args = vec![
+        "merge",
+        &config,
+        &out,
+        "--no-copy-tokenizer",
+        "--no-write-model-card",
+    ];
+    args.extend_from_slice(extra);
+    amalgam(&args, cwd)
+}
+
 /// The two model folders hold the same tensor names, and each tensor has the same dtype, shape
 /// and bytes; `theirs` names the reference in messages.
 pub fn same_tensors(ours: &Path, theirs: &Path, reference: &str) {
