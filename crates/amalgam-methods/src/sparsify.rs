@@ -446,11 +446,7 @@ pub fn bernoulli(
     // One word per element, in order.
     let n = tv.len();
     let mut bits = vec![0u64; n.div_ceil(64)];
-    for (w, word) in bits.iter_mut().enumerate() {
-        for b in 0..64.min(n - w * 64) {
-            *word |= (rng.bernoulli(p) as u64) << b;
-        }
-    }
+    rng.fill_bernoulli_bits(p, n, &mut bits);
     Ok(masked(tv, bits, work, Some(tv.dtype), rescale))
 }
 
