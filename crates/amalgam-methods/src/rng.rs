@@ -57,7 +57,7 @@ impl Mt19937 {
         }
     }
 
-    /// `out.len() / 64` words of Bernoulli draws ([`Mt19937::bernoulli`]) packed into bits,
+    /// `out.len()` words of 64 Bernoulli draws ([`Mt19937::bernoulli`]) packed into bits,
     /// element `64·w + b` in bit `b` of `out[w]`; only the first `n` bits are drawn (the rest
     /// stay zero).
     ///
