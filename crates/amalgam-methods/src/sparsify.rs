@@ -550,9 +550,7 @@ fn keep_by_rank<R>(
     let mut ranks: Vec<R> = vec![R::default(); x.len()];
     rayon::join(
         || {
-            for u in masked.iter_mut() {
-                *u = rng.next_f32_unit();
-            }
+            rng.fill_f32_unit(masked);
         },
         || {
             ranks
