@@ -16,7 +16,9 @@ use amalgam_io::DType;
 use crate::numerics::{as_dtype, round, round_slice, scalar};
 use crate::reduce::{full_sum_with, sum_split_blocks, BLOCK};
 use crate::rng::Mt19937;
-use crate::stdsort::{select_keyed, std_sort_asc, topk_largest, Keyed};
+#[cfg(test)]
+use crate::stdsort::std_sort_asc;
+use crate::stdsort::{select_keyed, std_sort_asc_within, topk_largest, Keyed};
 use crate::{MethodError, Tensor};
 
 /// Whether a sparsifier rescales the kept values back to the delta's L1 norm (mergekit's
@@ -528,14 +530,20 @@ struct RowShape {
 }
 
 /// `x·bernoulli(p)` into `masked`, where each element's `p` is `by_pos` at its rank (ascending
-/// `|x|`, libstdc++'s sort replayed per row) and the draws are one MT19937 word per element in
-/// row-major order.
+/// `|x|` as libstdc++'s sort orders it, per row) and the draws are one MT19937 word per element
+/// in row-major order.
 ///
 /// Why this order of work: the words an element is compared with depend only on its position,
 /// not on any probability, so the sequential stream (into `masked`, as uniforms) is drawn on one
-/// thread while the rows are ranked in parallel on the others (each rank stored as an `R`, which
-/// holds any position below `cols`); the comparison follows, in parallel blocks. The same words
-/// meet the same probabilities as drawing row by row after ranking.
+/// thread while the rows are grouped in parallel on the others; the comparison follows, in
+/// parallel rows. The same words meet the same probabilities as drawing row by row after ranking.
+///
+/// Why most rows need no replay of libstdc++'s sort: the sort only decides the order *inside* a
+/// group of equal `|x|`, whose sorted positions `[lo, last]` any sort gives. `by_pos` is monotone
+/// (every step of its formula is), so an element whose uniform lies below both `by_pos[lo]` and
+/// `by_pos[last]`, or at or above both, is kept or dropped wherever the replay would put it. Only
+/// the groups holding an element between the two are replayed, through
+/// [`std_sort_asc_within`], which follows just the sub-ranges that reach them.
 fn keep_by_rank<R>(
     x: &[f32],
     shape: RowShape,
@@ -547,47 +555,159 @@ fn keep_by_rank<R>(
 {
     use rayon::prelude::*;
     let RowShape { cols, inner } = shape;
-    let mut ranks: Vec<R> = vec![R::default(); x.len()];
+    let row_len = cols * inner;
+    // Each element's group of equal magnitudes, as the first and last sorted positions.
+    let mut lo: Vec<R> = vec![R::default(); x.len()];
+    let mut last: Vec<R> = vec![R::default(); x.len()];
     rayon::join(
+        || rng.fill_f32_unit(masked),
         || {
-            rng.fill_f32_unit(masked);
-        },
-        || {
-            ranks
-                .par_chunks_mut(cols * inner)
-                .zip(x.par_chunks(cols * inner))
+            lo.par_chunks_mut(row_len)
+                .zip(last.par_chunks_mut(row_len))
+                .zip(x.par_chunks(row_len))
                 .for_each_init(
                     || Vec::with_capacity(cols),
-                    |keyed, (row_ranks, row)| {
+                    |keys, ((lo_row, last_row), row)| {
                         for q in 0..inner {
-                            keyed.clear();
-                            keyed.extend(row.iter().skip(q).step_by(inner).enumerate().map(
-                                |(j, v)| Keyed {
-                                    key: v.abs(),
-                                    index: j as u32,
-                                },
-                            ));
-                            std_sort_asc(keyed);
-                            for (pos, k) in keyed.iter().enumerate() {
-                                if let Some(slot) = row_ranks.get_mut(k.index as usize * inner + q)
-                                {
-                                    *slot = R::try_from(pos).unwrap_or_default();
-                                }
-                            }
+                            magnitude_groups(row, q, inner, keys, lo_row, last_row);
                         }
                     },
                 );
         },
     );
+    let p_at = |r: R| by_pos.get(r.into() as usize).copied().unwrap_or(0.0);
     masked
-        .par_chunks_mut(BLOCK)
-        .zip(ranks.par_chunks(BLOCK).zip(x.par_chunks(BLOCK)))
-        .for_each(|(us, (rs, xs))| {
-            for ((u, &r), &a) in us.iter_mut().zip(rs).zip(xs) {
-                let p = by_pos.get(r.into() as usize).copied().unwrap_or(0.0);
-                *u = a * if *u < p { 1.0 } else { 0.0 };
+        .par_chunks_mut(row_len)
+        .zip(lo.par_chunks(row_len).zip(last.par_chunks(row_len)))
+        .zip(x.par_chunks(row_len))
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new()),
+            |(spans, keyed, exact), ((us, (lo_row, last_row)), row)| {
+                for q in 0..inner {
+                    let at = |j: usize| j * inner + q;
+                    // The groups some element's draw leaves undecided.
+                    spans.clear();
+                    for j in 0..cols {
+                        let (a, b) = (p_at(lo_row[at(j)]), p_at(last_row[at(j)]));
+                        let u = us[at(j)];
+                        if u >= a.min(b) && u < a.max(b) {
+                            let g = lo_row[at(j)].into() as usize;
+                            spans.push((g, last_row[at(j)].into() as usize + 1));
+                        }
+                    }
+                    exact.clear();
+                    if !spans.is_empty() {
+                        spans.sort_unstable();
+                        spans.dedup();
+                        keyed.clear();
+                        keyed.extend(row.iter().skip(q).step_by(inner).enumerate().map(
+                            |(j, v)| Keyed {
+                                key: v.abs(),
+                                index: j as u32,
+                            },
+                        ));
+                        std_sort_asc_within(keyed, spans);
+                        for &(g, h) in spans.iter() {
+                            for (pos, k) in keyed.iter().enumerate().take(h).skip(g) {
+                                let i = at(k.index as usize);
+                                let p = by_pos.get(pos).copied().unwrap_or(0.0);
+                                exact.push((i, us[i] < p));
+                            }
+                        }
+                    }
+                    // Every other element is decided by either end of its group.
+                    for j in 0..cols {
+                        let i = at(j);
+                        let keep = us[i] < p_at(lo_row[i]);
+                        us[i] = row[i] * if keep { 1.0 } else { 0.0 };
+                    }
+                    for &(i, keep) in exact.iter() {
+                        us[i] = row[i] * if keep { 1.0 } else { 0.0 };
+                    }
+                }
+            },
+        );
+}
+
+/// For column `q` of a row viewed as `(cols, inner)`: each element's group of equal `|x|` as the
+/// first and last positions an ascending sort gives it, into `lo` and `last`. NaN magnitudes form
+/// one group, last, as PyTorch's comparator orders them; `-0` and `0` are one group.
+fn magnitude_groups<R: Copy + TryFrom<usize>>(
+    row: &[f32],
+    q: usize,
+    inner: usize,
+    keys: &mut Vec<u64>,
+    lo: &mut [R],
+    last: &mut [R],
+) {
+    // Non-negative finite floats (and infinity) order as their bits; the position rides below.
+    let canonical = |v: f32| {
+        if v.is_nan() {
+            f32::NAN.to_bits()
+        } else {
+            v.abs().to_bits()
+        }
+    };
+    keys.clear();
+    keys.extend(
+        row.iter()
+            .skip(q)
+            .step_by(inner)
+            .enumerate()
+            .map(|(j, &v)| (u64::from(canonical(v)) << 32) | j as u64),
+    );
+    keys.sort_unstable();
+    let mut start = 0;
+    for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
+        let end = start + group.len();
+        let (g, h) = (R::try_from(start).ok(), R::try_from(end - 1).ok());
+        if let (Some(g), Some(h)) = (g, h) {
+            for &k in group {
+                let i = (k & u64::from(u32::MAX)) as usize * inner + q;
+                if let (Some(a), Some(b)) = (lo.get_mut(i), last.get_mut(i)) {
+                    *a = g;
+                    *b = h;
+                }
             }
-        });
+        }
+        start = end;
+    }
+}
+
+/// The full-replay form of [`keep_by_rank`] (every row ranked by libstdc++'s sort), which the
+/// tests hold the group decisions against.
+#[cfg(test)]
+fn keep_by_rank_replay(
+    x: &[f32],
+    shape: RowShape,
+    by_pos: &[f32],
+    rng: &mut Mt19937,
+    masked: &mut [f32],
+) {
+    let RowShape { cols, inner } = shape;
+    rng.fill_f32_unit(masked);
+    let mut rank = vec![0usize; x.len()];
+    for (r, row) in x.chunks(cols * inner).enumerate() {
+        for q in 0..inner {
+            let mut keyed: Vec<Keyed> = row
+                .iter()
+                .skip(q)
+                .step_by(inner)
+                .enumerate()
+                .map(|(j, v)| Keyed {
+                    key: v.abs(),
+                    index: j as u32,
+                })
+                .collect();
+            std_sort_asc(&mut keyed);
+            for (pos, k) in keyed.iter().enumerate() {
+                rank[r * cols * inner + k.index as usize * inner + q] = pos;
+            }
+        }
+    }
+    for ((u, &a), &r) in masked.iter_mut().zip(x).zip(&rank) {
+        *u = a * if *u < by_pos[r] { 1.0 } else { 0.0 };
+    }
 }
 
 /// The dtype PyTorch's CPU Bernoulli works in for a tensor of `dtype`.
@@ -648,6 +768,100 @@ fn with_data(t: &Tensor, data: Vec<f32>) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Tie-heavy rows (few distinct magnitudes, both signs, `-0`, some NaN): the groups of equal
+    /// `|x|` are large, so many draws fall between a group's end probabilities.
+    fn tied_rows(n: usize, distinct: u64, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                match s % 211 {
+                    0 => f32::NAN,
+                    1 => -0.0,
+                    r => (s / 211 % distinct) as f32 * if r % 2 == 0 { 0.5 } else { -0.5 },
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn della_group_decisions_match_the_full_replay() {
+        let mut undecided = 0usize;
+        for (rows, cols, inner, distinct) in [
+            (1usize, 1usize, 1usize, 1u64),
+            (3, 17, 1, 2),
+            (5, 100, 1, 7),
+            (4, 64, 3, 5),
+            (2, 1000, 1, 40),
+            (3, 5000, 1, 3),
+            (2, 3000, 2, 1 << 20),
+            (1, 70_000, 1, 9),
+        ] {
+            let n = rows * cols * inner;
+            for (seed, ascending) in [(1u64, true), (2, false)] {
+                let x = tied_rows(n, distinct, seed + n as u64);
+                // A monotone probability per position, rising or falling, as della's formula is.
+                let by_pos: Vec<f32> = (0..cols)
+                    .map(|pos| {
+                        let t = pos as f32 / cols.max(2) as f32;
+                        if ascending {
+                            0.3 + 0.4 * t
+                        } else {
+                            0.7 - 0.4 * t
+                        }
+                    })
+                    .collect();
+                let shape = RowShape { cols, inner };
+                let mut want = vec![0f32; n];
+                keep_by_rank_replay(&x, shape, &by_pos, &mut Mt19937::new(seed), &mut want);
+                let mut got16 = vec![0f32; n];
+                let mut got32 = vec![0f32; n];
+                if cols <= 1 << 16 {
+                    keep_by_rank::<u16>(&x, shape, &by_pos, &mut Mt19937::new(seed), &mut got16);
+                } else {
+                    got16.clone_from(&want);
+                }
+                keep_by_rank::<u32>(&x, shape, &by_pos, &mut Mt19937::new(seed), &mut got32);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got16), bits(&want), "u16 {rows}x{cols}x{inner}");
+                assert_eq!(bits(&got32), bits(&want), "u32 {rows}x{cols}x{inner}");
+                // Deciding every element by its group's first probability alone (no replay)
+                // must differ somewhere, or the replay of undecided groups went untested.
+                let mut u = vec![0f32; n];
+                Mt19937::new(seed).fill_f32_unit(&mut u);
+                let mut lo = vec![0u32; n];
+                let mut last = vec![0u32; n];
+                for (r, row) in x.chunks(cols * inner).enumerate() {
+                    let span = r * cols * inner..(r + 1) * cols * inner;
+                    for q in 0..inner {
+                        magnitude_groups(
+                            row,
+                            q,
+                            inner,
+                            &mut Vec::new(),
+                            &mut lo[span.clone()],
+                            &mut last[span.clone()],
+                        );
+                    }
+                }
+                undecided += (0..n)
+                    .filter(|&i| {
+                        let naive = x[i]
+                            * if u[i] < by_pos[lo[i] as usize] {
+                                1.0
+                            } else {
+                                0.0
+                            };
+                        naive.to_bits() != want[i].to_bits()
+                    })
+                    .count();
+            }
+        }
+        assert!(undecided > 50, "only {undecided} draws needed the replay");
+    }
 
     #[test]
     fn bit_masks_multiply_each_element() {

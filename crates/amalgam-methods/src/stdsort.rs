@@ -108,11 +108,12 @@ pub fn select_keyed(v: &mut [Keyed], descending: bool, bounds: &[usize]) {
         // Without NaN keys PyTorch's comparators are plain `>` and `<`: the same decisions,
         // without the NaN tests in the partition loops.
         let nan = has_nan(v);
+        let follow = |start, end| straddles(start, end, bounds);
         match (descending, nan) {
-            (true, true) => introsort_select(v, 0, depth, less_desc, bounds),
-            (true, false) => introsort_select(v, 0, depth, gt_plain, bounds),
-            (false, true) => introsort_select(v, 0, depth, less_asc, bounds),
-            (false, false) => introsort_select(v, 0, depth, lt_plain, bounds),
+            (true, true) => introsort_select(v, 0, depth, less_desc, &follow),
+            (true, false) => introsort_select(v, 0, depth, gt_plain, &follow),
+            (false, true) => introsort_select(v, 0, depth, less_asc, &follow),
+            (false, false) => introsort_select(v, 0, depth, lt_plain, &follow),
         }
     }
 }
@@ -144,20 +145,49 @@ pub fn std_sort_asc(v: &mut [Keyed]) {
     }
 }
 
+/// [`std_sort_asc`]'s result at the sorted positions inside `spans` (half-open, sorted by start,
+/// disjoint), without sorting the rest: afterwards `v[p]` is what the full sort puts at `p` for
+/// every `p` in a span, and what lies outside the spans is in unspecified order.
+///
+/// Why this is exact: the argument of [`select_keys`], with a bound at every position of every
+/// span. A sub-range holds exactly the elements the full sort puts there, so one that meets no
+/// span cannot change what lands inside one; every sub-range that meets a span is followed as
+/// the full sort would (same partitions, same depth budget, same heapsort fallback), and its
+/// leaf is insertion-sorted on its own, which is what the final pass does to it. DELLA uses it
+/// for the few groups of equal magnitudes whose order decides a draw.
+pub fn std_sort_asc_within(v: &mut [Keyed], spans: &[(usize, usize)]) {
+    let n = v.len();
+    if n < 2 || spans.is_empty() {
+        return;
+    }
+    let depth = 2 * (usize::BITS - 1 - n.leading_zeros()) as usize;
+    // The first span ending after `start` is the only one that can meet `[start, end)` first.
+    let meets = |start: usize, end: usize| {
+        let i = spans.partition_point(|&(_, hi)| hi <= start);
+        spans.get(i).is_some_and(|&(lo, _)| lo < end)
+    };
+    if has_nan(v) {
+        introsort_select(v, 0, depth, less_asc, &meets);
+    } else {
+        introsort_select(v, 0, depth, lt_plain, &meets);
+    }
+}
+
+/// Whether `[start, end)` holds a bound strictly inside (a sub-range whose sets can change).
 fn straddles(start: usize, end: usize, bounds: &[usize]) -> bool {
     bounds.iter().any(|&b| start < b && b < end)
 }
 
-fn introsort_select<F: Fn(f32, f32) -> bool + Copy>(
-    v: &mut [Keyed],
-    at: usize,
-    mut depth: usize,
-    comp: F,
-    bounds: &[usize],
-) {
+/// The introsort loop restricted to the sub-ranges `[at, at + len)` for which `follow` holds
+/// (it must hold for every sub-range containing one that it holds for).
+fn introsort_select<F, P>(v: &mut [Keyed], at: usize, mut depth: usize, comp: F, follow: &P)
+where
+    F: Fn(f32, f32) -> bool + Copy,
+    P: Fn(usize, usize) -> bool,
+{
     let mut len = v.len();
     while len > THRESHOLD {
-        if !straddles(at, at + len, bounds) {
+        if !follow(at, at + len) {
             return;
         }
         let part = &mut v[..len];
@@ -167,10 +197,10 @@ fn introsort_select<F: Fn(f32, f32) -> bool + Copy>(
         }
         depth -= 1;
         let cut = partition_pivot(part, comp);
-        introsort_select(&mut part[cut..], at + cut, depth, comp, bounds);
+        introsort_select(&mut part[cut..], at + cut, depth, comp, follow);
         len = cut;
     }
-    if straddles(at, at + len, bounds) {
+    if len >= 2 && follow(at, at + len) {
         insertion_sort(&mut v[..len], comp);
     }
 }
@@ -568,6 +598,29 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    #[test]
+    fn sorting_within_spans_agrees_with_the_full_sort() {
+        for (n, distinct) in [(17usize, 3u64), (100, 5), (1000, 7), (5000, 2), (70_000, 3)] {
+            for seed in 0..3 {
+                let keys = tie_keys(n, distinct, seed + 7 * n as u64);
+                let full = argsort(&keys, false);
+                let spans = [
+                    vec![(0, n)],
+                    vec![(0, 1), (n / 2, n / 2 + 1)],
+                    vec![(n / 5, n / 5 + 9), (n / 2, n / 2 + 3), (n - 4, n)],
+                ];
+                for spans in spans {
+                    let mut v = keyed(keys.iter().copied());
+                    std_sort_asc_within(&mut v, &spans);
+                    for &(lo, hi) in &spans {
+                        let got: Vec<u32> = v[lo..hi].iter().map(|k| k.index).collect();
+                        assert_eq!(got, full[lo..hi], "n {n} seed {seed} span {lo}..{hi}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
