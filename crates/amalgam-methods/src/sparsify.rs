@@ -510,7 +510,11 @@ pub fn della_magprune(
         if by_pos.iter().any(|p| !(0.0..=1.0).contains(p)) {
             return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
         }
-        let shape = RowShape { cols, inner };
+        let shape = RowShape {
+            cols,
+            inner,
+            dtype: delta.dtype,
+        };
         if cols <= 1 << 16 {
             keep_by_rank::<u16>(&delta.data, shape, &by_pos, rng, &mut masked);
         } else {
@@ -527,6 +531,8 @@ pub fn della_magprune(
 struct RowShape {
     cols: usize,
     inner: usize,
+    /// The dtype the values are rounded to, which bounds how many distinct magnitudes there are.
+    dtype: DType,
 }
 
 /// `x·bernoulli(p)` into `masked`, where each element's `p` is `by_pos` at its rank (ascending
@@ -554,7 +560,7 @@ fn keep_by_rank<R>(
     R: Copy + Default + Send + Sync + TryFrom<usize> + Into<u32>,
 {
     use rayon::prelude::*;
-    let RowShape { cols, inner } = shape;
+    let RowShape { cols, inner, dtype } = shape;
     let row_len = cols * inner;
     // Each element's group of equal magnitudes, as the first and last sorted positions.
     let mut lo: Vec<R> = vec![R::default(); x.len()];
@@ -566,10 +572,13 @@ fn keep_by_rank<R>(
                 .zip(last.par_chunks_mut(row_len))
                 .zip(x.par_chunks(row_len))
                 .for_each_init(
-                    || Vec::with_capacity(cols),
-                    |keys, ((lo_row, last_row), row)| {
+                    || (Vec::with_capacity(cols), Vec::new(), Vec::new()),
+                    |(keys, short, tmp), ((lo_row, last_row), row)| {
                         for q in 0..inner {
-                            magnitude_groups(row, q, inner, keys, lo_row, last_row);
+                            let col = Column { row, q, inner };
+                            if !short_magnitude_groups(col, dtype, short, tmp, lo_row, last_row) {
+                                magnitude_groups(col, keys, lo_row, last_row);
+                            }
                         }
                     },
                 );
@@ -629,18 +638,35 @@ fn keep_by_rank<R>(
         );
 }
 
-/// For column `q` of a row viewed as `(cols, inner)`: each element's group of equal `|x|` as the
-/// first and last positions an ascending sort gives it, into `lo` and `last`. NaN magnitudes form
-/// one group, last, as PyTorch's comparator orders them; `-0` and `0` are one group.
-fn magnitude_groups<R: Copy + TryFrom<usize>>(
-    row: &[f32],
+/// Column `q` of a row viewed as `(cols, inner)`: the elements one della sort ranks.
+#[derive(Clone, Copy)]
+struct Column<'a> {
+    row: &'a [f32],
     q: usize,
     inner: usize,
+}
+
+impl Column<'_> {
+    fn values(&self) -> impl Iterator<Item = f32> + '_ {
+        self.row.iter().skip(self.q).step_by(self.inner).copied()
+    }
+
+    /// The flat index in the row of the column's `j`-th element.
+    fn at(&self, j: usize) -> usize {
+        j * self.inner + self.q
+    }
+}
+
+/// Each element's group of equal `|x|` as the first and last positions an ascending sort gives
+/// it, into `lo` and `last`. NaN magnitudes form one group, last, as PyTorch's comparator orders
+/// them; `-0` and `0` are one group.
+fn magnitude_groups<R: Copy + TryFrom<usize>>(
+    col: Column<'_>,
     keys: &mut Vec<u64>,
     lo: &mut [R],
     last: &mut [R],
 ) {
-    // Non-negative finite floats (and infinity) order as their bits; the position rides below.
+    // Non-negative floats (and infinity) order as their bits; the position rides below.
     let canonical = |v: f32| {
         if v.is_nan() {
             f32::NAN.to_bits()
@@ -650,20 +676,118 @@ fn magnitude_groups<R: Copy + TryFrom<usize>>(
     };
     keys.clear();
     keys.extend(
-        row.iter()
-            .skip(q)
-            .step_by(inner)
+        col.values()
             .enumerate()
-            .map(|(j, &v)| (u64::from(canonical(v)) << 32) | j as u64),
+            .map(|(j, v)| (u64::from(canonical(v)) << 32) | j as u64),
     );
     keys.sort_unstable();
+    let index = |k: &u64| (k & u64::from(u32::MAX)) as usize;
+    write_groups(keys, |a, b| a >> 32 == b >> 32, index, col, lo, last);
+}
+
+/// [`magnitude_groups`] for columns of at most 2^16 elements whose values are float16 or
+/// bfloat16 (as della's deltas are in those dtypes): each magnitude then has a 16-bit key that
+/// orders like it, and a two-pass radix sort of `key << 16 | position` replaces the comparison
+/// sort (a few passes over a cached row instead of `n·log n` comparisons). Returns false, having
+/// written nothing, when that does not apply (another dtype, a longer column, or a value that is
+/// not of the dtype after all); the caller then takes [`magnitude_groups`].
+fn short_magnitude_groups<R: Copy + TryFrom<usize>>(
+    col: Column<'_>,
+    dtype: DType,
+    keys: &mut Vec<u32>,
+    tmp: &mut Vec<u32>,
+    lo: &mut [R],
+    last: &mut [R],
+) -> bool {
+    // `|x|`'s f32 bits shifted right by `shift` (dropping bits that are zero in the dtype) less
+    // `offset` (the smallest nonzero magnitude's exponent, so that every finite one fits below
+    // 0xFFFE; zero saturates to 0); infinity is 0xFFFE and every NaN 0xFFFF.
+    let (shift, offset) = match dtype {
+        // float16's smallest subnormal is 2^-24: f32 exponent 103, kept above 10 mantissa bits.
+        DType::F16 => (13, 102u32 << 10),
+        DType::BF16 => (16, 0),
+        _ => return false,
+    };
+    let lost = (1u32 << shift) - 1;
+    let cols = col.row.len() / col.inner;
+    if cols > 1 << 16 {
+        return false;
+    }
+    let mut exact = true;
+    keys.clear();
+    keys.extend(col.values().enumerate().map(|(j, v)| {
+        let a = v.to_bits() & 0x7FFF_FFFF;
+        let key = if v.is_nan() {
+            0xFFFF
+        } else if a == 0x7F80_0000 {
+            0xFFFE
+        } else {
+            let k = (a >> shift).saturating_sub(offset);
+            // Nonzero magnitudes keep nonzero keys: a value below the dtype's range would
+            // otherwise join zero's group.
+            exact &= a & lost == 0 && k < 0xFFFE && (a == 0 || k > 0);
+            k
+        };
+        (key << 16) | j as u32
+    }));
+    if !exact {
+        return false;
+    }
+    radix_sort_high16(keys, tmp);
+    let index = |k: &u32| (k & 0xFFFF) as usize;
+    write_groups(keys, |a, b| a >> 16 == b >> 16, index, col, lo, last);
+    true
+}
+
+/// Sorts `v` by the upper 16 bits of each entry: LSD radix, one byte per pass (stable, so equal
+/// keys keep their positions' order, which nothing here relies on).
+fn radix_sort_high16(v: &mut [u32], tmp: &mut Vec<u32>) {
+    let mut counts = [[0usize; 256]; 2];
+    for &x in v.iter() {
+        counts[0][((x >> 16) & 0xFF) as usize] += 1;
+        counts[1][(x >> 24) as usize] += 1;
+    }
+    tmp.clear();
+    tmp.resize(v.len(), 0);
+    for (pass, count) in counts.iter_mut().enumerate() {
+        let byte = |x: u32| ((x >> (16 + 8 * pass)) & 0xFF) as usize;
+        // One bucket holds everything: this pass would move nothing.
+        if count.contains(&v.len()) {
+            continue;
+        }
+        let mut next = 0;
+        for c in count.iter_mut() {
+            let here = *c;
+            *c = next;
+            next += here;
+        }
+        for &x in v.iter() {
+            let slot = &mut count[byte(x)];
+            if let Some(t) = tmp.get_mut(*slot) {
+                *t = x;
+            }
+            *slot += 1;
+        }
+        v.copy_from_slice(tmp);
+    }
+}
+
+/// Writes each group's first and last sorted positions (runs of `same` in the sorted `keys`) at
+/// the column positions `index` reads from the keys.
+fn write_groups<K, R: Copy + TryFrom<usize>>(
+    keys: &[K],
+    same: impl Fn(&K, &K) -> bool,
+    index: impl Fn(&K) -> usize,
+    col: Column<'_>,
+    lo: &mut [R],
+    last: &mut [R],
+) {
     let mut start = 0;
-    for group in keys.chunk_by(|a, b| a >> 32 == b >> 32) {
+    for group in keys.chunk_by(same) {
         let end = start + group.len();
-        let (g, h) = (R::try_from(start).ok(), R::try_from(end - 1).ok());
-        if let (Some(g), Some(h)) = (g, h) {
-            for &k in group {
-                let i = (k & u64::from(u32::MAX)) as usize * inner + q;
+        if let (Ok(g), Ok(h)) = (R::try_from(start), R::try_from(end - 1)) {
+            for k in group {
+                let i = col.at(index(k));
                 if let (Some(a), Some(b)) = (lo.get_mut(i), last.get_mut(i)) {
                     *a = g;
                     *b = h;
@@ -684,7 +808,7 @@ fn keep_by_rank_replay(
     rng: &mut Mt19937,
     masked: &mut [f32],
 ) {
-    let RowShape { cols, inner } = shape;
+    let RowShape { cols, inner, .. } = shape;
     rng.fill_f32_unit(masked);
     let mut rank = vec![0usize; x.len()];
     for (r, row) in x.chunks(cols * inner).enumerate() {
@@ -801,8 +925,14 @@ mod tests {
             (1, 70_000, 1, 9),
         ] {
             let n = rows * cols * inner;
-            for (seed, ascending) in [(1u64, true), (2, false)] {
-                let x = tied_rows(n, distinct, seed + n as u64);
+            for (seed, ascending, dtype) in [
+                (1u64, true, DType::F32),
+                (2, false, DType::F32),
+                (3, true, DType::F16),
+                (4, false, DType::BF16),
+            ] {
+                let mut x = tied_rows(n, distinct, seed + n as u64);
+                round_slice(dtype, &mut x);
                 // A monotone probability per position, rising or falling, as della's formula is.
                 let by_pos: Vec<f32> = (0..cols)
                     .map(|pos| {
@@ -814,7 +944,7 @@ mod tests {
                         }
                     })
                     .collect();
-                let shape = RowShape { cols, inner };
+                let shape = RowShape { cols, inner, dtype };
                 let mut want = vec![0f32; n];
                 keep_by_rank_replay(&x, shape, &by_pos, &mut Mt19937::new(seed), &mut want);
                 let mut got16 = vec![0f32; n];
@@ -837,14 +967,9 @@ mod tests {
                 for (r, row) in x.chunks(cols * inner).enumerate() {
                     let span = r * cols * inner..(r + 1) * cols * inner;
                     for q in 0..inner {
-                        magnitude_groups(
-                            row,
-                            q,
-                            inner,
-                            &mut Vec::new(),
-                            &mut lo[span.clone()],
-                            &mut last[span.clone()],
-                        );
+                        let col = Column { row, q, inner };
+                        let (lo, last) = (&mut lo[span.clone()], &mut last[span.clone()]);
+                        magnitude_groups(col, &mut Vec::new(), lo, last);
                     }
                 }
                 undecided += (0..n)
@@ -861,6 +986,71 @@ mod tests {
             }
         }
         assert!(undecided > 50, "only {undecided} draws needed the replay");
+    }
+
+    #[test]
+    fn radix_groups_match_the_comparison_sort() {
+        // Every float16 magnitude class (zeros, subnormals, normals, the largest, infinity,
+        // NaN), both signs, in bfloat16 and float16; then values the short path must refuse.
+        let specials = [
+            0.0f32,
+            -0.0,
+            5.960_464_5e-8,
+            -1.192_092_9e-7,
+            6.097_555e-5,
+            6.103_515_6e-5,
+            1.0,
+            -1.0,
+            0.333_251_95,
+            65504.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+        ];
+        for dtype in [DType::F16, DType::BF16] {
+            for cols in [1usize, 2, 17, 300, 5000] {
+                let mut row: Vec<f32> = tied_rows(cols, 50, cols as u64)
+                    .iter()
+                    .zip(specials.iter().cycle())
+                    .enumerate()
+                    .map(|(j, (&v, &sp))| if j % 3 == 0 { sp } else { v * 0.001 })
+                    .collect();
+                round_slice(dtype, &mut row);
+                let col = Column {
+                    row: &row,
+                    q: 0,
+                    inner: 1,
+                };
+                let (mut lo, mut last) = (vec![0u16; cols], vec![0u16; cols]);
+                magnitude_groups(col, &mut Vec::new(), &mut lo, &mut last);
+                let (mut lo2, mut last2) = (vec![9u16; cols], vec![9u16; cols]);
+                let (mut k, mut t) = (Vec::new(), Vec::new());
+                assert!(short_magnitude_groups(
+                    col, dtype, &mut k, &mut t, &mut lo2, &mut last2
+                ));
+                assert_eq!((lo2, last2), (lo, last), "{dtype:?} {cols}");
+            }
+        }
+        // Not representable in the dtype, or below its smallest subnormal: refused, untouched.
+        for (v, dtype) in [
+            (1e-9f32, DType::F16),
+            (1.0001, DType::F16),
+            (1.0001, DType::BF16),
+        ] {
+            let row = [0.0, v, 1.0];
+            let col = Column {
+                row: &row,
+                q: 0,
+                inner: 1,
+            };
+            let (mut lo, mut last) = (vec![7u16; 3], vec![7u16; 3]);
+            let (mut k, mut t) = (Vec::new(), Vec::new());
+            assert!(!short_magnitude_groups(
+                col, dtype, &mut k, &mut t, &mut lo, &mut last
+            ));
+            assert_eq!((lo, last), (vec![7; 3], vec![7; 3]));
+        }
     }
 
     #[test]
