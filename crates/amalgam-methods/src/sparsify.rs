@@ -14,7 +14,7 @@
 use amalgam_io::DType;
 
 use crate::numerics::{as_dtype, round, round_slice, scalar};
-use crate::reduce::{full_sum_with, sum_split_blocks, BLOCK};
+use crate::reduce::{sum_split_blocks, sum_split_blocks_par, BLOCK};
 use crate::rng::Mt19937;
 #[cfg(test)]
 use crate::stdsort::std_sort_asc;
@@ -56,15 +56,39 @@ pub const BERNOULLI_P_ERROR: &str = "Expected p_in >= 0 && p_in <= 1 to be true,
 /// `Σ|x|` rounded to `dtype`, as `tensor.abs().sum()` with `threads` PyTorch intra-op threads
 /// (a reduction to one value, which PyTorch splits per thread from 32,768 elements).
 pub fn l1(x: &[f32], dtype: DType, threads: usize) -> f32 {
+    // The blocked sum in parallel pieces: the same cascade, so the same bits as summing the
+    // elements one by one in PyTorch's order (`full_sum_with`).
     round(
         dtype,
-        full_sum_with(
-            |i| x.get(i).map_or(0.0, |v| v.abs()),
-            x.len(),
-            dtype,
-            threads,
-        ),
+        sum_split_blocks_par(x.len(), dtype, dtype, threads, |start, b| {
+            match x.get(start..start + b.len()) {
+                Some(src) => {
+                    for (o, v) in b.iter_mut().zip(src) {
+                        *o = v.abs();
+                    }
+                }
+                None => b.fill(0.0),
+            }
+        }),
     )
+}
+
+/// Elements from which a whole-tensor elementwise step runs in parallel blocks.
+const PAR_STEP_MIN: usize = 1 << 16;
+
+/// `f` over `xs` in `BLOCK`-sized pieces, in parallel for large tensors (each piece is
+/// independent, so the result is the same).
+fn par_blocks(xs: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    if xs.len() >= PAR_STEP_MIN {
+        xs.par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(b, c)| f(b * BLOCK, c));
+    } else {
+        for (b, c) in xs.chunks_mut(BLOCK).enumerate() {
+            f(b * BLOCK, c);
+        }
+    }
 }
 
 /// mergekit's `rescaled_masked_tensor` with `norm = l1` (or none): `x·mask`, then, if both norms
@@ -89,10 +113,12 @@ fn rescale_masked(x: &[f32], mut masked: Vec<f32>, dtype: DType, rescale: Rescal
         return masked;
     }
     let factor = round(dtype, before / after);
-    for v in masked.iter_mut() {
-        *v *= factor;
-    }
-    round_slice(dtype, &mut masked);
+    par_blocks(&mut masked, |_, c| {
+        for v in c.iter_mut() {
+            *v *= factor;
+        }
+        round_slice(dtype, c);
+    });
     masked
 }
 
@@ -150,9 +176,7 @@ impl<'a> TaskVector<'a> {
     /// δ as a whole tensor of `shape`, for the sparsifiers that work on whole tensors.
     pub fn to_tensor(&self, shape: &[usize]) -> Tensor {
         let mut data = vec![0f32; self.len()];
-        for (b, chunk) in data.chunks_mut(BLOCK).enumerate() {
-            self.fill(b * BLOCK, chunk);
-        }
+        par_blocks(&mut data, |start, chunk| self.fill(start, chunk));
         Tensor::new(self.dtype, shape.to_vec(), data)
     }
 }
@@ -522,7 +546,7 @@ pub fn della_magprune(
         }
     }
     let mut out = rescale_masked(&delta.data, masked, work, rescale);
-    round_slice(delta.dtype, &mut out);
+    par_blocks(&mut out, |_, c| round_slice(delta.dtype, c));
     Ok(with_data(delta, out))
 }
 
@@ -591,47 +615,52 @@ fn keep_by_rank<R>(
         .zip(x.par_chunks(row_len))
         .for_each_init(
             || (Vec::new(), Vec::new(), Vec::new()),
-            |(spans, keyed, exact), ((us, (lo_row, last_row)), row)| {
+            |(spans, keyed, pending), ((us, (lo_row, last_row)), row)| {
                 for q in 0..inner {
                     let at = |j: usize| j * inner + q;
-                    // The groups some element's draw leaves undecided.
+                    // One pass: every element decided by its group's first probability, the
+                    // draws that lie between its ends set aside with their group.
                     spans.clear();
-                    for j in 0..cols {
-                        let (a, b) = (p_at(lo_row[at(j)]), p_at(last_row[at(j)]));
-                        let u = us[at(j)];
-                        if u >= a.min(b) && u < a.max(b) {
-                            let g = lo_row[at(j)].into() as usize;
-                            spans.push((g, last_row[at(j)].into() as usize + 1));
-                        }
-                    }
-                    exact.clear();
-                    if !spans.is_empty() {
-                        spans.sort_unstable();
-                        spans.dedup();
-                        keyed.clear();
-                        keyed.extend(row.iter().skip(q).step_by(inner).enumerate().map(
-                            |(j, v)| Keyed {
-                                key: v.abs(),
-                                index: j as u32,
-                            },
-                        ));
-                        std_sort_asc_within(keyed, spans);
-                        for &(g, h) in spans.iter() {
-                            for (pos, k) in keyed.iter().enumerate().take(h).skip(g) {
-                                let i = at(k.index as usize);
-                                let p = by_pos.get(pos).copied().unwrap_or(0.0);
-                                exact.push((i, us[i] < p));
-                            }
-                        }
-                    }
-                    // Every other element is decided by either end of its group.
+                    pending.clear();
                     for j in 0..cols {
                         let i = at(j);
-                        let keep = us[i] < p_at(lo_row[i]);
-                        us[i] = row[i] * if keep { 1.0 } else { 0.0 };
+                        let (g, h) = (lo_row[i], last_row[i]);
+                        let u = us[i];
+                        let a = p_at(g);
+                        if g.into() != h.into() {
+                            let b = p_at(h);
+                            if u >= a.min(b) && u < a.max(b) {
+                                spans.push((g.into() as usize, h.into() as usize + 1));
+                                pending.push((i, u));
+                            }
+                        }
+                        us[i] = row[i] * if u < a { 1.0 } else { 0.0 };
                     }
-                    for &(i, keep) in exact.iter() {
-                        us[i] = row[i] * if keep { 1.0 } else { 0.0 };
+                    if spans.is_empty() {
+                        continue;
+                    }
+                    // Those draws meet the probability of the position libstdc++'s sort gives
+                    // them, replayed only where it reaches their groups.
+                    spans.sort_unstable();
+                    spans.dedup();
+                    keyed.clear();
+                    keyed.extend(Column { row, q, inner }.values().enumerate().map(|(j, v)| {
+                        Keyed {
+                            key: v.abs(),
+                            index: j as u32,
+                        }
+                    }));
+                    std_sort_asc_within(keyed, spans);
+                    for &(g, h) in spans.iter() {
+                        for (pos, k) in keyed.iter().enumerate().take(h).skip(g) {
+                            let i = at(k.index as usize);
+                            // `pending` is in ascending `i` (the pass above went in order).
+                            let found = pending.binary_search_by_key(&i, |&(pi, _)| pi);
+                            if let Some(&(_, u)) = found.ok().and_then(|k| pending.get(k)) {
+                                let p = by_pos.get(pos).copied().unwrap_or(0.0);
+                                us[i] = row[i] * if u < p { 1.0 } else { 0.0 };
+                            }
+                        }
                     }
                 }
             },
