@@ -14,7 +14,7 @@
 use amalgam_io::DType;
 
 use crate::numerics::{as_dtype, round, round_slice, scalar};
-use crate::reduce::{sum_split_blocks, sum_split_blocks_par, BLOCK};
+use crate::reduce::{sum_split_blocks_par, BLOCK};
 use crate::rng::Mt19937;
 #[cfg(test)]
 use crate::stdsort::std_sort_asc;
@@ -291,10 +291,18 @@ static BYTE_FACTORS: [[f32; 8]; 256] = {
 
 /// `‖f‖₁` rounded to `dtype`, as `tensor.abs().sum()` with `threads` PyTorch threads, of the `n`
 /// values `fill(start, block)` produces block by block.
-fn l1_blocks(n: usize, dtype: DType, threads: usize, fill: impl Fn(usize, &mut [f32])) -> f32 {
+///
+/// The blocked sum runs in parallel pieces (the same cascade, the same bits): for the random
+/// methods, whose models are sparsified one after another, this is what keeps both cores busy.
+fn l1_blocks(
+    n: usize,
+    dtype: DType,
+    threads: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> f32 {
     round(
         dtype,
-        sum_split_blocks(n, dtype, dtype, threads, |start, b| {
+        sum_split_blocks_par(n, dtype, dtype, threads, |start, b| {
             fill(start, b);
             for v in b.iter_mut() {
                 *v = v.abs();
