@@ -163,12 +163,8 @@ impl<'a> TaskVector<'a> {
     pub fn fill(&self, start: usize, out: &mut [f32]) {
         let end = start.saturating_add(out.len());
         match (self.x.get(start..end), self.base.get(start..end)) {
-            (Some(x), Some(b)) => {
-                for ((o, &a), &c) in out.iter_mut().zip(x).zip(b) {
-                    *o = a - c;
-                }
-                round_slice(self.dtype, out);
-            }
+            // The subtraction and its rounding in one vectorised loop.
+            (Some(x), Some(b)) => crate::builtin::blocks::task_block(self.dtype, x, Some(b), out),
             _ => out.fill(0.0),
         }
     }

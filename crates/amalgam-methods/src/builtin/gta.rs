@@ -524,10 +524,7 @@ impl MergeMethod for GeneralizedTaskArithmetic {
             {
                 let dj = &mut dj[..len];
                 sp.fill(tv, at, dj);
-                for v in dj.iter_mut() {
-                    *v *= wi;
-                }
-                round_slice(dtype, dj);
+                super::blocks::mul_round(dtype, dj, wi);
             }
             let cols = || d.chunks(BLOCK).map(|c| &c[..len]);
             if bulk && self.consensus {
