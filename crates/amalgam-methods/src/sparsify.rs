@@ -56,21 +56,12 @@ pub const BERNOULLI_P_ERROR: &str = "Expected p_in >= 0 && p_in <= 1 to be true,
 /// `Σ|x|` rounded to `dtype`, as `tensor.abs().sum()` with `threads` PyTorch intra-op threads
 /// (a reduction to one value, which PyTorch splits per thread from 32,768 elements).
 pub fn l1(x: &[f32], dtype: DType, threads: usize) -> f32 {
-    // The blocked sum in parallel pieces: the same cascade, so the same bits as summing the
-    // elements one by one in PyTorch's order (`full_sum_with`).
-    round(
-        dtype,
-        sum_split_blocks_par(x.len(), dtype, dtype, threads, |start, b| {
-            match x.get(start..start + b.len()) {
-                Some(src) => {
-                    for (o, v) in b.iter_mut().zip(src) {
-                        *o = v.abs();
-                    }
-                }
-                None => b.fill(0.0),
-            }
-        }),
-    )
+    l1_blocks(x.len(), dtype, threads, |start, b| {
+        match x.get(start..start + b.len()) {
+            Some(src) => b.copy_from_slice(src),
+            None => b.fill(0.0),
+        }
+    })
 }
 
 /// Elements from which a whole-tensor elementwise step runs in parallel blocks.
@@ -114,10 +105,7 @@ fn rescale_masked(x: &[f32], mut masked: Vec<f32>, dtype: DType, rescale: Rescal
     }
     let factor = round(dtype, before / after);
     par_blocks(&mut masked, |_, c| {
-        for v in c.iter_mut() {
-            *v *= factor;
-        }
-        round_slice(dtype, c);
+        crate::builtin::blocks::mul_round(dtype, c, factor)
     });
     masked
 }
