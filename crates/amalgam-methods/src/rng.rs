@@ -133,6 +133,16 @@ fn unit_f32(y: u32) -> f32 {
     (y & 0x00ff_ffff) as f32 * (1.0 / 16_777_216.0)
 }
 
+/// One step of Marsaglia's xorshift64 on `s`, returning the new state: the tests' cheap source of
+/// varied data (tie-heavy keys, rows with NaN), not a stream any method draws from.
+#[cfg(test)]
+pub(crate) fn xorshift64(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -920,9 +920,7 @@ mod tests {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
+                crate::rng::xorshift64(&mut s);
                 match s % 211 {
                     0 => f32::NAN,
                     1 => -0.0,

@@ -362,9 +362,7 @@ mod tests {
         for (n, distinct) in [(1usize, 3u64), (2, 2), (7, 3), (100, 5), (1000, 1 << 20), (4097, 9)] {
             let xs: Vec<f32> = (0..n)
                 .map(|_| {
-                    s ^= s << 13;
-                    s ^= s >> 7;
-                    s ^= s << 17;
+                    crate::rng::xorshift64(&mut s);
                     match s % 31 {
                         0 => f32::NAN,
                         1 => f32::from_bits(0xffc0_0000),
