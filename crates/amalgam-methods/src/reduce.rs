@@ -550,6 +550,7 @@ pub fn norm2_fast(x: &[f32], dtype: DType) -> f32 {
 /// The contiguous sum kernel ([`inner_sum`] with [`LANES`] lanes) fed with its values in order,
 /// in slices of any length: the same additions in the same order, but vectorised over whole
 /// steps (four vectors) instead of one closure call per element.
+#[derive(Clone)]
 struct StreamSum {
     /// Values per vector: 16 for bf16/f16 (two halves added first), 8 for f32.
     vec_numel: usize,
@@ -863,6 +864,73 @@ pub fn sum_split_blocks_par(
         })
         .collect();
     sum_slots(&slots, out_dtype)
+}
+
+/// `k` sums of [`sum_split_blocks_par`] with one thread (each over `data.len()` values), fed by
+/// one pass over `data`: `fill(start, block, outs)` gets block `start..` of `data`, may update
+/// it in place, and writes the values of sum `j` at those positions to `outs[j]`.
+///
+/// Why: karcher's dot products of every input with the mean direction (and the mean's pending
+/// normalisation) read the mean once instead of once per input. Each sum is the same additions
+/// in the same order as [`sum_split_blocks_par`]: the same runs of the cascade's last level,
+/// each run a disjoint range of `data`, which is what lets the runs update it in parallel.
+/// Unrounded f32, like [`sum_split_blocks_par`].
+pub fn sums_blocks_par_mut(
+    data: &mut [f32],
+    k: usize,
+    in_dtype: DType,
+    fill: impl Fn(usize, &mut [f32], &mut [[f32; BLOCK]]) + Sync,
+) -> Vec<f32> {
+    let n = data.len();
+    let proto = StreamSum::new(n, in_dtype);
+    let stepw = ILP * proto.vec_numel;
+    let run_steps = 1usize << (3 * proto.level_power);
+    let runs = proto.body_end / stepw / run_steps;
+    // A power of two of at least 2^12 steps of 8 values: whole blocks, so a run's blocks start
+    // where the sequential pass's would.
+    let run_len = run_steps * stepw;
+    let (head, rest) = data.split_at_mut(runs * run_len);
+    let feed_blocks =
+        |accs: &mut [StreamSum], bufs: &mut [[f32; BLOCK]], s0: usize, xs: &mut [f32]| {
+            for (b, blk) in xs.chunks_mut(BLOCK).enumerate() {
+                let len = blk.len();
+                fill(s0 + b * BLOCK, blk, bufs);
+                for (acc, buf) in accs.iter_mut().zip(bufs.iter()) {
+                    acc.push(buf.get(..len).unwrap_or(&[]));
+                }
+            }
+        };
+    let tops: Vec<Vec<[[f32; LANES]; ILP]>> = head
+        .par_chunks_mut(run_len.max(1))
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut acc = proto.clone();
+            acc.pos = c * run_len;
+            acc.steps_done = c * run_steps;
+            let mut accs = vec![acc; k];
+            let mut bufs = vec![[0f32; BLOCK]; k];
+            feed_blocks(&mut accs, &mut bufs, c * run_len, chunk);
+            accs.iter()
+                .map(|a| {
+                    let [.., top] = a.acc;
+                    top
+                })
+                .collect()
+        })
+        .collect();
+    let mut accs = vec![proto; k];
+    for (j, acc) in accs.iter_mut().enumerate() {
+        if let Some(top) = acc.acc.last_mut() {
+            for t in tops.iter().filter_map(|t| t.get(j)) {
+                add_into(top, t);
+            }
+        }
+        acc.pos = runs * run_len;
+        acc.steps_done = runs * run_steps;
+    }
+    let mut bufs = vec![[0f32; BLOCK]; k];
+    feed_blocks(&mut accs, &mut bufs, runs * run_len, rest);
+    accs.into_iter().map(StreamSum::finish).collect()
 }
 
 impl Dim0Sum {

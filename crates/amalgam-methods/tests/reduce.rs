@@ -9,8 +9,8 @@ use std::path::Path;
 use amalgam_io::{convert, DType, SafetensorsFile};
 use amalgam_methods::numerics::round;
 use amalgam_methods::reduce::{
-    norm2, norm2_blocks, norm2_fast, sum_split_blocks, sum_split_blocks_par, torch_float_lanes,
-    torch_sum, Dim0Sum,
+    norm2, norm2_blocks, norm2_fast, sum_split_blocks, sum_split_blocks_par, sums_blocks_par_mut,
+    torch_float_lanes, torch_sum, Dim0Sum, BLOCK,
 };
 
 fn open() -> SafetensorsFile {
@@ -125,6 +125,35 @@ fn blocked_sums_match_torch() {
     });
 }
 
+/// Several sums fed by one pass over a buffer the pass may update: each gives PyTorch's bits.
+/// Sum 0 is of the buffer as the pass leaves it (every value doubled, exactly), sum 1 of the
+/// values negated, so a sum fed the buffer before its update, or another sum's values, fails.
+/// (The parallel runs are covered by `parallel_blocked_sums_match_sequential`'s lengths.)
+#[test]
+fn multi_sums_over_an_updated_buffer_match_torch() {
+    check_scalar_cases("sum/", |dt, x| {
+        let mut data: Vec<f32> = x.iter().map(|v| v / 2.0).collect();
+        let sums = sums_blocks_par_mut(&mut data, 2, dt, |_, b, outs: &mut [[f32; BLOCK]]| {
+            b.iter_mut().for_each(|v| *v *= 2.0);
+            if let [o0, o1] = outs {
+                for ((a, c), &v) in o0.iter_mut().zip(o1.iter_mut()).zip(b.iter()) {
+                    (*a, *c) = (v, -v);
+                }
+            }
+        });
+        assert_eq!(data, x, "the pass's updates are kept");
+        assert_eq!(sums.len(), 2);
+        // Negation commutes with every addition, except that x + (-x) is +0 either way.
+        let (a, b) = (sums[0], sums[1]);
+        assert!(
+            a == -b || (a.is_nan() && b.is_nan()),
+            "{dt:?} n {}: {a} {b}",
+            x.len()
+        );
+        round(dt, sums[0])
+    });
+}
+
 #[test]
 fn blocked_vector_norms_match_torch() {
     check_scalar_cases("norm/", |dt, x| norm2_blocks(x.len(), dt, from(x)));
@@ -153,6 +182,22 @@ fn parallel_blocked_sums_match_sequential() {
         for k in [1usize, 2, 3, 4] {
             for n in [k * run - 33, k * run, k * run + 1, k * run + 4097] {
                 let n = n.min(x.len());
+                let mut data = x[..n].to_vec();
+                let multi = sums_blocks_par_mut(&mut data, 3, dt, |s, b, outs| {
+                    for (j, o) in outs.iter_mut().enumerate() {
+                        for (k, (o, &v)) in o.iter_mut().zip(b.iter()).enumerate() {
+                            *o = if (s + k) % 3 == j { v } else { 0.0 };
+                        }
+                    }
+                });
+                for (j, got) in multi.iter().enumerate() {
+                    let want = sum_split_blocks(n, dt, dt, 1, |s, b: &mut [f32]| {
+                        for (k, o) in b.iter_mut().enumerate() {
+                            *o = if (s + k) % 3 == j { x[s + k] } else { 0.0 };
+                        }
+                    });
+                    assert_eq!(got.to_bits(), want.to_bits(), "{dt:?} n {n} sum {j}");
+                }
                 for threads in [1, 2, 3] {
                     let a = sum_split_blocks(n, dt, dt, threads, fill);
                     let b = sum_split_blocks_par(n, dt, dt, threads, fill);

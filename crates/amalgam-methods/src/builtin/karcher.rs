@@ -4,9 +4,9 @@
 use amalgam_io::DType;
 use rayon::prelude::*;
 
-use super::blocks::{div_round, map2, map3, mul_round, part, with_rounder, BLOCK};
+use super::blocks::{div_round, map1, map2, map3, mul_round, part, with_rounder, BLOCK};
 use crate::numerics::{round, scalar};
-use crate::reduce::{norm2_fast, sum_split_blocks_par};
+use crate::reduce::{norm2_fast, sums_blocks_par_mut};
 use crate::{
     BaseRule, Contract, Legacy, MergeArgs, MergeMethod, MethodError, MethodInfo,
     ParamKind, ParamScope, ParamSpec, Tensor, Value,
@@ -83,20 +83,6 @@ fn unit(r: impl Fn(f32) -> f32, v: f32, nrm: f32) -> f32 {
     }
 }
 
-/// `torch.dot(mean, u)` of f32 products (summed in PyTorch's `sum` order, see the deviations),
-/// rounded to `dt`, with `u = round(x / nrm)` computed block by block in the same pass.
-fn dot_unit(mean: &[f32], x: &[f32], nrm: f32, dt: DType) -> f32 {
-    let s = sum_split_blocks_par(mean.len(), DType::F32, DType::F32, 1, |s, b| {
-        let len = b.len();
-        with_rounder!(
-            dt,
-            r,
-            map3(b, part(x, s, len), part(mean, s, len), #[inline(always)] |_, v, m| unit(r, v, nrm) * m)
-        );
-    });
-    round(dt, s)
-}
-
 impl MergeMethod for Karcher {
     fn info(&self) -> &MethodInfo {
         &self.info
@@ -166,16 +152,31 @@ impl MergeMethod for Karcher {
                     unit_block(i, k * BLOCK, m);
                 }
             }
-        } else {
-            mean.par_chunks_mut(BLOCK).for_each(|m| div_round(dt, m, mn));
         }
+        // The divisor of the mean's latest normalisation (`mean = round(mean / pend)`), applied
+        // by the next pass that reads the mean instead of a pass of its own.
+        let mut pend = ((mn as f64) >= tol).then_some(mn);
         let mut tangent = vec![0f32; len];
         for _ in 0..max_iter.max(0) {
-            // The dots only read the mean: computed first, in parallel over the inputs.
-            let dots: Vec<f32> = valid
-                .par_iter()
-                .map(|&i| dot_unit(&mean, data(i), norm(i), dt))
-                .collect();
+            // `torch.dot(mean, u)` of every input at once, f32 products summed in PyTorch's
+            // `sum` order (see the deviations), rounded to `dt`; the pass that reads the mean
+            // for them also normalises it.
+            let divisor = pend.take();
+            let sums = sums_blocks_par_mut(&mut mean, valid.len(), DType::F32, |s, m, outs| {
+                if let Some(p) = divisor {
+                    div_round(dt, m, p);
+                }
+                for (&i, out) in valid.iter().zip(outs.iter_mut()) {
+                    let (x, nrm) = (part(data(i), s, m.len()), norm(i));
+                    let out = out.get_mut(..m.len()).unwrap_or(&mut []);
+                    with_rounder!(
+                        dt,
+                        r,
+                        map3(out, x, m, #[inline(always)] |_, v, mv| unit(r, v, nrm) * mv)
+                    );
+                }
+            });
+            let dots: Vec<f32> = sums.into_iter().map(|d| round(dt, d)).collect();
             // Each input's coefficient, or None where its angle is below tol.
             let coefs: Vec<Option<(usize, f32, f32)>> = nalphas
                 .iter()
@@ -231,9 +232,7 @@ impl MergeMethod for Karcher {
                     with_rounder!(dt, r, map2(m, t, #[inline(always)] |mv, tv| r(r(mv * c) + r(r(tv / tn) * s))));
                 });
             let un = norm_f32(&mean);
-            if (un as f64) > tol {
-                mean.par_chunks_mut(BLOCK).for_each(|m| div_round(dt, m, un));
-            }
+            pend = ((un as f64) > tol).then_some(un);
         }
         // sum(alpha * norm): f32 products, Python sum from 0.
         let scale = alphas
@@ -241,7 +240,13 @@ impl MergeMethod for Karcher {
             .zip(&norms)
             .fold(0f32, |acc, (&a, &nrm)| acc + scalar(a) * nrm);
         let scale = round(dt, scale);
-        mul_round(dt, &mut mean, scale);
+        match pend {
+            // mean = round(round(mean / p) · scale), the pending normalisation in the same pass.
+            Some(p) => mean.par_chunks_mut(BLOCK).for_each(|m| {
+                with_rounder!(dt, r, map1(m, #[inline(always)] |v| r(r(v / p) * scale)))
+            }),
+            None => mul_round(dt, &mut mean, scale),
+        }
         Ok(Tensor::new(dt, first.shape.clone(), mean))
     }
 }
