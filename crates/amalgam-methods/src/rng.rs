@@ -61,22 +61,11 @@ impl Mt19937 {
     /// element `64·w + b` in bit `b` of `out[w]`; only the first `n` bits are drawn (the rest
     /// stay zero).
     ///
-    /// Why: the same per-block loop as [`Mt19937::fill_f32_unit`]; a tensor's mask is drawn
-    /// in 64-element groups through a small buffer, not one branchy call per element.
+    /// Why: DARE draws one word per element of every tensor on one thread (the stream is
+    /// sequential), so this loop bounds it. A draw compares integers (see [`below_threshold`])
+    /// and 64 of them are tempered, compared and packed in vector registers at once.
     pub fn fill_bernoulli_bits(&mut self, p: f32, n: usize, out: &mut [u64]) {
-        let mut u = [0f32; 64];
-        for (w, word) in out.iter_mut().enumerate() {
-            let len = n.saturating_sub(w * 64).min(64);
-            if len == 0 {
-                *word = 0;
-                continue;
-            }
-            self.fill_f32_unit(&mut u[..len]);
-            *word = u[..len]
-                .iter()
-                .enumerate()
-                .fold(0u64, |acc, (b, &x)| acc | (((x < p) as u64) << b));
-        }
+        bernoulli_words(self, below_threshold(p), n, out);
     }
 
     /// A float uniform in `[0, 1)` as PyTorch's `uniform_real_distribution<float>` draws it:
@@ -97,6 +86,7 @@ impl Mt19937 {
     /// The state update, in place and in index order as the reference does it (for `i >= 227`
     /// the `i + 397` word is already the new one, and the last step reads the new `mt[0]`),
     /// with the index wrap-around split into three loops instead of a modulo per word.
+    #[inline(always)]
     fn twist(&mut self) {
         const N: usize = 624;
         const M: usize = 397;
@@ -125,6 +115,54 @@ fn temper(mut y: u32) -> u32 {
     y ^= (y << 15) & 0xefc6_0000;
     y ^= y >> 18;
     y
+}
+
+/// The `t` for which `u < p` is `(word & 0xff_ffff) < t`, where `u` is the word's
+/// [`unit_f32`]: `u = k·2⁻²⁴` for the integer `k`, and `k·2⁻²⁴ < p` iff `k < ⌈p·2²⁴⌉` (`p·2²⁴` is
+/// exact in f32). NaN compares false, as `u < NaN` does; `p` above 1 saturates (every draw
+/// succeeds, as it would in f32).
+fn below_threshold(p: f32) -> u32 {
+    let scaled = (p as f64 * 16_777_216.0).ceil();
+    if scaled.is_nan() || scaled <= 0.0 {
+        0
+    } else {
+        scaled.min(16_777_216.0) as u32
+    }
+}
+
+/// [`Mt19937::fill_bernoulli_bits`] with the threshold of [`below_threshold`], compiled for the
+/// widest vectors the CPU has: a 64-word group inside the state block is tempered, compared and
+/// packed without a branch; a group across a twist goes word by word.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma",
+    "aarch64+neon"
+))]
+fn bernoulli_words(g: &mut Mt19937, t: u32, n: usize, out: &mut [u64]) {
+    for (w, word) in out.iter_mut().enumerate() {
+        let len = n.saturating_sub(w * 64).min(64);
+        if len == 0 {
+            *word = 0;
+            continue;
+        }
+        if g.idx >= 624 {
+            g.twist();
+        }
+        let group = g.mt.get(g.idx..g.idx + 64).filter(|_| len == 64);
+        *word = match group {
+            Some(words) => {
+                let mut bits = 0u64;
+                for (b, &y) in words.iter().enumerate() {
+                    bits |= (((temper(y) & 0x00ff_ffff) < t) as u64) << b;
+                }
+                g.idx += 64;
+                bits
+            }
+            None => (0..len).fold(0u64, |acc, b| {
+                acc | ((((g.next_u32()) & 0x00ff_ffff) < t) as u64) << b
+            }),
+        };
+    }
 }
 
 /// The low 24 bits of a word as a float in `[0, 1)` (exact in f32).
@@ -159,6 +197,36 @@ mod tests {
         assert_eq!(g.next_u32(), 4_123_659_995);
     }
 
+    /// The integer threshold decides every 24-bit key as the float comparison `u < p` does, at
+    /// the keys next to the threshold (where rounding it the wrong way would show) and at both
+    /// ends, for random probabilities, subnormal ones, 0, 1, above 1 and NaN.
+    #[test]
+    fn threshold_matches_the_float_comparison() {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut ps: Vec<f32> = (0..20_000)
+            .map(|_| (xorshift64(&mut s) >> 40) as f32 / 16_777_216.0 + 1e-9)
+            .collect();
+        ps.extend([
+            0.0,
+            1.0,
+            1.5,
+            1e-9,
+            1e-40,
+            0.5,
+            0.1,
+            0.6601562,
+            f32::NAN,
+            -0.0,
+        ]);
+        for p in ps {
+            let t = below_threshold(p);
+            for k in [0, 1, t.saturating_sub(1), t, t + 1, 0x00ff_ffff] {
+                let k = k.min(0x00ff_ffff);
+                assert_eq!(k < t, unit_f32(k) < p, "p {p:e} key {k} threshold {t}");
+            }
+        }
+    }
+
     /// The block fills give the per-word calls' values, across block boundaries and with
     /// partial 64-bit groups (the reference is the per-word path, itself checked above).
     #[test]
@@ -168,6 +236,10 @@ mod tests {
             (7, 624, 0.3),
             (42, 1, 0.9),
             (3, 1300, 0.0),
+            (11, 5000, 1.0),
+            (5, 2000, 1e-9),
+            (9, 4000, 0.1),
+            (13, 700, 0.6601562),
         ] {
             let mut a = Mt19937::new(seed);
             let mut b = Mt19937::new(seed);

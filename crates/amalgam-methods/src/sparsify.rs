@@ -304,11 +304,28 @@ fn masked(
     out: Option<DType>,
     rescale: Rescale,
 ) -> Sparse {
+    masked_after(tv, bits, work, out, rescale, None)
+}
+
+/// `‖δ‖₁` of `tv` in `work`, as [`masked`]'s rescale computes it before masking.
+fn l1_before(tv: &TaskVector<'_>, work: DType, threads: usize) -> f32 {
+    l1_blocks(tv.len(), work, threads, |s, b| tv.fill(s, b))
+}
+
+/// [`masked`], given `‖δ‖₁` before masking when it is already known (see [`bernoulli`]).
+fn masked_after(
+    tv: &TaskVector<'_>,
+    bits: Vec<u64>,
+    work: DType,
+    out: Option<DType>,
+    rescale: Rescale,
+    before: Option<f32>,
+) -> Sparse {
     let factor = match rescale {
         Rescale::No => None,
         Rescale::L1 { threads } => {
             let n = tv.len();
-            let before = l1_blocks(n, work, threads, |s, b| tv.fill(s, b));
+            let before = before.unwrap_or_else(|| l1_before(tv, work, threads));
             let after = l1_blocks(n, work, threads, |s, b| {
                 tv.fill(s, b);
                 apply_bits(&bits, s, b);
@@ -461,11 +478,29 @@ pub fn bernoulli(
     if !(0.0..=1.0).contains(&p) {
         return Err(MethodError::Other(BERNOULLI_P_ERROR.into()));
     }
-    // One word per element, in order.
+    // One word per element, in order. The stream is sequential, so while one thread draws,
+    // the others compute the L1 norm before masking, which does not depend on the draws.
     let n = tv.len();
     let mut bits = vec![0u64; n.div_ceil(64)];
-    rng.fill_bernoulli_bits(p, n, &mut bits);
-    Ok(masked(tv, bits, work, Some(tv.dtype), rescale))
+    let mut draw = |bits: &mut Vec<u64>| rng.fill_bernoulli_bits(p, n, bits);
+    let before = match rescale {
+        Rescale::No => {
+            draw(&mut bits);
+            None
+        }
+        Rescale::L1 { threads } => {
+            let ((), before) = rayon::join(|| draw(&mut bits), || l1_before(tv, work, threads));
+            Some(before)
+        }
+    };
+    Ok(masked_after(
+        tv,
+        bits,
+        work,
+        Some(tv.dtype),
+        rescale,
+        before,
+    ))
 }
 
 /// DELLA's `della_magprune(δ, density, ε)`: per row (dim 1; a 1-D tensor is one row), rank `|δ|`
